@@ -1,0 +1,50 @@
+"""Find an environment by name: the built-in dict, the `branchrl.envs` entry points, or a dotted path.
+
+A new environment is one file exposing `load_environment(**kwargs)`. Third-party packages register
+it under the entry-point group `branchrl.envs`; a config may also name `pkg.module` or
+`pkg.module:function` directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Callable
+
+from .base import Environment
+
+BUILTIN: dict[str, str] = {"arithmetic": "branchrl.envs.arithmetic:load_environment"}
+
+
+class EnvError(ValueError):
+    """The env name cannot be resolved or its loader rejected the arguments."""
+
+
+def _resolve(name: str) -> Callable[..., Environment]:
+    target = BUILTIN.get(name)
+    if target is None:
+        found = [ep for ep in entry_points(group="branchrl.envs") if ep.name == name]
+        if found:
+            return found[0].load()
+        target = name
+    module_name, _, fn_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        known = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group="branchrl.envs")})
+        raise EnvError(f"unknown env {name!r} ({e}); known: {', '.join(known)}, or a dotted path 'pkg.module[:fn]'") from None
+    fn = getattr(module, fn_name or "load_environment", None)
+    if not callable(fn):
+        raise EnvError(f"env {name!r}: module {module_name} has no function {fn_name or 'load_environment'}()")
+    return fn
+
+
+def load_env(name: str, **kwargs) -> Environment:
+    fn = _resolve(name)
+    try:
+        env = fn(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise EnvError(f"env {name!r}: {e}") from None
+    if not isinstance(env, Environment):
+        raise EnvError(f"env {name!r}: load_environment() returned {type(env).__name__}, not an Environment")
+    return env

@@ -1,0 +1,1 @@
+"""branchrl: branched, verified RL synthetic data for reasoning models."""

@@ -1,0 +1,194 @@
+"""Typed run configuration: YAML file + dotted `key=value` overrides, validated once at load.
+
+Every field has a default and a one-line description; `load_config` turns every problem (missing
+file, unknown key, wrong type, impossible value) into one `ConfigError` line that says what to change.
+This module deliberately imports neither torch nor ray, so `branchrl --help` and config errors are
+instant.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem the user must fix; its message is one line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(Section):
+    name: str = Field("arithmetic", description="registered env name, entry point, or dotted path 'pkg.module[:fn]'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for load_environment()")
+
+
+class TinyModelConfig(Section):
+    arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the model built from a config")
+    hidden_size: int = Field(128, gt=0, description="model width")
+    layers: int = Field(4, gt=0, description="number of decoder layers")
+    heads: int = Field(4, gt=0, description="attention heads")
+    kv_heads: int = Field(4, gt=0, description="key/value heads (GQA when < heads)")
+    intermediate_size: int = Field(384, gt=0, description="MLP width")
+    max_position: int = Field(256, gt=0, description="longest sequence (prompt + completion) in tokens")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.heads or self.heads % self.kv_heads:
+            raise ValueError("hidden_size must be divisible by heads, and heads by kv_heads")
+        return self
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="HF checkpoint dir or hub id; null builds a tiny model from `tiny`")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the tiny model built when path is null")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
+
+
+class WarmStartConfig(Section):
+    problems: int = Field(0, ge=0, description="worked problems for a short SFT before RL (0 = no warm start)")
+    epochs: int = Field(10, gt=0, description="passes over the warm-start problems")
+    lr: float = Field(3e-3, gt=0, description="warm-start learning rate")
+    batch_size: int = Field(32, gt=0, description="warm-start batch size")
+
+
+class RolloutConfig(Section):
+    workers: int = Field(2, gt=0, description="rollout-worker actors in the inference group")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rollout worker")
+    gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs reserved per rollout worker")
+    prompts_per_step: int = Field(64, gt=0, description="problems sampled per RL step")
+    max_new_tokens: int = Field(64, gt=0, description="completion length limit in tokens")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
+
+
+class BranchConfig(Section):
+    roots: int = Field(4, gt=0, description="independent root chains per problem")
+    max_leaves: int = Field(8, gt=0, description="leaf budget per tree (roots + forks)")
+    entropy_threshold: float = Field(0.8, ge=0, description="fork when next-token entropy (nats) exceeds this")
+    min_prefix: int = Field(2, ge=0, description="no forks in the first N completion tokens")
+    min_gap: int = Field(4, ge=1, description="minimum tokens between two forks on one path")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "BranchConfig":
+        if self.max_leaves < self.roots:
+            raise ValueError(f"max_leaves ({self.max_leaves}) must be >= roots ({self.roots})")
+        return self
+
+
+class VerifyConfig(Section):
+    workers: int = Field(1, gt=0, description="verifier actors")
+    cpus_per_worker: float = Field(0.5, gt=0, description="Ray CPUs reserved per verifier actor")
+    timeout_s: float = Field(5.0, gt=0, description="per-sample verification deadline")
+
+
+class TrainConfig(Section):
+    algo: Literal["sft"] = Field("sft", description="update rule: sft = rejection-sampling fine-tuning on verified paths")
+    cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the trainer actor")
+    gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved for the trainer actor")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(32, gt=0, description="sequences per optimizer step")
+    epochs: int = Field(1, gt=0, description="passes over each step's verified samples")
+    max_per_problem: int = Field(4, gt=0, description="distinct verified completions kept per problem")
+    grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
+
+
+class EvalConfig(Section):
+    problems: int = Field(500, ge=0, description="held-out problems for pass@1 (greedy) before and after")
+    every: int = Field(0, ge=0, description="also evaluate every N steps (0 = only before and after)")
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="run name, used for the default output dir")
+    seed: int = Field(0, description="seed for data sampling, model init and sampling")
+    steps: int = Field(10, gt=0, description="RL steps (sample -> verify -> update -> sync)")
+    ray_address: str | None = Field(None, description="null = embedded local Ray; 'auto' joins a running cluster")
+    threads_per_actor: int = Field(1, gt=0, description="torch threads in each actor")
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig, description="run-wide settings")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="task environment")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="policy model")
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig, description="SFT before RL")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="inference group")
+    branch: BranchConfig = Field(default_factory=BranchConfig, description="branching sampler")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verifier pool")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training group")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read YAML (or start from defaults when path is None), apply `a.b=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(data, item)
+    _check_keys(data, Config)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+
+
+def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
+    """Unknown keys get a 'did you mean' from the valid names at that level."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{near[0]!r}?" if near else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key {prefix}{key!r}{hint}")
+        sub = fields[key].annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(value, sub, f"{prefix}{key}.")
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"invalid config value {where}: {first['msg']}{got_text}"

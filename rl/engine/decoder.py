@@ -1,0 +1,99 @@
+"""Llama / Qwen2 decoder forward over an explicit KV cache, from an HF config dict and state dict.
+
+Weights keep their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), so a trainer's
+`state_dict()` or a checkpoint's safetensors load directly. Deliberately not here: sampling,
+batching policy, other architectures (they raise `UnsupportedModel`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = {"llama", "qwen2"}
+
+
+class UnsupportedModel(ValueError):
+    """The checkpoint's architecture or RoPE variant is not implemented by this decoder."""
+
+
+def rope_theta(config: dict) -> float:
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", None):
+        raise UnsupportedModel(f"RoPE type {kind!r} is not supported by the engine")
+    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [B, H, S, D]; cos/sin: [B, 1, S, D]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Decoder:
+    """Holds weights; `forward` runs S new tokens per row against caches it appends to."""
+
+    def __init__(self, config: dict, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        if config.get("model_type") not in SUPPORTED:
+            raise UnsupportedModel(f"model_type {config.get('model_type')!r} not supported (have {sorted(SUPPORTED)})")
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
+        self.layers = config["num_hidden_layers"]
+        self.heads = config["num_attention_heads"]
+        self.kv_heads = config.get("num_key_value_heads") or self.heads
+        self.head_dim = config.get("head_dim") or config["hidden_size"] // self.heads
+        self.eps = config.get("rms_norm_eps", 1e-6)
+        self.tied = bool(config.get("tie_word_embeddings", False))
+        theta = rope_theta(config)
+        self.inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, device=self.device).float() / self.head_dim)
+        self.w: dict[str, torch.Tensor] = {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.w = {k: v.detach().to(self.device, self.dtype) for k, v in state.items()}
+        if "lm_head.weight" not in self.w:
+            if not self.tied:
+                raise UnsupportedModel("state dict has no lm_head.weight and embeddings are not tied")
+            self.w["lm_head.weight"] = self.w["model.embed_tokens.weight"]
+
+    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(x, self.w[name + ".weight"], self.w.get(name + ".bias"))
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
+                start: int, mask: torch.Tensor) -> torch.Tensor:
+        """tokens, positions: [B, S]; kv[l] = (K, V) each [B, Hkv, Tcap, D], written at [start, start+S);
+        mask: [B, S, start+S] bool, True where a query may attend. Returns last-position logits [B, V]."""
+        B, S = tokens.shape
+        x = F.embedding(tokens, self.w["model.embed_tokens.weight"])
+        freqs = positions.float()[..., None] * self.inv_freq                   # [B, S, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]                       # [B, 1, S, D]
+        cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        attn_mask = mask[:, None]                                              # [B, 1, S, T]
+        for i in range(self.layers):
+            p = f"model.layers.{i}."
+            h = rms_norm(x, self.w[p + "input_layernorm.weight"], self.eps)
+            q = self._linear(h, p + "self_attn.q_proj").view(B, S, self.heads, self.head_dim).transpose(1, 2)
+            k = self._linear(h, p + "self_attn.k_proj").view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = self._linear(h, p + "self_attn.v_proj").view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            K, V = kv[i]
+            K[:, :, start:start + S], V[:, :, start:start + S] = k, v
+            a = F.scaled_dot_product_attention(q, K[:, :, :start + S], V[:, :, :start + S], attn_mask=attn_mask,
+                                               enable_gqa=self.kv_heads != self.heads)
+            x = x + self._linear(a.transpose(1, 2).reshape(B, S, -1), p + "self_attn.o_proj")
+            h = rms_norm(x, self.w[p + "post_attention_layernorm.weight"], self.eps)
+            gate, up = self._linear(h, p + "mlp.gate_proj"), self._linear(h, p + "mlp.up_proj")
+            x = x + self._linear(F.silu(gate) * up, p + "mlp.down_proj")
+        x = rms_norm(x[:, -1], self.w["model.norm.weight"], self.eps)
+        return F.linear(x, self.w["lm_head.weight"]).float()
+
+    def empty_cache(self, batch: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (batch, self.kv_heads, capacity, self.head_dim)
+        return [(torch.zeros(shape, device=self.device, dtype=self.dtype),
+                 torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in range(self.layers)]

@@ -1,0 +1,58 @@
+"""Compute ledger: tokens, FLOPs and seconds per group, and the rollout-to-train FLOP ratio.
+
+FLOPs follow DESIGN.md's model: a forward pass costs 2N per token plus attention 4*L*d*ctx
+(ctx = tokens attended to), training costs three forwards' worth (6N + 12*L*d*ctx). N counts all
+parameters but the input embedding. Eval and warm-start compute are kept apart from the ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Ledger:
+    flop_params: int
+    layers: int
+    hidden: int
+    generated_tokens: int = 0
+    verified_tokens: int = 0
+    trained_tokens: int = 0
+    rollout_flops: float = 0.0
+    train_flops: float = 0.0
+    eval_flops: float = 0.0
+    rollout_seconds: float = 0.0
+    train_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    sync_seconds: float = 0.0
+
+    def forward_flops(self, tokens: int, context_sum: int) -> float:
+        """tokens: positions computed; context_sum: sum over them of positions attended to."""
+        return 2.0 * self.flop_params * tokens + 4.0 * self.layers * self.hidden * context_sum
+
+    def add_rollout(self, generated: int, prefill: int, context_sum: int, seconds: float) -> None:
+        self.generated_tokens += generated
+        self.rollout_flops += self.forward_flops(generated + prefill, context_sum)
+        self.rollout_seconds += seconds
+
+    def add_eval(self, tokens: int, context_sum: int) -> None:
+        self.eval_flops += self.forward_flops(tokens, context_sum)
+
+    def add_train(self, trained: int, processed: int, context_sum: int, seconds: float) -> None:
+        self.trained_tokens += trained
+        self.train_flops += 3.0 * self.forward_flops(processed, context_sum)
+        self.train_seconds += seconds
+
+    @property
+    def ratio(self) -> float | None:
+        return self.rollout_flops / self.train_flops if self.train_flops else None
+
+    def totals(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("flop_params", "layers", "hidden")}
+        out["rollout_train_flop_ratio"] = self.ratio
+        return out
+
+
+def causal_context_sum(lengths: list[int]) -> int:
+    """Sum of attended positions when each sequence is processed whole: T(T+1)/2 each."""
+    return sum(n * (n + 1) // 2 for n in lengths)

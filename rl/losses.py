@@ -1,0 +1,51 @@
+"""Token log-probabilities and the SFT loss, computed in chunks so full-vocabulary logits for a
+whole batch are never materialised (151k vocab x 16k tokens x 4 B would be 10 GB).
+
+Pure tensor functions with shapes written down; no optimizer, no data handling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # hidden: [N, d]; head: [V, d]; targets: [N] -> [N]
+    logits = F.linear(hidden, head).float()
+    return logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
+
+
+def selected_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """log p(target) for each row of hidden ([N, d]) under lm-head weight [V, d]; returns [N] fp32.
+    Each chunk's logits are recomputed in backward (checkpoint), so peak memory is one chunk."""
+    parts = []
+    for s in range(0, hidden.shape[0], chunk):
+        h, t = hidden[s:s + chunk], targets[s:s + chunk]
+        parts.append(checkpoint(_chunk_logprobs, h, head, t, use_reentrant=False) if h.requires_grad
+                     else _chunk_logprobs(h, head, t))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def pack_batch(sequences: list[tuple[list[int], list[int]]], pad_id: int):
+    """(prompt_ids, completion_ids) pairs -> input_ids [B, T], attention_mask [B, T], loss_mask [B, T]
+    where loss_mask marks positions whose NEXT token is a completion token (right padding)."""
+    width = max(len(p) + len(c) for p, c in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(sequences), width, dtype=torch.long)
+    loss = torch.zeros(len(sequences), width, dtype=torch.bool)
+    for i, (p, c) in enumerate(sequences):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c, dtype=torch.long)
+        attn[i, :n] = 1
+        loss[i, len(p) - 1:n - 1] = True
+    return ids, attn, loss
+
+
+def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over completion tokens (token-level mean). ids/attn/loss_mask: [B, T]."""
+    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # [B, T, d]
+    targets = ids[:, 1:][loss_mask[:, :-1]]                                           # [N]
+    logp = selected_logprobs(hidden[:, :-1][loss_mask[:, :-1]], model.get_output_embeddings().weight, targets)
+    return -logp.mean()

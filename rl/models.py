@@ -1,0 +1,63 @@
+"""Policy models and tokenizers: load an HF checkpoint, or build a tiny one that needs no download.
+
+The tiny path builds a character-level tokenizer (printable ASCII, `tokenizers` WordLevel) and a
+Llama/Qwen2 model from a transformers config; both save as a normal HF directory that
+`AutoTokenizer` / `AutoModelForCausalLM` load. Training and generation code live elsewhere.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from .config import ModelConfig
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = string.printable[:95] + "\n"  # digits, letters, punctuation, space, newline
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(dict.fromkeys(CHARS)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, Qwen2Config
+
+    t = cfg.tiny
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[t.arch]
+    config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.layers, num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,
+        max_position_embeddings=t.max_position, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.dtype))
+
+
+def load_policy(cfg: ModelConfig, seed: int):
+    """(model, tokenizer) in train mode on CPU; the caller moves it to its device."""
+    if cfg.path is None:
+        tokenizer = build_char_tokenizer()
+        return build_tiny_model(cfg, tokenizer, seed), tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(cfg.path)
+    model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype))
+    return model, tokenizer
+
+
+def count_flop_params(model: torch.nn.Module) -> int:
+    """N in the 2N / 6N FLOP rules: all parameters except the input embedding (LM head included)."""
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    return total - emb.numel() + (head.numel() if head is emb else 0)

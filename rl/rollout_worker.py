@@ -1,0 +1,46 @@
+"""The inference-group role: an engine + branching sampler that turns prompts into trees.
+
+A plain class (Ray wraps it in `branchrl.launch`). It takes token ids, not text, so it needs no
+tokenizer, and returns trees with per-token log-probs and entropies. It never verifies.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .config import Config
+from .engine import Decoder, Engine
+from .sampler import BranchSampler, BranchSettings
+from .tree import Tree
+from .weight_sync import Weights, state_checksum
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, model_config: dict, eos_id: int, pad_id: int, rank: int):
+        torch.set_num_threads(cfg.run.threads_per_actor)
+        device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+        self.cfg, self.eos_id = cfg, eos_id
+        self.decoder = Decoder(model_config, device=device, dtype=getattr(torch, cfg.model.dtype))
+        self.engine = Engine(self.decoder, pad_id=pad_id)
+        self.seed = cfg.run.seed * 1000 + rank
+        self.version = -1
+        self.checksum = ""
+
+    def set_weights(self, weights: Weights) -> dict:
+        """Load a new policy version; returns the version and the checksum of what was loaded."""
+        self.decoder.load_state_dict(weights.state)
+        self.version = weights.version
+        self.checksum = state_checksum({k: self.decoder.w[k] for k in weights.state})  # what the engine holds
+        return {"version": self.version, "checksum": self.checksum}
+
+    def rollout(self, prompts: list[tuple[str, list[int]]], step: int, greedy: bool = False) -> tuple[list[Tree], float]:
+        """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval)."""
+        b, r = self.cfg.branch, self.cfg.rollout
+        settings = BranchSettings(1, 1, 0.0, 0, 1, branch=False) if greedy else BranchSettings(
+            b.roots, b.max_leaves, b.entropy_threshold, b.min_prefix, b.min_gap)
+        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, r.temperature, self.seed * 100003 + step)
+        t0 = time.perf_counter()
+        trees = sampler.run(prompts, settings, self.version, greedy=greedy)
+        return trees, time.perf_counter() - t0

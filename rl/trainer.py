@@ -1,0 +1,90 @@
+"""The training-group role: holds the policy and optimizer, learns from verified tokens, hands out weights.
+
+A plain class (Ray wraps it in `branchrl.launch`), so it runs in-process in tests. It never imports
+the engine; weights leave as a versioned CPU state dict with a checksum, which `weight_sync` moves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import torch
+
+from .config import Config
+from .losses import pack_batch, sft_loss
+from .models import count_flop_params, load_policy
+from .weight_sync import Weights, pack_weights
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        torch.set_num_threads(cfg.run.threads_per_actor)
+        self.cfg = cfg
+        self.model, self.tokenizer = load_policy(cfg.model, cfg.run.seed)
+        self.device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).train()
+        self.optimizer = self._optimizer(cfg.train.lr)
+        self.version = 0
+        self.rng = random.Random(cfg.run.seed)
+
+    def _optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.train.weight_decay)
+
+    def describe(self) -> dict:
+        """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
+        c = self.model.config
+        return {"config": c.to_dict(), "eos_id": self.tokenizer.eos_token_id, "pad_id": self.tokenizer.pad_token_id,
+                "flop_params": count_flop_params(self.model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
+
+    def warm_start(self, texts: list[tuple[str, str]]) -> dict:
+        """Short SFT on worked (prompt, solution) pairs before RL, with warm-up and cosine decay."""
+        ws = self.cfg.warm_start
+        eos = self.tokenizer.eos_token_id
+        seqs = [(self.tokenizer.encode(p), self.tokenizer.encode(s) + [eos]) for p, s in texts]
+        total = ws.epochs * -(-len(seqs) // ws.batch_size)
+        warmup = max(1, total // 20)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = ws.lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
+            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(i, total) / total)))
+        stats = self.fit(seqs, ws.epochs, ws.batch_size, schedule)
+        for group in self.optimizer.param_groups:  # RL continues with the same Adam moments
+            group["lr"] = self.cfg.train.lr
+        return stats
+
+    def train(self, seqs: list[tuple[list[int], list[int]]]) -> dict:
+        """One RL update: SFT on verified (prompt_ids, completion_ids); the policy version goes up by one."""
+        stats = self.fit(seqs, self.cfg.train.epochs, self.cfg.train.batch_size)
+        self.version += 1
+        return stats
+
+    def fit(self, seqs, epochs: int, batch_size: int, schedule=None) -> dict:
+        t0, losses, tokens, processed = time.perf_counter(), [], 0, 0
+        for _ in range(epochs):
+            order = list(range(len(seqs)))
+            self.rng.shuffle(order)
+            for s in range(0, len(order), batch_size):
+                batch = [seqs[i] for i in order[s:s + batch_size]]
+                ids, attn, mask = (t.to(self.device) for t in pack_batch(batch, self.tokenizer.pad_token_id))
+                loss = sft_loss(self.model, ids, attn, mask)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                self.optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                losses.append(loss.item())
+                tokens += int(mask.sum())
+                processed += int(attn.sum())
+        return {"loss": sum(losses) / max(len(losses), 1), "trained_tokens": tokens, "processed_tokens": processed,
+                "seconds": time.perf_counter() - t0, "sequences": len(seqs)}
+
+    def weights(self) -> Weights:
+        return pack_weights(self.model, self.version)
+
+    def save(self, path: str) -> str:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path

@@ -1,0 +1,79 @@
+"""A branched rollout as a tree of token spans, with leaf rewards and node values.
+
+Node 0 is the prompt (no tokens). Every other node is a span of sampled tokens; a fork ends the
+current span and starts two children that differ in their first token. A leaf is a finished
+completion. V(n) = mean reward of the leaves under n, so V(root) is the group mean (GRPO's
+baseline). Advantage formulas live with the algorithms, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Node:
+    id: int
+    parent: int | None
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)    # sampled token's log-prob (at the sampling temperature)
+    entropies: list[float] = field(default_factory=list)   # next-token entropy (nats) where each token was drawn
+    children: list[int] = field(default_factory=list)
+    finish: str = ""            # "eos" | "length" on leaves, "" while open or internal
+    reward: float | None = None
+
+
+@dataclass
+class Tree:
+    tree_id: str
+    problem_id: str
+    prompt_ids: list[int]
+    policy_version: int
+    nodes: list[Node] = field(default_factory=lambda: [Node(0, None)])
+
+    def add_child(self, parent: int) -> int:
+        node = Node(len(self.nodes), parent)
+        self.nodes.append(node)
+        self.nodes[parent].children.append(node.id)
+        return node.id
+
+    def leaves(self) -> list[int]:
+        return [n.id for n in self.nodes if n.finish]
+
+    def path(self, node: int) -> list[int]:
+        """Node ids from the first span under the prompt down to `node`."""
+        out = []
+        while node != 0:
+            out.append(node)
+            node = self.nodes[node].parent
+        return out[::-1]
+
+    def branch_path(self, leaf: int) -> str:
+        """Child index at each level, e.g. '2.0.1' (root chain 2, then first child, then second)."""
+        return ".".join(str(self.nodes[self.nodes[n].parent].children.index(n)) for n in self.path(leaf))
+
+    def completion_ids(self, leaf: int) -> list[int]:
+        return [t for n in self.path(leaf) for t in self.nodes[n].tokens]
+
+    def completion_logprobs(self, leaf: int) -> list[float]:
+        return [lp for n in self.path(leaf) for lp in self.nodes[n].logprobs]
+
+    def generated_tokens(self) -> int:
+        """Tokens actually decoded for this tree: shared prefixes count once."""
+        return sum(len(n.tokens) for n in self.nodes)
+
+    def forks(self) -> int:
+        return sum(1 for n in self.nodes[1:] if len(n.children) > 1)
+
+    def values(self) -> list[float | None]:
+        """V(n) = mean reward of the leaves under n (None where no leaf below has a reward)."""
+        total = [0.0] * len(self.nodes)
+        count = [0] * len(self.nodes)
+        for leaf in self.leaves():
+            reward = self.nodes[leaf].reward
+            if reward is None:
+                continue
+            for n in [0] + self.path(leaf):
+                total[n] += reward
+                count[n] += 1
+        return [t / c if c else None for t, c in zip(total, count)]

@@ -1,0 +1,34 @@
+"""Weight sync, the one bridge between the training and inference groups.
+
+The trainer packs a versioned CPU state dict with a checksum; the driver `ray.put`s it once and
+every rollout worker receives the same object-store copy. NCCL broadcast on GPUs is not done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Weights:
+    version: int
+    state: dict[str, torch.Tensor]
+    checksum: str
+
+
+def state_checksum(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order: equal iff the weights are identical."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def pack_weights(model: torch.nn.Module, version: int) -> Weights:
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return Weights(version, state, state_checksum(state))

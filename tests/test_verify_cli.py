@@ -1,0 +1,52 @@
+"""`branchrl verify`: JSONL in, the same records plus verdicts out; bad lines become error lines."""
+
+import io
+import json
+import sys
+
+import pytest
+
+from branchrl.verifiers import main_verify
+
+
+def run(path):
+    out = io.StringIO()
+    assert main_verify(str(path), out=out) == 0
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_three_lines_pass_fail_and_invalid_json(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        json.dumps({"verifier": "math", "completion": r"so \boxed{843}", "answer": "#### 843", "id": "a"}) + "\n"
+        + json.dumps({"verifier": "math", "completion": "#### 844", "answer": "843", "id": "b"}) + "\n"
+        + "{not json\n"
+    )
+    rows = run(path)
+    assert [r["verdict"] for r in rows] == ["pass", "fail", "error"]
+    assert rows[0]["id"] == "a" and rows[0]["score"] == 1.0 and rows[0]["completion"] == r"so \boxed{843}"
+    assert rows[1]["score"] == 0.0 and "844" in rows[1]["details"]
+    assert rows[2]["line"] == 3 and rows[2]["details"].startswith("line 3: invalid JSON")
+    assert all(set(r) >= {"verdict", "score", "seconds", "details"} for r in rows)
+
+
+def test_non_object_lines_and_bad_records_keep_going(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('[1, 2]\n\n{"verifier": "nope"}\n{"verifier": "math", "completion": "#### 1", "answer": "1"}\n')
+    rows = run(path)
+    assert [r["verdict"] for r in rows] == ["error", "error", "pass"]
+    assert rows[0] == {"line": 1, "verdict": "error", "score": 0.0, "seconds": 0.0,
+                       "details": "line 1: not a JSON object but a list"}
+    assert rows[1]["verifier"] == "nope" and "unknown verifier" in rows[1]["details"]
+
+
+def test_stdin_dash(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"verifier": "math", "completion": "#### 2", "answer": "2"}\n'))
+    out = io.StringIO()
+    assert main_verify("-", out=out) == 0
+    assert json.loads(out.getvalue())["verdict"] == "pass"
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main_verify(str(tmp_path / "missing.jsonl"), out=io.StringIO())
