@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: YAML reads `name: 2024` (or `run.name=2024`) as a number; a name is still a name
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class EnvConfig(Section):
@@ -62,6 +63,7 @@ class RolloutConfig(Section):
     workers: int = Field(2, gt=0, description="rollout-worker actors in the inference group")
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rollout worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs reserved per rollout worker")
+    threads_per_worker: int = Field(1, gt=0, description="torch CPU threads in each rollout worker")
     prompts_per_step: int = Field(64, gt=0, description="problems sampled per RL step")
     max_new_tokens: int = Field(64, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
@@ -91,6 +93,7 @@ class TrainConfig(Section):
     algo: Literal["sft"] = Field("sft", description="update rule: sft = rejection-sampling fine-tuning on verified paths")
     cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the trainer actor")
     gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved for the trainer actor")
+    threads: int = Field(2, gt=0, description="torch CPU threads in the trainer actor")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(32, gt=0, description="sequences per optimizer step")
@@ -109,7 +112,6 @@ class RunConfig(Section):
     seed: int = Field(0, description="seed for data sampling, model init and sampling")
     steps: int = Field(10, gt=0, description="RL steps (sample -> verify -> update -> sync)")
     ray_address: str | None = Field(None, description="null = embedded local Ray; 'auto' joins a running cluster")
-    threads_per_actor: int = Field(1, gt=0, description="torch threads in each actor")
 
 
 class Config(Section):
@@ -132,21 +134,29 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         _apply_override(data, item)
     _check_keys(data, Config)
+    _empty_sections(data, Config)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
 
 
-def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config; `load_config` of the file gives an equal Config."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {type(e).__name__}: {_one_line(e)}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -165,10 +175,15 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty YAML section
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML (quote it to pass a string)") from None
 
 
 def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
@@ -178,12 +193,31 @@ def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
     fields = model.model_fields
     for key, value in data.items():
         if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{near[0]!r}?" if near else f"; valid keys: {', '.join(fields)}"
-            raise ConfigError(f"unknown config key {prefix}{key!r}{hint}")
-        sub = fields[key].annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        sub = _section_type(fields[key].annotation)
+        if sub is not None:
             _check_keys(value, sub, f"{prefix}{key}.")
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    # get_origin first: on Python 3.10 `dict[str, Any]` passes isinstance(.., type) but breaks issubclass
+    if get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _empty_sections(data: dict[str, Any], model: type[BaseModel]) -> None:
+    """A section left empty in YAML (`rollout:` with every line commented out) reads as None: use its defaults."""
+    for key, info in model.model_fields.items():
+        sub = _section_type(info.annotation)
+        if sub is None or key not in data:
+            continue
+        if data[key] is None:
+            data[key] = {}
+        elif isinstance(data[key], dict):
+            _empty_sections(data[key], sub)
 
 
 def _describe(err: ValidationError) -> str:
@@ -191,4 +225,9 @@ def _describe(err: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "config"
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"invalid config value {where}: {first['msg']}{got_text}"
+    msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+    return _one_line(f"invalid config value {where}: {msg}{got_text}")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())

@@ -45,14 +45,22 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.dtype))
 
 
+def load_tokenizer(cfg: ModelConfig):
+    """The policy's tokenizer: the project's char tokenizer for a tiny model, else the checkpoint's."""
+    if cfg.path is None:
+        return build_char_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.path)
+    if tokenizer.pad_token_id is None:  # many base models ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_policy(cfg: ModelConfig, seed: int):
     """(model, tokenizer) in train mode on CPU; the caller moves it to its device."""
+    tokenizer = load_tokenizer(cfg)
     if cfg.path is None:
-        tokenizer = build_char_tokenizer()
         return build_tiny_model(cfg, tokenizer, seed), tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(cfg.path)
-    model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype))
-    return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype)), tokenizer
 
 
 def count_flop_params(model: torch.nn.Module) -> int:

@@ -19,7 +19,7 @@ from .weight_sync import Weights, state_checksum
 
 class RolloutWorker:
     def __init__(self, cfg: Config, model_config: dict, eos_id: int, pad_id: int, rank: int):
-        torch.set_num_threads(cfg.run.threads_per_actor)
+        torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.cfg, self.eos_id = cfg, eos_id
         self.decoder = Decoder(model_config, device=device, dtype=getattr(torch, cfg.model.dtype))

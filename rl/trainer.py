@@ -20,7 +20,7 @@ from .weight_sync import Weights, pack_weights
 
 class Trainer:
     def __init__(self, cfg: Config):
-        torch.set_num_threads(cfg.run.threads_per_actor)
+        torch.set_num_threads(cfg.train.threads)
         self.cfg = cfg
         self.model, self.tokenizer = load_policy(cfg.model, cfg.run.seed)
         self.device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
@@ -61,7 +61,7 @@ class Trainer:
         return stats
 
     def fit(self, seqs, epochs: int, batch_size: int, schedule=None) -> dict:
-        t0, losses, tokens, processed = time.perf_counter(), [], 0, 0
+        t0, losses, tokens, processed, context = time.perf_counter(), [], 0, 0, 0
         for _ in range(epochs):
             order = list(range(len(seqs)))
             self.rng.shuffle(order)
@@ -76,15 +76,29 @@ class Trainer:
                 if schedule is not None:
                     schedule.step()
                 losses.append(loss.item())
+                lengths = attn.sum(1)                                     # [B]
                 tokens += int(mask.sum())
-                processed += int(attn.sum())
+                processed += int(lengths.sum())
+                context += int((lengths * (lengths + 1) // 2).sum())      # causal attention positions
         return {"loss": sum(losses) / max(len(losses), 1), "trained_tokens": tokens, "processed_tokens": processed,
-                "seconds": time.perf_counter() - t0, "sequences": len(seqs)}
+                "context_sum": context, "seconds": time.perf_counter() - t0, "sequences": len(seqs)}
 
     def weights(self) -> Weights:
         return pack_weights(self.model, self.version)
 
+    def publish(self) -> dict:
+        """Put the current weights in the Ray object store once; returns version, checksum and the ref.
+        Only this small dict travels to the driver; the workers fetch the tensors from the store."""
+        import ray
+
+        w = self.weights()
+        return {"version": w.version, "checksum": w.checksum, "ref": ray.put(w), "bytes": w.nbytes}
+
     def save(self, path: str) -> str:
+        """HF directory (config, safetensors, tokenizer) that AutoModelForCausalLM / AutoTokenizer load."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is only noise in the run log
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path

@@ -62,6 +62,17 @@ class Tree:
         """Tokens actually decoded for this tree: shared prefixes count once."""
         return sum(len(n.tokens) for n in self.nodes)
 
+    def context_sum(self) -> int:
+        """Attention positions over the whole tree: the prompt's prefill once, then each decoded token
+        attends to everything before it on its path (shared prefixes computed once, as the engine does)."""
+        p = len(self.prompt_ids)
+        total, start = p * (p + 1) // 2, {0: p}
+        for n in self.nodes[1:]:  # parents come before children
+            s0 = start[n.id] = start[n.parent] + len(self.nodes[n.parent].tokens)
+            k = len(n.tokens)
+            total += k * s0 + k * (k + 1) // 2
+        return total
+
     def forks(self) -> int:
         return sum(1 for n in self.nodes[1:] if len(n.children) > 1)
 

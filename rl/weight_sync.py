@@ -1,7 +1,8 @@
 """Weight sync, the one bridge between the training and inference groups.
 
-The trainer packs a versioned CPU state dict with a checksum; the driver `ray.put`s it once and
-every rollout worker receives the same object-store copy. NCCL broadcast on GPUs is not done here.
+The trainer packs a versioned CPU state dict with a checksum and puts it in the Ray object store once
+(`Trainer.publish`); every rollout worker loads that same copy and reports the checksum of what its
+engine now holds, so the driver can prove the versions match. NCCL broadcast on GPUs is not done here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ class Weights:
     version: int
     state: dict[str, torch.Tensor]
     checksum: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state.values())
 
 
 def state_checksum(state: dict[str, torch.Tensor]) -> str:

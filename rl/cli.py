@@ -1,0 +1,102 @@
+"""`branchrl` command line: `run` a config, `verify` a JSONL file.
+
+Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
+(bad config, unknown env, missing file, a cluster that cannot host the run) becomes one line on
+stderr and exit code 2; our own bugs still raise with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options too (`run demo.yaml --out d run.steps=3`): collect them here
+    if extra and (args.command != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("branchrl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if _is_user_error(e):
+            message = " ".join(str(e).split())  # exactly one line, whatever the exception text holds
+            print(f"branchrl: error: {message}", file=sys.stderr)
+            return USER_ERROR
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="branchrl", description="Branched, verified RL synthetic data for reasoning models, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="generate, branch, verify, prune and train, as a config says",
+                         description="Run a config end to end; overrides look like section.key=value.")
+    run.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
+    run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
+    run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    run.set_defaults(handler=_run)
+    verify = sub.add_parser("verify", help="verify JSONL records (the branchrl verify format); results on stdout",
+                            description="Verify one JSON record per line ('-' = stdin).")
+    verify.add_argument("file", help="JSONL file of records, or - for stdin")
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+def _run(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_before_import(cfg, out)
+    from .loop import run  # torch and ray load only once the config is known to be good
+
+    run(cfg, out, address=args.address or cfg.run.ray_address)
+    return 0
+
+
+def _check_before_import(cfg, out: Path) -> None:
+    """The cheap input checks, before torch and ray take seconds to import; `loop.prepare` repeats them
+    (it is the API's entry point) and adds the ones that need the tokenizer."""
+    from branchrl.envs import load_env
+
+    from .config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output dir {out} is a file; pass another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"output dir {out} is not empty; pass another --out")
+    load_env(cfg.env.name, **cfg.env.kwargs)
+
+
+def _verify(args) -> int:
+    from branchrl.verifiers import main_verify
+
+    return main_verify(args.file)
+
+
+def _is_user_error(e: Exception) -> bool:
+    from .config import ConfigError
+
+    if isinstance(e, (ConfigError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return True
+    if "branchrl.launch" in sys.modules and isinstance(e, sys.modules["branchrl.launch"].LaunchError):
+        return True
+    if "branchrl.envs" in sys.modules and isinstance(e, sys.modules["branchrl.envs"].EnvError):
+        return True
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

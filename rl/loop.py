@@ -1,0 +1,203 @@
+"""The driver: one run from config to summary, phase by phase.
+
+    prepare (env, problems, run dir) -> launch roles on Ray -> warm start -> sync v0 -> eval_before
+    -> steps: sample -> verify -> prune -> store -> update -> sync -> eval_after -> checkpoint, summary
+
+The driver owns the tokenizer (text <-> ids), the ledger and the files of the run directory; the
+roles own the compute. It never runs a model itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from branchrl.envs import Environment, Problem, load_env
+from branchrl.verifiers import verifier_version
+
+from .config import Config, ConfigError, dump_config
+from .datastore import DataStore
+from .launch import Roles, launch, start_ray
+from .ledger import Ledger
+from .models import load_tokenizer
+from .progress import Progress
+from .prune import Selection, select_verified
+from .tree import Tree
+
+
+@dataclass
+class Context:
+    cfg: Config
+    env: Environment
+    tokenizer: object
+    roles: Roles
+    ledger: Ledger
+    run_dir: Path
+    progress: Progress
+
+
+def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
+    """Run the whole pipeline; returns the summary (also written to run_dir/summary.json)."""
+    t0 = time.perf_counter()
+    env, tokenizer, eval_set, warm_set = prepare(cfg, run_dir)
+    progress = Progress(cfg.run.steps)
+    progress.note(f"run dir {run_dir}; starting Ray")
+    start_ray(cfg, address)
+    roles = launch(cfg)
+    try:
+        info = ray.get(roles.trainer.describe.remote())
+        ctx = Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
+                      run_dir, progress)
+        summary = train_and_evaluate(ctx, eval_set, warm_set)
+    finally:
+        roles.shutdown()
+    summary["wall_seconds"] = time.perf_counter() - t0
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
+                  f"summary in {run_dir / 'summary.json'}")
+    return summary
+
+
+def prepare(cfg: Config, run_dir: Path):
+    """Everything that can fail on bad input, done before Ray starts: env, problems, lengths, run dir."""
+    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    eval_set = env.eval_problems(cfg.eval.problems)
+    warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
+    tokenizer = load_tokenizer(cfg.model)
+    longest = max((len(tokenizer.encode(p.prompt)) for p in eval_set + env.train_problems(8, 0)), default=0)
+    limit = cfg.model.tiny.max_position if cfg.model.path is None else None
+    if limit is not None and longest + cfg.rollout.max_new_tokens > limit:
+        raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} plus the longest prompt ({longest} "
+                          f"tokens) exceeds model.tiny.max_position={limit}")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"output dir {run_dir} is not empty; pass another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    return env, tokenizer, eval_set, warm_set
+
+
+def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Problem]) -> dict:
+    trainer, cfg = ctx.roles.trainer, ctx.cfg
+    if warm_set:
+        ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
+        stats = ray.get(trainer.warm_start.remote([(p.prompt, p.solution) for p in warm_set]))
+        ctx.progress.note(f"warm start done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
+        ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "warm_start")))
+    sync(ctx)
+    eval_before = evaluate(ctx, eval_set, step=0)
+    ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
+    store = DataStore(ctx.run_dir / "data")
+    with open(ctx.run_dir / "metrics.jsonl", "w") as metrics:
+        for step in range(1, cfg.run.steps + 1):
+            record = rl_step(ctx, store, step)
+            if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.run.steps:
+                record["eval"] = evaluate(ctx, eval_set, step)
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            ctx.progress.step(record)
+    eval_after = evaluate(ctx, eval_set, cfg.run.steps)
+    ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "final")))
+    return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
+            "steps": cfg.run.steps, "verified_samples": store.rows_written, "seed": cfg.run.seed,
+            **ctx.ledger.totals()}
+
+
+def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
+    """sample -> verify -> prune -> store -> update -> sync; returns the step's metrics record."""
+    t_step = time.perf_counter()
+    problems = ctx.env.train_problems(ctx.cfg.rollout.prompts_per_step, seed=ctx.cfg.run.seed * 1_000_003 + step)
+    trees, rollout_s = sample(ctx, problems, step)
+    leaves, verify_s = verify_leaves(ctx, problems, trees)
+    chosen = select_verified(problems, trees, leaves, ctx.cfg.train.max_per_problem)
+    store.write(step, provenance(ctx, chosen, step))
+    update = ray.get(ctx.roles.trainer.train.remote(chosen.sequences)) if chosen.sequences else None
+    version, sync_s = sync(ctx)
+    led = ctx.ledger
+    generated = sum(t.generated_tokens() for t in trees)
+    led.add_rollout(generated, sum(len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees), rollout_s)
+    led.verified_tokens += chosen.verified_tokens
+    led.verify_seconds += verify_s
+    if update:
+        led.add_train(update["trained_tokens"], update["processed_tokens"], update["context_sum"], update["seconds"])
+    led.sync_seconds += sync_s
+    return {"step": step, "policy_version": version, "prompts": len(problems),
+            "leaves": len(leaves), "forks": sum(t.forks() for t in trees), "pass_rate": chosen.pass_rate,
+            "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
+            "generated_tokens": generated, "verified_tokens": chosen.verified_tokens,
+            "trained_tokens": update["trained_tokens"] if update else 0, "loss": update["loss"] if update else None,
+            "tokens_per_s": generated / rollout_s if rollout_s else 0.0, "rollout_seconds": rollout_s,
+            "verify_seconds": verify_s, "train_seconds": update["seconds"] if update else 0.0,
+            "sync_seconds": sync_s, "step_seconds": time.perf_counter() - t_step,
+            "rollout_train_flop_ratio": led.ratio}
+
+
+def sample(ctx: Context, problems: list[Problem], step: int, greedy: bool = False) -> tuple[list[Tree], float]:
+    """Split the prompts over the rollout workers; returns trees in problem order and the phase's wall time."""
+    t0 = time.perf_counter()
+    prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
+    workers = ctx.roles.rollout
+    shards = [prompts[i::len(workers)] for i in range(len(workers))]
+    results = ray.get([w.rollout.remote(s, step, greedy) for w, s in zip(workers, shards) if s])
+    trees: list[Tree] = [None] * len(prompts)
+    for i, (shard_trees, _) in enumerate(results):
+        trees[i::len(workers)] = shard_trees
+    return trees, time.perf_counter() - t0
+
+
+def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> tuple[list[dict], float]:
+    """Every leaf's text and verdict, verified on the pool; rewards are written onto the tree leaves."""
+    t0 = time.perf_counter()
+    leaves = []
+    for p, tree in zip(problems, trees):
+        for leaf in tree.leaves():
+            ids = tree.completion_ids(leaf)
+            text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
+            leaves.append({"tree": tree, "leaf": leaf, "ids": ids, "text": text,
+                           "record": {**ctx.env.verifier_record(p, text), "timeout_s": ctx.cfg.verify.timeout_s}})
+    pool = ctx.roles.verifiers
+    records = [leaf["record"] for leaf in leaves]
+    shards = ray.get([v.verify_batch.remote(records[i::len(pool)]) for i, v in enumerate(pool)])
+    for i, (results, _) in enumerate(shards):
+        for leaf, result in zip(leaves[i::len(pool)], results):
+            leaf["result"] = result
+            leaf["tree"].nodes[leaf["leaf"]].reward = result["score"] if result["verdict"] == "pass" else 0.0
+    return leaves, time.perf_counter() - t0
+
+
+def provenance(ctx: Context, chosen: Selection, step: int) -> list[dict]:
+    env, seed = ctx.env, ctx.cfg.run.seed
+    version = verifier_version(env.verifier)
+    return [{"env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
+             "policy_version": leaf["tree"].policy_version, "verifier": env.verifier, "verifier_version": version,
+             "verdict": leaf["result"]["verdict"], "score": leaf["result"]["score"], "tree_id": leaf["tree"].tree_id,
+             "branch_path": leaf["tree"].branch_path(leaf["leaf"]), "tree_value": leaf["tree"].values()[0],
+             "num_tokens": len(leaf["ids"]), "seed": seed, "step": step}
+            for p, leaf in chosen.samples]
+
+
+def sync(ctx: Context) -> tuple[int, float]:
+    """Publish the trainer's weights once to the object store; every rollout worker loads that copy.
+    Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
+    t0 = time.perf_counter()
+    published = ray.get(ctx.roles.trainer.publish.remote())
+    loaded = ray.get([w.set_weights.remote(published["ref"]) for w in ctx.roles.rollout])
+    for i, got in enumerate(loaded):
+        if (got["version"], got["checksum"]) != (published["version"], published["checksum"]):
+            raise RuntimeError(f"weight sync failed: rollout worker {i} holds version {got['version']} "
+                               f"checksum {got['checksum'][:12]}, trainer published {published['version']} "
+                               f"{published['checksum'][:12]}")
+    return published["version"], time.perf_counter() - t0
+
+
+def evaluate(ctx: Context, problems: list[Problem], step: int) -> float:
+    """Held-out pass@1: one greedy chain per problem, verified like any other leaf."""
+    if not problems:
+        return float("nan")
+    trees, _ = sample(ctx, problems, step, greedy=True)
+    leaves, _ = verify_leaves(ctx, problems, trees)
+    ctx.ledger.add_eval(sum(t.generated_tokens() + len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees))
+    return sum(leaf["result"]["verdict"] == "pass" for leaf in leaves) / len(problems)
