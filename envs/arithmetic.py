@@ -2,8 +2,8 @@
 
 `457+386=` is answered `7+6=13 5+8+1=14 4+3+1=8 #### 843`: each column's sum (plus the carry),
 then the GSM8K-style final answer that the math verifier checks. Every problem falls in exactly one
-split by a hash of its text, so eval, warm-start and train problems can never overlap, whatever
-the seed. It deliberately knows nothing about tokenizers or models.
+split by a hash of its operand pair, order ignored (`12+34` and `34+12` share a split), so eval,
+warm-start and train problems can never overlap, whatever the seed. It deliberately knows nothing about tokenizers or models.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import random
 
-from .base import Environment, Problem
+from .base import Environment, EnvError, Problem
 
 SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}
 
 
 def split_of(problem_id: str) -> str:
-    bucket = int(hashlib.sha256(problem_id.encode()).hexdigest(), 16) % 100
+    """'a+b' -> its split; a+b and b+a always land together, so a held-out sum is never seen swapped."""
+    key = "+".join(sorted(problem_id.split("+"), key=int))
+    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
     return next(name for name, buckets in SPLITS.items() if bucket in buckets)
 
 
@@ -34,9 +36,10 @@ def worked_solution(a: int, b: int) -> str:
 
 class Arithmetic(Environment):
     def __init__(self, digits: int = 3):
-        if not 1 <= digits <= 12:
-            raise ValueError(f"arithmetic: digits must be in 1..12, got {digits}")
-        super().__init__(name="arithmetic", verifier="math")
+        if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 12:
+            raise ValueError(f"digits must be an integer in 1..12, got {digits!r}")
+        # numeric: "#### 45+38" equals the sum too, but restating the question is not solving it
+        super().__init__(name="arithmetic", verifier="math", verifier_args={"numeric": True})
         self.digits = digits
 
     def _problem(self, a: int, b: int) -> Problem:
@@ -53,8 +56,9 @@ class Arithmetic(Environment):
             pid = f"{a}+{b}"
             if pid not in seen and split_of(pid) == split:
                 seen[pid] = self._problem(a, b)
-        if len(seen) < n:
-            raise ValueError(f"arithmetic: only {len(seen)} distinct {split} problems with {self.digits} digits, asked for {n}")
+        if len(seen) < n:  # the config asks for more than the split holds: the user's to change
+            raise EnvError(f"env 'arithmetic': found only {len(seen)} distinct {split} problems with {self.digits} "
+                           f"digits, asked for {n}; ask for fewer or raise digits")
         return list(seen.values())
 
     def train_problems(self, n: int, seed: int) -> list[Problem]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class EnvError(ValueError):
+    """The env name cannot be resolved, or the env rejects its arguments (what to change is in the message)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     id: str              # stable within the env: provenance and de-duplication key

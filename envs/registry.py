@@ -11,13 +11,9 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
-from .base import Environment
+from .base import Environment, EnvError
 
 BUILTIN: dict[str, str] = {"arithmetic": "branchrl.envs.arithmetic:load_environment"}
-
-
-class EnvError(ValueError):
-    """The env name cannot be resolved or its loader rejected the arguments."""
 
 
 def _resolve(name: str) -> Callable[..., Environment]:
@@ -25,14 +21,22 @@ def _resolve(name: str) -> Callable[..., Environment]:
     if target is None:
         found = [ep for ep in entry_points(group="branchrl.envs") if ep.name == name]
         if found:
-            return found[0].load()
+            try:
+                return found[0].load()
+            except (ImportError, AttributeError) as e:
+                raise EnvError(f"env {name!r}: entry point {found[0].value} does not load ({e})") from None
         target = name
     module_name, _, fn_name = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        # "" and ".relative" names raise ValueError / TypeError, not ImportError
+        module = importlib.import_module(module_name) if module_name and not module_name.startswith(".") else None
     except ImportError as e:
+        module, why = None, f" ({e})"
+    else:
+        why = ""
+    if module is None:
         known = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group="branchrl.envs")})
-        raise EnvError(f"unknown env {name!r} ({e}); known: {', '.join(known)}, or a dotted path 'pkg.module[:fn]'") from None
+        raise EnvError(f"unknown env {name!r}{why}; known: {', '.join(known)}, or a dotted path 'pkg.module[:fn]'")
     fn = getattr(module, fn_name or "load_environment", None)
     if not callable(fn):
         raise EnvError(f"env {name!r}: module {module_name} has no function {fn_name or 'load_environment'}()")

@@ -55,15 +55,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    cfg, out = resolve_run(args)
+    from .loop import run  # torch and ray load only once the config is known to be good
+
+    run(cfg, out, address=cfg.run.ray_address)
+    return 0
+
+
+def resolve_run(args):
+    """(config, run dir) for `branchrl run`, with --address folded into the config the run saves."""
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.address:
+        cfg.run.ray_address = args.address
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_before_import(cfg, out)
-    from .loop import run  # torch and ray load only once the config is known to be good
-
-    run(cfg, out, address=args.address or cfg.run.ray_address)
-    return 0
+    return cfg, out
 
 
 def _check_before_import(cfg, out: Path) -> None:

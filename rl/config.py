@@ -103,7 +103,7 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    problems: int = Field(500, ge=0, description="held-out problems for pass@1 (greedy) before and after")
+    problems: int = Field(500, gt=0, description="held-out problems for pass@1 (greedy) before and after")
     every: int = Field(0, ge=0, description="also evaluate every N steps (0 = only before and after)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from dataclasses import dataclass, field
 
 import ray
@@ -32,14 +33,15 @@ class LaunchError(RuntimeError):
 
 @dataclass
 class Roles:
-    trainer: ray.actor.ActorHandle
+    trainer: ray.actor.ActorHandle | None
     rollout: list[ray.actor.ActorHandle]
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
 
     def shutdown(self) -> None:
         for actor in [self.trainer, *self.rollout, *self.verifiers]:
-            ray.kill(actor)
+            if actor is not None:
+                ray.kill(actor)
         for group in self.groups:
             remove_placement_group(group)
 
@@ -60,34 +62,53 @@ def start_ray(cfg: Config, address: str | None) -> None:
 def launch(cfg: Config) -> Roles:
     """Place the training group, then the inference group, then the verifier pool; returns their handles."""
     r, t = cfg.rollout, cfg.train
-    train_group = _group("training", [{"CPU": t.cpus, "GPU": t.gpus}])
-    trainer = ray.remote(Trainer).options(
-        num_cpus=t.cpus, num_gpus=t.gpus,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=0),
-    ).remote(cfg)
-    info = ray.get(trainer.describe.remote())
-    infer_group = _group("inference", [{"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}] * r.workers)
-    rollout = [
-        ray.remote(RolloutWorker).options(
-            num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
-        ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i)
-        for i in range(r.workers)
-    ]
-    verifiers = [ray.remote(VerifierWorker).options(num_cpus=cfg.verify.cpus_per_worker).remote()
-                 for _ in range(cfg.verify.workers)]
-    return Roles(trainer, rollout, verifiers, [train_group, infer_group])
+    wanted = {"training": [{"CPU": t.cpus, "GPU": t.gpus}],
+              "inference": [{"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}] * r.workers}
+    for name, bundles in wanted.items():  # before placing anything: nothing to undo, no waiting
+        _check_cluster_can_hold(name, bundles)
+    roles = Roles(None, [], [])
+    try:
+        train_group = _group("training", wanted["training"])
+        roles.groups.append(train_group)
+        roles.trainer = ray.remote(Trainer).options(
+            num_cpus=t.cpus, num_gpus=t.gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=0),
+        ).remote(cfg)
+        info = ray.get(roles.trainer.describe.remote())
+        infer_group = _group("inference", wanted["inference"])
+        roles.groups.append(infer_group)
+        roles.rollout = [
+            ray.remote(RolloutWorker).options(
+                num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
+            ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i)
+            for i in range(r.workers)
+        ]
+        roles.verifiers = [ray.remote(VerifierWorker).options(num_cpus=cfg.verify.cpus_per_worker).remote()
+                           for _ in range(cfg.verify.workers)]
+    except BaseException:
+        roles.shutdown()  # nothing half-launched stays on the cluster
+        raise
+    return roles
+
+
+def _totals(bundles: list[dict]) -> dict[str, float]:
+    return {k: sum(b.get(k, 0) for b in bundles) for k in sorted({k for b in bundles for k, v in b.items() if v > 0})}
+
+
+def _check_cluster_can_hold(name: str, bundles: list[dict]) -> None:
+    want, total = _totals(bundles), ray.cluster_resources()
+    missing = {k: total.get(k, 0) for k, v in want.items() if total.get(k, 0) < v}
+    if missing:
+        raise LaunchError(f"the {name} group needs {want} but the whole cluster has only {missing}; "
+                          f"lower the request or add nodes")
 
 
 def _group(name: str, bundles: list[dict]) -> PlacementGroup:
+    """A PACKed placement group, ready; waits at most PLACEMENT_TIMEOUT_S for busy resources to free up."""
+    want = _totals(bundles)
     bundles = [{k: v for k, v in b.items() if v > 0} for b in bundles]
-    want = {k: sum(b.get(k, 0) for b in bundles) for k in sorted({k for b in bundles for k in b})}
-    total = ray.cluster_resources()
-    missing = {k: v for k, v in want.items() if total.get(k, 0) < v}
-    if missing:
-        raise LaunchError(f"the {name} group needs {want} but the whole cluster has only "
-                          f"{ {k: total.get(k, 0) for k in missing} }; lower the request or add nodes")
-    group = placement_group(bundles, strategy="PACK", name=f"branchrl-{name}")
+    group = placement_group(bundles, strategy="PACK", name=f"branchrl-{name}-{uuid.uuid4().hex[:8]}")
     try:
         ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
     except GetTimeoutError:

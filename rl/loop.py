@@ -68,11 +68,15 @@ def prepare(cfg: Config, run_dir: Path):
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
     tokenizer = load_tokenizer(cfg.model)
-    longest = max((len(tokenizer.encode(p.prompt)) for p in eval_set + env.train_problems(8, 0)), default=0)
     limit = cfg.model.tiny.max_position if cfg.model.path is None else None
-    if limit is not None and longest + cfg.rollout.max_new_tokens > limit:
-        raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} plus the longest prompt ({longest} "
-                          f"tokens) exceeds model.tiny.max_position={limit}")
+    if limit is not None:
+        longest = max(len(tokenizer.encode(p.prompt)) for p in eval_set + env.train_problems(8, 0))
+        if longest + cfg.rollout.max_new_tokens > limit:
+            raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} plus the longest prompt ({longest} "
+                              f"tokens) exceeds model.tiny.max_position={limit}")
+        worked = max((len(tokenizer.encode(p.prompt + p.solution)) + 1 for p in warm_set), default=0)
+        if worked > limit:
+            raise ConfigError(f"a warm-start example is {worked} tokens, over model.tiny.max_position={limit}")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"output dir {run_dir} is not empty; pass another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +91,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
         stats = ray.get(trainer.warm_start.remote([(p.prompt, p.solution) for p in warm_set]))
         ctx.progress.note(f"warm start done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
         ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "warm_start")))
-    sync(ctx)
+    sync(ctx.roles)
     eval_before = evaluate(ctx, eval_set, step=0)
     ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
     store = DataStore(ctx.run_dir / "data")
@@ -115,7 +119,7 @@ def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
     chosen = select_verified(problems, trees, leaves, ctx.cfg.train.max_per_problem)
     store.write(step, provenance(ctx, chosen, step))
     update = ray.get(ctx.roles.trainer.train.remote(chosen.sequences)) if chosen.sequences else None
-    version, sync_s = sync(ctx)
+    version, sync_s = sync(ctx.roles)
     led = ctx.ledger
     generated = sum(t.generated_tokens() for t in trees)
     led.add_rollout(generated, sum(len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees), rollout_s)
@@ -145,6 +149,8 @@ def sample(ctx: Context, problems: list[Problem], step: int, greedy: bool = Fals
     trees: list[Tree] = [None] * len(prompts)
     for i, (shard_trees, _) in enumerate(results):
         trees[i::len(workers)] = shard_trees
+    for i, tree in enumerate(trees):  # workers number trees within their shard; make ids run-unique
+        tree.tree_id = f"{tree.problem_id}#s{step}{'e' if greedy else ''}#{i}"
     return trees, time.perf_counter() - t0
 
 
@@ -179,12 +185,12 @@ def provenance(ctx: Context, chosen: Selection, step: int) -> list[dict]:
             for p, leaf in chosen.samples]
 
 
-def sync(ctx: Context) -> tuple[int, float]:
+def sync(roles: Roles) -> tuple[int, float]:
     """Publish the trainer's weights once to the object store; every rollout worker loads that copy.
     Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
     t0 = time.perf_counter()
-    published = ray.get(ctx.roles.trainer.publish.remote())
-    loaded = ray.get([w.set_weights.remote(published["ref"]) for w in ctx.roles.rollout])
+    published = ray.get(roles.trainer.publish.remote())
+    loaded = ray.get([w.set_weights.remote(published["ref"]) for w in roles.rollout])
     for i, got in enumerate(loaded):
         if (got["version"], got["checksum"]) != (published["version"], published["checksum"]):
             raise RuntimeError(f"weight sync failed: rollout worker {i} holds version {got['version']} "
@@ -195,8 +201,6 @@ def sync(ctx: Context) -> tuple[int, float]:
 
 def evaluate(ctx: Context, problems: list[Problem], step: int) -> float:
     """Held-out pass@1: one greedy chain per problem, verified like any other leaf."""
-    if not problems:
-        return float("nan")
     trees, _ = sample(ctx, problems, step, greedy=True)
     leaves, _ = verify_leaves(ctx, problems, trees)
     ctx.ledger.add_eval(sum(t.generated_tokens() + len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees))

@@ -31,6 +31,8 @@ def selected_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.T
 def pack_batch(sequences: list[tuple[list[int], list[int]]], pad_id: int):
     """(prompt_ids, completion_ids) pairs -> input_ids [B, T], attention_mask [B, T], loss_mask [B, T]
     where loss_mask marks positions whose NEXT token is a completion token (right padding)."""
+    if any(not p for p, _ in sequences):  # nothing would predict the first completion token
+        raise ValueError("pack_batch: empty prompt; every sequence needs at least one prompt token (e.g. BOS)")
     width = max(len(p) + len(c) for p, c in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attn = torch.zeros(len(sequences), width, dtype=torch.long)

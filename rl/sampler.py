@@ -40,7 +40,8 @@ class BranchSampler:
     def __init__(self, engine: Engine, eos_id: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0):
         self.engine, self.eos_id = engine, eos_id
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self.gen = torch.Generator().manual_seed(seed)
+        # on the engine's device: torch.multinomial refuses a generator on another device (CPU gen, CUDA probs)
+        self.gen = torch.Generator(device=engine.decoder.device).manual_seed(seed)
 
     def run(self, prompts: list[tuple[str, list[int]]], settings: BranchSettings, policy_version: int,
             greedy: bool = False) -> list[Tree]:
@@ -87,9 +88,9 @@ class BranchSampler:
         """A different token for each forked row: sample with the parent's token excluded."""
         if not forks:
             return []
-        idx = torch.tensor(forks)
-        probs = logp[idx].exp()
-        probs[torch.arange(len(forks)), tokens[idx]] = 0.0
+        idx = torch.tensor(forks, device=logp.device)
+        probs = logp[idx].exp()                                                  # [F, V]
+        probs[torch.arange(len(forks), device=logp.device), tokens[idx]] = 0.0
         return torch.multinomial(probs, 1, generator=self.gen)[:, 0].tolist()
 
     def _advance(self, trees, rows, tokens, logp, entropy, forks: dict[int, int]):

@@ -189,3 +189,13 @@ def test_unparseable_answer_fails_but_unparseable_gold_is_an_error():
     assert result.verdict == "fail" and "could not parse extracted" in result.details, result.details
     result = check("#### 3", "\u0663")
     assert result.verdict == "error" and "could not parse gold" in result.details, result.details
+
+
+def test_numeric_mode_fails_expressions_that_merely_equal_the_answer():
+    from branchrl.verifiers import verify
+
+    for text in ["#### 5+5", "#### x=10", "#### 1=10"]:
+        assert verify({"verifier": "math", "completion": text, "answer": "10"}).verdict == "pass"  # math-verify's view
+        assert verify({"verifier": "math", "completion": text, "answer": "10", "numeric": True}).verdict == "fail"
+    assert verify({"verifier": "math", "completion": "#### 10", "answer": "10", "numeric": True}).verdict == "pass"
+    assert verify({"verifier": "math", "completion": "#### 10", "answer": "10", "numeric": "yes"}).verdict == "error"

@@ -308,14 +308,16 @@ atexit.register(_WORKER.close)
 
 
 # ------------------------------------------------------------------------------------------ public
-def verify_math(completion: str, answer: str, timeout_s: float = 5.0) -> Result:
-    """Check the final answer in `completion` against the gold `answer` (plain or GSM8K `#### x`)."""
+def verify_math(completion: str, answer: str, timeout_s: float = 5.0, numeric: bool = False) -> Result:
+    """Check the final answer in `completion` against the gold `answer` (plain or GSM8K `#### x`).
+    numeric=True: the answer must be written as a number; an expression that equals it ("5+5",
+    "x=10") fails, so a task that asks for a computed value cannot be passed by restating it."""
     start = time.perf_counter()
-    result = _judge(completion, answer, timeout_s)
+    result = _judge(completion, answer, timeout_s, numeric)
     return result.with_seconds(time.perf_counter() - start)
 
 
-def _judge(completion: str, answer: str, timeout_s: float) -> Result:
+def _judge(completion: str, answer: str, timeout_s: float, numeric: bool = False) -> Result:
     if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
         return failed("error", f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     gold_raw = extract_final_answer(answer)
@@ -326,4 +328,6 @@ def _judge(completion: str, answer: str, timeout_s: float) -> Result:
     if problem is not None:
         return failed("fail", problem)
     fast = _compare_numbers(pred, gold)
+    if fast is None and numeric:
+        return failed("fail", f"extracted {_short(pred)} is not a plain number (numeric answers only)")
     return fast if fast is not None else _WORKER.compare(gold, pred, timeout_s)

@@ -30,7 +30,7 @@ VERIFIERS: dict[str, Verifier] = {
         check=math_answer.verify_math,
         version=math_answer.VERSION,
         required={"completion": (str,), "answer": (str,)},
-        optional={"timeout_s": (int, float)},
+        optional={"timeout_s": (int, float), "numeric": (bool,)},
     ),
     # "python_tests": sandboxed code execution (issue 3) registers here, from its own module.
 }

@@ -1,0 +1,23 @@
+"""Shared fixtures: one embedded Ray cluster for the whole session (starting Ray costs seconds), and
+one torch thread in the test process (tiny matmuls: extra threads only add sync overhead, and stall
+badly when other jobs share the CPU)."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,167 @@
+"""`branchrl` CLI: user errors are one `branchrl: error:` line and exit code 2, before torch or Ray load."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from branchrl.config import ConfigError, load_config
+from branchrl.envs import EnvError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+BRANCHRL = shutil.which("branchrl", path=str(Path(sys.executable).parent)) or shutil.which("branchrl")
+
+
+def branchrl(*args, cwd, stdin=None):
+    return subprocess.run([BRANCHRL, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, text=True,
+                          timeout=60)
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("branchrl: error: "), proc.stderr
+    assert proc.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    return out
+
+
+def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (argv, text the error line must hold)."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("run:\n  steps: [3\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    return {
+        "missing config": (["run", tmp_path / "nope.yaml"], f"config file not found: {tmp_path / 'nope.yaml'}"),
+        "unknown key": (["run", DEMO, "rollout.worker=3"],
+                        "unknown config key 'rollout.worker'; did you mean 'rollout.workers'?"),
+        "wrong type": (["run", DEMO, "run.steps=abc"], "invalid config value run.steps: Input should be a valid integer"),
+        "zero workers": (["run", DEMO, "rollout.workers=0"], "rollout.workers: Input should be greater than 0 (got 0)"),
+        "leaves < roots": (["run", DEMO, "branch.roots=4", "branch.max_leaves=2"],
+                           "branch: max_leaves (2) must be >= roots (4)"),
+        "invalid yaml": (["run", bad_yaml], f"{bad_yaml}: not valid YAML (line 3)"),
+        "out not empty": (["run", DEMO, "--out", full_dir], f"output dir {full_dir} is not empty; pass another --out"),
+        "out is a file": (["run", DEMO, "--out", a_file], f"output dir {a_file} is a file"),
+        "unknown env": (["run", DEMO, "env.name=arithmatic"], "unknown env 'arithmatic'"),
+        "bad env kwargs": (["run", DEMO, "env.kwargs.digits=0"], "env 'arithmetic': digits must be an integer in 1..12"),
+        "override after --out": (["run", DEMO, "--out", tmp_path / "new", "run.steps=abc"], "run.steps"),
+        "verify missing file": (["verify", tmp_path / "none.jsonl"], "No such file or directory"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing config", "unknown key", "wrong type", "zero workers", "leaves < roots",
+                                  "invalid yaml", "out not empty", "out is a file", "unknown env", "bad env kwargs",
+                                  "override after --out", "verify missing file"])
+def test_user_errors_are_one_line_and_exit_2(case, tmp_path, full_dir):
+    argv, expected = error_cases(tmp_path, full_dir)[case]
+    line = one_error_line(branchrl(*argv, cwd=tmp_path))
+    assert expected in line
+    assert (full_dir / "old.txt").read_text() == "keep me" and sorted(p.name for p in full_dir.iterdir()) == ["old.txt"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new").exists()
+
+
+def test_errors_and_help_never_import_torch_or_ray(tmp_path, full_dir):
+    """In one process: both helps exit 0, every user error returns 2, and torch / ray / transformers stay unloaded."""
+    cases = [[str(a) for a in argv] for argv, _ in error_cases(tmp_path, full_dir).values()]
+    script = textwrap.dedent("""
+        import json, sys
+        from branchrl.cli import main
+        codes = []
+        for argv in (["--help"], ["run", "--help"], ["verify", "--help"]):
+            try:
+                main(argv)
+            except SystemExit as e:
+                codes.append(e.code)
+        codes += [main(argv) for argv in json.loads(sys.argv[1])]
+        print(json.dumps({"codes": codes, "loaded": [m for m in ("torch", "ray", "transformers") if m in sys.modules]}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report == {"codes": [0, 0, 0] + [2] * len(cases), "loaded": []}
+    assert all(f"usage: branchrl {c}" in proc.stdout for c in ("[-h] COMMAND", "run [-h] [--out OUT]", "verify [-h]"))
+
+
+def test_console_script_help_exits_0(tmp_path):
+    for argv in (["--help"], ["run", "--help"]):
+        proc = branchrl(*argv, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: branchrl") and proc.stderr == ""
+    assert "--address" in proc.stdout and "KEY=VALUE" in proc.stdout
+
+
+def test_usage_mistakes_exit_2(tmp_path):
+    for argv in ([], ["nope"], ["run"], ["run", DEMO, "--nope"], ["verify", "a.jsonl", "x=1"]):
+        proc = branchrl(*argv, cwd=tmp_path)
+        assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_file_and_stdin(tmp_path):
+    record = {"verifier": "math", "completion": "7+6=13 #### 13", "answer": "13", "id": 1}
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps({**record, "answer": "14"}) + "\n")
+    proc = branchrl("verify", path, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["id"], r["verdict"], r["score"]) for r in rows] == [(1, "pass", 1.0), (1, "fail", 0.0)]
+    proc = branchrl("verify", "-", cwd=tmp_path, stdin=json.dumps(record) + "\n")
+    assert json.loads(proc.stdout)["verdict"] == "pass"
+
+
+def test_address_flag_lands_in_the_saved_config(tmp_path):
+    from branchrl.cli import _parser, resolve_run
+
+    args = _parser().parse_args(["run", str(DEMO), "run.steps=2", "--address", "auto", "--out", str(tmp_path / "r")])
+    cfg, out = resolve_run(args)
+    assert (cfg.run.ray_address, cfg.run.steps, out) == ("auto", 2, tmp_path / "r")
+    cfg, out = resolve_run(_parser().parse_args(["run", str(DEMO), "run.name=x"]))
+    assert cfg.run.ray_address is None and out.parent == Path("runs") and out.name.startswith("x-")
+
+
+# ------------------------------------------------------------------ loop.prepare: the checks before Ray
+@pytest.fixture(scope="module")
+def prepare():
+    from branchrl.loop import prepare  # imports ray and torch; starts nothing
+
+    return prepare
+
+
+def small(*overrides):
+    return load_config(DEMO, ["eval.problems=20", "warm_start.problems=10", *overrides])
+
+
+def test_prepare_rejects_bad_input_without_starting_ray(prepare, tmp_path, full_dir):
+    import ray
+
+    with pytest.raises(ConfigError, match="is not empty; pass another --out"):
+        prepare(small(), full_dir)
+    with pytest.raises(EnvError, match="unknown env 'arithmatic'"):
+        prepare(small("env.name=arithmatic"), tmp_path / "a")
+    with pytest.raises(EnvError, match="only .* distinct eval problems"):
+        prepare(small("env.kwargs.digits=1", "eval.problems=500"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="exceeds model.tiny.max_position=32"):
+        prepare(small("model.tiny.max_position=32", "rollout.max_new_tokens=30"), tmp_path / "c")
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"] and [p.name for p in full_dir.iterdir()] == ["old.txt"]
+
+
+def test_prepare_saves_the_resolved_config(prepare, tmp_path):
+    cfg = small("run.seed=3")
+    env, tokenizer, eval_set, warm_set = prepare(cfg, tmp_path / "run")
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert len(eval_set) == 20 and len(warm_set) == 10 and env.name == "arithmetic"
+    assert warm_set == env.warm_start_problems(10, 3)
+    assert tokenizer.decode(tokenizer.encode(eval_set[0].prompt), skip_special_tokens=True) == eval_set[0].prompt

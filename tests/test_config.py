@@ -1,0 +1,165 @@
+"""Run config: YAML + dotted overrides, validated once; every mistake is one ConfigError line saying what to change."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from branchrl.config import Config, ConfigError, dump_config, load_config
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def error_of(path=None, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------ loading and round trips
+def test_demo_config_loads_with_every_value_from_the_file():
+    cfg = load_config(DEMO)
+    raw = yaml.safe_load(DEMO.read_text())
+
+    def same(section: BaseModel, values: dict, where: str):
+        for key, value in values.items():
+            got = getattr(section, key)
+            if isinstance(got, BaseModel):
+                same(got, value, f"{where}{key}.")
+            else:  # YAML 1.1 reads `3e-4` as a string; pydantic makes it the float it means
+                value = float(value) if isinstance(got, float) and isinstance(value, str) else value
+                assert got == value, f"{where}{key}: file says {value!r}, config holds {got!r}"
+
+    same(cfg, raw, "")
+    assert cfg.run.name == "demo" and cfg.env.name == "arithmetic" and cfg.model.path is None
+
+
+@pytest.mark.parametrize("overrides", [[], ["run.steps=3", "train.lr=1e-4", "model.path=/some/ckpt", "env.kwargs.digits=3"]])
+def test_dump_then_load_round_trips_to_an_equal_config(tmp_path, overrides):
+    cfg = load_config(DEMO, overrides)
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_no_file_means_defaults_and_empty_file_or_section_too(tmp_path):
+    assert load_config(None) == Config()
+    assert load_config(write(tmp_path, "")) == Config()
+    # a section whose lines are all commented out is null in YAML: it keeps its defaults, overrides still apply
+    cfg = load_config(write(tmp_path, "rollout:\n#  workers: 3\nrun:\n"), ["rollout.workers=5"])
+    assert cfg.rollout.workers == 5 and cfg.run == Config().run
+
+
+def test_overrides_set_nested_values_with_yaml_types():
+    cfg = load_config(DEMO, ["run.steps=3", "train.lr=1e-4", "model.path=null", "env.kwargs.digits=3",
+                             "model.tiny.layers=2", "run.ray_address=auto"])
+    assert cfg.run.steps == 3 and cfg.train.lr == pytest.approx(1e-4) and cfg.model.path is None
+    assert cfg.env.kwargs == {"digits": 3} and cfg.model.tiny.layers == 2 and cfg.run.ray_address == "auto"
+    assert cfg.rollout.workers == 2  # untouched keys keep the file's values
+
+
+def test_numeric_names_stay_names():
+    cfg = load_config(None, ["run.name=2024", "model.path=123"])
+    assert cfg.run.name == "2024" and cfg.model.path == "123"
+
+
+def test_every_field_has_a_default_and_a_one_line_description():
+    def walk(model: type[BaseModel], prefix: str):
+        for name, info in model.model_fields.items():
+            assert info.description and "\n" not in info.description, f"{prefix}{name} needs a one-line description"
+            assert not info.is_required(), f"{prefix}{name} needs a default"
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                walk(info.annotation, f"{prefix}{name}.")
+
+    walk(Config, "")
+
+
+# ------------------------------------------------------------------ errors that say what to change
+@pytest.mark.parametrize("override, wrong, suggestion", [
+    ("rollout.worker=3", "rollout.worker", "rollout.workers"),
+    ("model.tiny.hiddensize=64", "model.tiny.hiddensize", "model.tiny.hidden_size"),
+    ("trian.lr=0.1", "trian", "train"),
+    ("branch.max_leafs=9", "branch.max_leafs", "branch.max_leaves"),
+])
+def test_unknown_key_names_it_and_suggests_the_nearest(override, wrong, suggestion):
+    message = error_of(overrides=[override])
+    assert f"unknown config key '{wrong}'" in message and f"did you mean '{suggestion}'" in message
+
+
+def test_unknown_key_in_the_file_is_caught_too(tmp_path):
+    message = error_of(write(tmp_path, "rollout: {workers: 2, temprature: 0.5}\n"))
+    assert "'rollout.temprature'" in message and "did you mean 'rollout.temperature'" in message
+
+
+def test_unknown_key_without_a_near_match_lists_the_valid_ones():
+    message = error_of(overrides=["nosuch=1"])
+    assert "unknown config key 'nosuch'" in message and "did you mean" not in message
+    assert "valid keys here: run, env, model" in message
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("run.steps=abc", "run.steps: Input should be a valid integer"),
+    ("run.seed=1.5", "run.seed"),
+    ("rollout.workers=0", "rollout.workers: Input should be greater than 0 (got 0)"),
+    ("train.lr=-1", "train.lr: Input should be greater than 0"),
+    ("train.algo=grpo", "train.algo: Input should be 'sft' (got 'grpo')"),
+    ("model.dtype=fp16", "model.dtype"),
+    ("run=5", "invalid config value run:"),
+    ("env.kwargs=5", "env.kwargs: Input should be a valid dictionary"),
+])
+def test_wrong_types_and_impossible_values_name_the_key_and_value(override, expected):
+    message = error_of(overrides=[override])
+    assert message.startswith("invalid config value ") and expected in message
+    if "=abc" in override:
+        assert "(got 'abc')" in message
+
+
+def test_cross_field_rules_read_as_plain_sentences():
+    message = error_of(overrides=["branch.roots=4", "branch.max_leaves=2"])
+    assert message == "invalid config value branch: max_leaves (2) must be >= roots (4)"
+    message = error_of(overrides=["model.tiny.hidden_size=130", "model.tiny.heads=4"])
+    assert "model.tiny: hidden_size must be divisible by heads" in message
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("bad", "override 'bad' must look like section.key=value"),
+    ("=3", "must look like section.key=value"),
+    ("run.name=[1", "override 'run.name=[1': the value is not valid YAML"),
+    ("run.steps.deep=1", "invalid config value run.steps"),
+])
+def test_malformed_overrides(override, expected):
+    assert expected in error_of(overrides=[override])
+
+
+def test_override_into_a_scalar_is_not_a_section(tmp_path):
+    message = error_of(write(tmp_path, "run: {steps: 3}\n"), ["run.steps.deep.er=1"])
+    assert "'steps' is not a section" in message
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert error_of(tmp_path / "nope.yaml") == f"config file not found: {tmp_path / 'nope.yaml'}"
+    assert "is not a file" in error_of(tmp_path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "run:\n  steps: 3\n  name: [unclosed\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: not valid YAML (line ")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    assert "top level must be a mapping of sections, got list" in error_of(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_binary_file_is_a_config_error(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"\xff\xfe\x00run")
+    assert f"cannot read config {path}" in error_of(path)

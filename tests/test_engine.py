@@ -1,0 +1,144 @@
+"""Engine and decoder: logits equal transformers' full forward over left-padded batches, forks
+continue like their parent, greedy decoding equals `generate`, unsupported checkpoints say why."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from branchrl.engine import Decoder, Engine, UnsupportedModel
+
+VOCAB = 40
+PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: left padding matters
+
+
+def tiny_hf(arch: str, kv_heads: int = 2, seed: int = 0):
+    """A fp32 model with weights, biases and norms far from their init, so any wiring mistake shows."""
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    config = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=kv_heads, max_position_embeddings=64, tie_word_embeddings=False,
+                 rope_parameters={"rope_type": "default", "rope_theta": 500.0}, eos_token_id=2, pad_token_id=0,
+                 bos_token_id=1)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.25)
+    return model
+
+
+def engine_for(model) -> Engine:
+    decoder = Decoder(model.config.to_dict())
+    decoder.load_state_dict(model.state_dict())
+    return Engine(decoder, pad_id=0)
+
+
+@torch.no_grad()
+def hf_next_logits(model, seqs: list[list[int]]) -> torch.Tensor:
+    """Last-position logits of a full, unpadded forward over each sequence: [B, V]."""
+    return torch.stack([model(torch.tensor([s])).logits[0, -1] for s in seqs])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_engine_logits_match_transformers_over_prefill_and_decode(arch):
+    model = tiny_hf(arch, kv_heads=2)  # GQA: 4 query heads share 2 kv heads
+    assert arch != "qwen2" or model.model.layers[0].self_attn.q_proj.bias is not None
+    engine = engine_for(model)
+    logits = engine.start(PROMPTS, max_new_tokens=6)
+    seqs = [list(p) for p in PROMPTS]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        ref = hf_next_logits(model, seqs)
+        assert ref.std() > 0.5  # logits far from uniform: a wrong RoPE or mask would not hide in 1e-4
+        torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+        tokens = torch.randint(3, VOCAB, (len(seqs),), generator=gen)
+        for s, t in zip(seqs, tokens.tolist()):
+            s.append(t)
+        logits = engine.step(tokens)
+    torch.testing.assert_close(logits, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+
+
+def test_forked_row_continues_exactly_like_its_parent_and_like_transformers():
+    model = tiny_hf("qwen2", kv_heads=1)
+    engine = engine_for(model)
+    engine.start(PROMPTS, max_new_tokens=8)
+    engine.step(torch.tensor([20, 21, 22]))
+    engine.select(torch.tensor([2, 1, 1]))  # drop row 0, keep 2, fork 1
+    assert engine.batch_size == 3
+    same = engine.step(torch.tensor([23, 24, 24]))
+    assert torch.equal(same[1], same[2])
+    diverged = engine.step(torch.tensor([25, 26, 27]))
+    seqs = [PROMPTS[2] + [22, 23, 25], PROMPTS[1] + [21, 24, 26], PROMPTS[1] + [21, 24, 27]]
+    torch.testing.assert_close(diverged, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+
+
+def test_fork_does_not_alias_the_parent_cache():
+    model = tiny_hf("llama")
+    engine = engine_for(model)
+    engine.start([PROMPTS[0]], max_new_tokens=6)
+    engine.select(torch.tensor([0, 0]))
+    engine.step(torch.tensor([30, 31]))  # writes different K/V into each copy at the same slot
+    out = engine.step(torch.tensor([32, 32]))
+    torch.testing.assert_close(out, hf_next_logits(model, [PROMPTS[0] + [30, 32], PROMPTS[0] + [31, 32]]),
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_greedy_engine_decoding_equals_generate(arch):
+    model = tiny_hf(arch, seed=3)
+    new = 10
+    engine = engine_for(model)
+    logits = engine.start(PROMPTS, max_new_tokens=new)
+    tokens = []
+    for i in range(new):
+        tokens.append(logits.argmax(-1))
+        if i < new - 1:
+            logits = engine.step(tokens[-1])
+    ours = torch.stack(tokens, 1).tolist()  # [B, new]
+    for prompt, mine in zip(PROMPTS, ours):
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=new)
+        theirs = out[0, len(prompt):].tolist()  # generate stops early only at eos
+        assert len(theirs) == new or theirs[-1] == model.config.eos_token_id
+        assert mine[:len(theirs)] == theirs
+
+
+def test_full_cache_raises_instead_of_overwriting():
+    engine = engine_for(tiny_hf("llama"))
+    engine.start([[3, 4]], max_new_tokens=2)
+    engine.step(torch.tensor([5]))
+    engine.step(torch.tensor([6]))
+    with pytest.raises(RuntimeError, match="cache full"):
+        engine.step(torch.tensor([7]))
+
+
+def test_tied_embeddings_without_lm_head_use_the_embedding():
+    model = tiny_hf("llama")
+    config = model.config.to_dict() | {"tie_word_embeddings": True}
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    decoder = Decoder(config)
+    decoder.load_state_dict(state)
+    assert decoder.w["lm_head.weight"] is decoder.w["model.embed_tokens.weight"]
+    with pytest.raises(UnsupportedModel, match="no lm_head.weight"):
+        Decoder(model.config.to_dict()).load_state_dict(state)
+
+
+def test_unsupported_architecture_and_rope_are_refused_by_name():
+    config = tiny_hf("llama").config.to_dict()
+    with pytest.raises(UnsupportedModel, match="'gpt2' not supported"):
+        Decoder(config | {"model_type": "gpt2"})
+    with pytest.raises(UnsupportedModel, match="RoPE type 'llama3'"):
+        Decoder(config | {"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}})
+
+
+def test_rope_theta_from_transformers_4_style_config():
+    """Checkpoints saved by transformers 4.x keep rope_theta at the top level next to rope_scaling."""
+    model = tiny_hf("llama")
+    config = {k: v for k, v in model.config.to_dict().items() if k != "rope_parameters"}
+    engine = Engine(Decoder(config | {"rope_theta": 500.0, "rope_scaling": None}))
+    engine.decoder.load_state_dict(model.state_dict())
+    torch.testing.assert_close(engine.start(PROMPTS, 1), hf_next_logits(model, PROMPTS), atol=1e-4, rtol=1e-4)
+    with pytest.raises(UnsupportedModel, match="RoPE type 'linear'"):
+        Decoder(config | {"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 2.0}})

@@ -1,0 +1,37 @@
+"""Compute ledger: the 2N/6N + attention FLOP model on hand-computed numbers, and the rollout/train ratio."""
+
+import pytest
+
+from branchrl.ledger import Ledger, causal_context_sum
+
+# N = 1000 FLOP parameters, 2 layers, width 32: a forward costs 2000 per token + 256 per attended position
+
+
+def test_forward_flops_by_hand():
+    led = Ledger(flop_params=1000, layers=2, hidden=32)
+    assert led.forward_flops(tokens=10, context_sum=55) == 2 * 1000 * 10 + 4 * 2 * 32 * 55 == 34080
+    assert led.forward_flops(0, 0) == 0
+
+
+def test_rollout_train_and_eval_accumulate_apart():
+    led = Ledger(1000, 2, 32)
+    assert led.ratio is None  # nothing trained yet: no ratio rather than a division by zero
+    led.add_rollout(generated=6, prefill=4, context_sum=55, seconds=1.5)
+    led.add_rollout(generated=3, prefill=2, context_sum=10, seconds=0.5)
+    led.add_train(trained=3, processed=10, context_sum=55, seconds=2.0)
+    led.add_eval(tokens=5, context_sum=15)
+    assert led.rollout_flops == 34080 + (2000 * 5 + 256 * 10) == 46640
+    assert led.train_flops == 3 * 34080 == 102240                 # 6N per token + 12*L*d per position
+    assert led.eval_flops == 2000 * 5 + 256 * 15 == 13840        # kept out of the ratio
+    assert led.ratio == pytest.approx(46640 / 102240)
+    assert (led.generated_tokens, led.trained_tokens) == (9, 3)
+    assert (led.rollout_seconds, led.train_seconds) == (2.0, 2.0)
+    totals = led.totals()
+    assert totals["rollout_train_flop_ratio"] == led.ratio
+    assert "flop_params" not in totals and totals["eval_flops"] == 13840
+
+
+def test_causal_context_sum():
+    assert causal_context_sum([]) == 0
+    assert causal_context_sum([1, 2, 3]) == 1 + 3 + 6
+    assert causal_context_sum([4]) == 1 + 2 + 3 + 4

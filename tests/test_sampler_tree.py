@@ -1,0 +1,215 @@
+"""Branching sampler and rollout trees: leaf budget, where forks may happen, stored log-probs equal a
+full forward, greedy mode; tree values, paths, token counts and attention context by hand."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from branchrl.engine import Decoder, Engine
+from branchrl.sampler import BranchSampler, BranchSettings
+from branchrl.tree import Tree
+
+VOCAB, EOS = 40, 2
+PROMPTS = [("p0", [5, 6, 7, 8, 9]), ("p1", [3, 4]), ("p2", [11, 12, 13])]
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=False, eos_token_id=EOS, pad_token_id=0, bos_token_id=1)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # peaked enough that greedy has no ties, flat enough that every row may fork
+        m.lm_head.weight.normal_(0.0, 0.1)
+        m.lm_head.weight[EOS] += 0.3   # some chains end on eos, others run to the length limit
+    return m
+
+
+def sampler(model, max_new_tokens=14, temperature=0.7, seed=0) -> BranchSampler:
+    decoder = Decoder(model.config.to_dict())
+    decoder.load_state_dict(model.state_dict())
+    return BranchSampler(Engine(decoder, pad_id=0), EOS, max_new_tokens, temperature, seed)
+
+
+def fork_offsets(tree: Tree, leaf: int) -> list[int]:
+    """Completion offsets where the path to `leaf` leaves a forked node (a child's first token)."""
+    offsets, at = [], 0
+    for n in tree.path(leaf):
+        if tree.nodes[n].parent != 0:
+            offsets.append(at)
+        at += len(tree.nodes[n].tokens)
+    return offsets
+
+
+@pytest.fixture(scope="module")
+def branched(model):
+    settings = BranchSettings(roots=2, max_leaves=5, entropy_threshold=0.5, min_prefix=3, min_gap=4)
+    return settings, sampler(model).run(PROMPTS, settings, policy_version=7)
+
+
+def test_trees_respect_the_leaf_budget_and_spend_it(branched):
+    settings, trees = branched
+    assert [t.problem_id for t in trees] == ["p0", "p1", "p2"]
+    assert [t.tree_id for t in trees] == ["p0#7#0", "p1#7#1", "p2#7#2"]
+    for tree in trees:
+        assert len(tree.nodes[0].children) == settings.roots
+        assert len(tree.leaves()) == settings.roots + tree.forks()
+        assert len(tree.leaves()) <= settings.max_leaves
+    assert sum(t.forks() for t in trees) > 0
+    assert any(len(t.leaves()) == settings.max_leaves for t in trees)
+
+
+def test_forks_wait_for_min_prefix_and_min_gap_and_children_differ(branched):
+    settings, trees = branched
+    firsts, gaps = [], []
+    for tree in trees:
+        for leaf in tree.leaves():
+            offsets = fork_offsets(tree, leaf)
+            firsts += offsets[:1]
+            gaps += [b - a for a, b in zip(offsets, offsets[1:])]
+    # every entropy is above the threshold, so forks come as early as the rules allow, and no earlier
+    assert min(firsts) == settings.min_prefix
+    assert gaps and min(gaps) == settings.min_gap
+    for tree in trees:
+        for node in tree.nodes[1:]:
+            if node.children:
+                assert len(node.children) == 2
+                heads = [tree.nodes[c].tokens[0] for c in node.children]
+                assert heads[0] != heads[1]
+
+
+def test_fork_children_differ_even_when_one_token_dominates(model):
+    settings = BranchSettings(roots=1, max_leaves=6, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    trees = sampler(model, max_new_tokens=8, temperature=0.1).run(PROMPTS, settings, policy_version=0)
+    forked = [n for t in trees for n in t.nodes[1:] if n.children]
+    assert len(forked) >= 10
+    for tree in trees:
+        for node in tree.nodes[1:]:
+            if node.children:
+                assert tree.nodes[node.children[0]].tokens[0] != tree.nodes[node.children[1]].tokens[0]
+
+
+def test_leaves_end_on_eos_or_at_the_length_limit(branched, model):
+    _, trees = branched
+    finishes = set()
+    for tree in trees:
+        for leaf in tree.leaves():
+            ids, finish = tree.completion_ids(leaf), tree.nodes[leaf].finish
+            finishes.add(finish)
+            assert ids.count(EOS) == (finish == "eos")
+            assert (ids[-1] == EOS) if finish == "eos" else len(ids) == 14
+        internal = [n for n in tree.nodes[1:] if n.children]
+        assert all(not n.finish for n in internal)
+    assert finishes == {"eos", "length"}
+
+
+@torch.no_grad()
+def test_stored_logprobs_equal_a_full_forward_at_the_sampling_temperature(branched, model):
+    _, trees = branched
+    for tree in trees:
+        prompt = tree.prompt_ids
+        for leaf in tree.leaves():
+            ids = tree.completion_ids(leaf)
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1]   # [C, V]
+            logp = torch.log_softmax(logits / 0.7, -1)
+            expected = logp.gather(1, torch.tensor(ids)[:, None])[:, 0]
+            entropy = -(logp.exp() * logp).sum(-1)
+            torch.testing.assert_close(torch.tensor(tree.completion_logprobs(leaf)), expected, atol=1e-4, rtol=0)
+            stored = [e for n in tree.path(leaf) for e in tree.nodes[n].entropies]
+            torch.testing.assert_close(torch.tensor(stored), entropy, atol=1e-4, rtol=0)
+
+
+def test_same_seed_same_trees(model, branched):
+    settings, trees = branched
+    again = sampler(model).run(PROMPTS, settings, policy_version=7)
+    assert [[t.completion_ids(l) for l in t.leaves()] for t in again] == \
+           [[t.completion_ids(l) for l in t.leaves()] for t in trees]
+
+
+def test_no_forks_below_the_entropy_threshold(model):
+    settings = BranchSettings(roots=2, max_leaves=8, entropy_threshold=50.0, min_prefix=0, min_gap=1)
+    for tree in sampler(model).run(PROMPTS, settings, policy_version=0):
+        assert tree.forks() == 0 and len(tree.leaves()) == 2
+
+
+def test_branching_off_gives_independent_chains(model):
+    settings = BranchSettings(roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1, branch=False)
+    for tree in sampler(model).run(PROMPTS, settings, policy_version=0):
+        assert tree.forks() == 0 and len(tree.leaves()) == 3
+
+
+@torch.no_grad()
+def test_greedy_is_one_chain_per_prompt_equal_to_generate(model):
+    settings = BranchSettings(1, 1, 0.0, 0, 1, branch=False)  # what RolloutWorker uses for eval
+    trees = sampler(model, max_new_tokens=10).run(PROMPTS, settings, policy_version=0, greedy=True)
+    for (_, prompt), tree in zip(PROMPTS, trees):
+        assert tree.forks() == 0 and tree.leaves() == [1]
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=10)
+        assert tree.completion_ids(1) == out[0, len(prompt):].tolist()
+
+
+# ------------------------------------------------------------------ tree math on a hand-built tree
+@pytest.fixture
+def tree() -> Tree:
+    """prompt [1 2 3]
+        1 [10 11] -+- 3 [12]              eos,    reward 1
+                   +- 4 [13] -+- 5 [14 15]  length, reward 0
+                              +- 6 [16]     eos,    never verified
+        2 [20 21 22]                       eos,    reward 1
+    """
+    t = Tree("t", "p", [1, 2, 3], policy_version=0)
+    for parent, tokens, finish, reward in [(0, [10, 11], "", None), (0, [20, 21, 22], "eos", 1.0),
+                                           (1, [12], "eos", 1.0), (1, [13], "", None),
+                                           (4, [14, 15], "length", 0.0), (4, [16], "eos", None)]:
+        node = t.nodes[t.add_child(parent)]
+        node.tokens, node.logprobs = tokens, [-0.5 * x for x in tokens]
+        node.finish, node.reward = finish, reward
+    return t
+
+
+def test_tree_structure(tree):
+    assert tree.leaves() == [2, 3, 5, 6]
+    assert tree.forks() == 2
+    assert tree.path(5) == [1, 4, 5]
+    assert tree.completion_ids(5) == [10, 11, 13, 14, 15]
+    assert tree.completion_ids(6) == [10, 11, 13, 16]
+    assert tree.completion_logprobs(6) == [-5.0, -5.5, -6.5, -8.0]
+
+
+def test_values_are_mean_rewarded_leaf_below(tree):
+    assert tree.values() == pytest.approx([2 / 3, 0.5, 1.0, 1.0, 0.0, 0.0, None])
+    assert tree.values()[6] is None
+
+
+def test_branch_paths(tree):
+    assert [tree.branch_path(leaf) for leaf in tree.leaves()] == ["1", "0.0", "0.1.0", "0.1.1"]
+
+
+def test_generated_tokens_count_shared_spans_once(tree):
+    assert tree.generated_tokens() == 2 + 3 + 1 + 1 + 2 + 1
+    assert sum(len(tree.completion_ids(leaf)) for leaf in tree.leaves()) == 3 + 3 + 5 + 4
+
+
+def test_context_sum_by_hand(tree):
+    # prefill 1+2+3; then each token attends to the prompt, its path so far and itself:
+    # node1 4+5, node2 4+5+6, node3 6, node4 6, node5 7+8, node6 7
+    assert tree.context_sum() == 6 + 9 + 15 + 6 + 6 + 15 + 7
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.no_grad()
+def test_branching_on_cuda_matches_the_cpu_model(model):
+    decoder = Decoder(model.config.to_dict(), device="cuda")
+    decoder.load_state_dict(model.state_dict())
+    settings = BranchSettings(roots=2, max_leaves=4, entropy_threshold=0.5, min_prefix=1, min_gap=2)
+    trees = BranchSampler(Engine(decoder, pad_id=0), EOS, 8, 0.7, seed=0).run(PROMPTS, settings, policy_version=0)
+    assert sum(t.forks() for t in trees) > 0
+    for tree in trees:
+        for leaf in tree.leaves():
+            ids = tree.completion_ids(leaf)
+            logits = model(torch.tensor([tree.prompt_ids + ids])).logits[0, len(tree.prompt_ids) - 1:-1]
+            expected = torch.log_softmax(logits / 0.7, -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(tree.completion_logprobs(leaf)), expected, atol=1e-3, rtol=0)

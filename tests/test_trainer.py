@@ -1,0 +1,203 @@
+"""Trainer, tiny models, char tokenizer, weight packing and the rollout worker's weight load, in-process."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from branchrl.config import load_config
+from branchrl.ledger import causal_context_sum
+from branchrl.losses import pack_batch, sft_loss
+from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
+from branchrl.rollout_worker import RolloutWorker
+from branchrl.trainer import Trainer
+from branchrl.weight_sync import pack_weights, state_checksum
+
+TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=4", "model.tiny.kv_heads=2",
+        "model.tiny.intermediate_size=64", "model.tiny.max_position=64", "train.threads=1",
+        "rollout.threads_per_worker=1", "train.batch_size=4", "rollout.max_new_tokens=6"]
+PAIRS = [("12+30=", "42"), ("7*6=", "42"), ("9-4=", "5"), ("3+3=", "6"), ("10/2=", "5"), ("8+1=", "9")]
+
+
+def tiny_cfg(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def sequences(trainer):
+    tok = trainer.tokenizer
+    return [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
+
+
+@torch.no_grad()
+def loss_on(trainer, seqs) -> float:
+    return sft_loss(trainer.model, *pack_batch(seqs, trainer.tokenizer.pad_token_id)).item()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """(trainer, weights before, stats) after one train() on PAIRS; shared because building is the slow part."""
+    trainer = Trainer(tiny_cfg())
+    before = trainer.weights()
+    stats = trainer.train(sequences(trainer))
+    return trainer, before, stats
+
+
+def test_train_step_changes_every_parameter_and_bumps_the_version(trained):
+    trainer, before, stats = trained
+    assert math.isfinite(stats["loss"]) and stats["loss"] > 0
+    assert trainer.version == before.version + 1 == 1
+    after = trainer.model.state_dict()
+    unchanged = [k for k, v in before.state.items() if torch.equal(v, after[k])]
+    assert unchanged == []
+
+
+def test_train_stats_count_tokens_and_context(trained):
+    trainer, _, stats = trained
+    seqs = sequences(trainer)
+    lengths = [len(p) + len(c) for p, c in seqs]
+    assert stats["sequences"] == len(seqs)
+    assert stats["trained_tokens"] == sum(len(c) for _, c in seqs)
+    assert stats["processed_tokens"] == sum(lengths)
+    assert stats["context_sum"] == causal_context_sum(lengths)
+
+
+def test_weights_checksum_tracks_the_model(trained):
+    trainer, before, _ = trained
+    now = trainer.weights()
+    assert now.version == 1 and now.checksum != before.checksum
+    assert now.checksum == state_checksum(trainer.model.state_dict())
+    assert state_checksum(before.state) == before.checksum  # a packed copy does not move with training
+    assert now.nbytes == 4 * sum(p.numel() for p in trainer.model.parameters())
+
+
+def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
+    trainer, _, _ = trained
+    cfg, info = trainer.cfg, trainer.describe()
+    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    weights = trainer.weights()
+    assert worker.set_weights(weights) == {"version": weights.version, "checksum": weights.checksum}
+    prompts = [("a", trainer.tokenizer.encode("12+30=")), ("b", trainer.tokenizer.encode("3+3="))]
+    trees, seconds = worker.rollout(prompts, step=1, greedy=True)
+    assert seconds >= 0 and [t.policy_version for t in trees] == [1, 1]
+    with torch.no_grad():  # the worker decodes with the trainer's weights: same greedy text as HF generate
+        for (_, ids), tree in zip(prompts, trees):
+            out = trainer.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                         do_sample=False, max_new_tokens=cfg.rollout.max_new_tokens)
+            assert tree.completion_ids(tree.leaves()[0]) == out[0, len(ids):].tolist()
+
+
+def test_rollout_worker_branches_within_the_configured_budget(trained):
+    trainer, _, _ = trained
+    cfg = tiny_cfg("branch.roots=2", "branch.max_leaves=3", "branch.entropy_threshold=0.0", "branch.min_prefix=1",
+                   "branch.min_gap=1")
+    info = trainer.describe()
+    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
+    worker.set_weights(trainer.weights())
+    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1)
+    assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
+
+
+def test_bfloat16_weights_reach_the_worker_unchanged():
+    trainer = Trainer(tiny_cfg("model.dtype=bfloat16"))
+    info = trainer.describe()
+    worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    weights = trainer.weights()
+    assert {t.dtype for t in weights.state.values()} == {torch.bfloat16}
+    assert worker.set_weights(weights)["checksum"] == weights.checksum
+
+
+def test_warm_start_lowers_the_loss_on_its_data_and_restores_the_rl_lr():
+    trainer = Trainer(tiny_cfg("warm_start.epochs=15", "warm_start.batch_size=3", "warm_start.lr=0.01",
+                               "train.lr=0.0005"))
+    seqs = sequences(trainer)
+    before = loss_on(trainer, seqs)
+    stats = trainer.warm_start(PAIRS)
+    assert math.isfinite(stats["loss"])
+    assert loss_on(trainer, seqs) < 0.5 * before
+    assert trainer.version == 0  # warm start is not an RL update
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.0005]
+
+
+def test_save_writes_an_hf_dir_that_transformers_loads_identically(trained, tmp_path):
+    trainer, _, _ = trained
+    path = trainer.save(str(tmp_path / "ckpt"))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = "Q: 12*(3+4)=?\nA: 84 " + CHARS
+    ids = trainer.tokenizer.encode(text)
+    assert tokenizer.encode(text) == ids
+    assert tokenizer.decode(ids) == text
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (trainer.tokenizer.pad_token_id,
+                                                                trainer.tokenizer.eos_token_id)
+    with torch.no_grad():
+        x = torch.tensor([ids[:40]])
+        assert torch.equal(model.eval()(x).logits, trainer.model.eval()(x).logits)
+    trainer.model.train()
+    loaded, loaded_tok = load_policy(load_config(None, [f"model.path={path}"]).model, seed=0)
+    assert state_checksum(loaded.state_dict()) == trainer.weights().checksum
+    assert loaded_tok.encode(text) == ids
+
+
+def test_checkpoint_tokenizer_without_pad_gets_eos_as_pad(tmp_path):
+    tok = build_char_tokenizer()
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(load_config(None, [f"model.path={tmp_path}"]).model)
+    assert loaded.pad_token_id == loaded.eos_token_id == tok.eos_token_id
+
+
+def test_char_tokenizer_one_token_per_character():
+    tok = build_char_tokenizer()
+    assert len(tok) == len(SPECIALS) + len(CHARS) == 100
+    assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
+    ids = tok.encode(CHARS)
+    assert len(ids) == len(CHARS) and len(set(ids)) == len(CHARS) and min(ids) == len(SPECIALS)
+    assert tok.decode(ids) == CHARS
+    assert tok.encode("a\u00e9b") == [tok.convert_tokens_to_ids("a"), tok.unk_token_id, tok.convert_tokens_to_ids("b")]
+    assert tok.decode(tok.encode("7") + [tok.eos_token_id], skip_special_tokens=True) == "7"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_count_flop_params_by_hand(tied):
+    # hidden 32, 4 heads of 8, 2 kv heads, MLP 64, 2 layers, vocab 100
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    model = AutoModelForCausalLM.from_config(config)
+    per_layer = 32 * 32 + 2 * (32 * 16) + 32 * 32 + 3 * 32 * 64 + 2 * 32   # q, k+v, o, mlp, 2 norms
+    expected = 2 * per_layer + 32 + 100 * 32                                   # + final norm + lm head
+    assert count_flop_params(model) == expected == 21792
+
+
+def test_tiny_model_follows_the_config():
+    cfg = tiny_cfg("model.tiny.arch=qwen2", "run.seed=3")
+    model, tok = load_policy(cfg.model, seed=3)
+    again, _ = load_policy(cfg.model, seed=3)
+    c = model.config
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.num_key_value_heads, c.vocab_size) == \
+           ("qwen2", 32, 2, 2, len(tok))
+    assert (c.eos_token_id, c.pad_token_id) == (tok.eos_token_id, tok.pad_token_id)
+    assert state_checksum(model.state_dict()) == state_checksum(again.state_dict())  # seeded
+
+
+def test_state_checksum_sees_every_difference():
+    state = {"a": torch.arange(6.0).view(2, 3), "b": torch.tensor(3)}
+    base = state_checksum(state)
+    assert state_checksum({k: v.clone() for k, v in state.items()}) == base
+    assert state_checksum({"b": state["b"], "a": state["a"]}) == base               # order-free
+    assert state_checksum(state | {"a": state["a"].T.contiguous().T}) == base       # layout-free
+    variants = [state | {"a": state["a"].view(3, 2)}, state | {"a": state["a"].double()},
+                {"c": state["a"], "b": state["b"]}, state | {"b": torch.tensor(4)},
+                state | {"a": state["a"] + torch.tensor([[0, 0, 1e-6], [0, 0, 0]])}]
+    assert len({base, *map(state_checksum, variants)}) == 1 + len(variants)
+
+
+def test_pack_weights_is_a_detached_cpu_copy():
+    model = torch.nn.Linear(3, 2)
+    packed = pack_weights(model, version=5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert packed.version == 5 and packed.checksum == state_checksum(packed.state)
+    assert packed.checksum != state_checksum(model.state_dict())
+    assert not any(t.requires_grad for t in packed.state.values())
+    assert packed.nbytes == 4 * (6 + 2)
