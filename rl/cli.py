@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="verify JSONL records (the branchrl verify format); results on stdout",
                             description="Verify one JSON record per line ('-' = stdin).")
     verify.add_argument("file", help="JSONL file of records, or - for stdin")
+    verify.add_argument("--jobs", type=int, default=1, help="records checked at once (default 1)")
     verify.set_defaults(handler=_verify)
     return parser
 
@@ -91,7 +92,11 @@ def _check_before_import(cfg, out: Path) -> None:
 def _verify(args) -> int:
     from branchrl.verifiers import main_verify
 
-    return main_verify(args.file)
+    if args.jobs < 1:
+        from .config import ConfigError
+
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    return main_verify(args.file, jobs=args.jobs)
 
 
 def _is_user_error(e: Exception) -> bool:

@@ -119,8 +119,8 @@ def test_timeout_kills_the_worker_and_the_next_call_works():
 
 def test_worker_that_died_while_idle_is_replaced():
     assert check(r"\boxed{\sqrt{2}^2}", "2").verdict == "pass"
-    os.kill(math_answer._WORKER._proc.pid, 9)
-    math_answer._WORKER._proc.wait()
+    os.kill(math_answer._WORKERS.workers[0]._proc.pid, 9)
+    math_answer._WORKERS.workers[0]._proc.wait()
     assert check(r"\boxed{\sqrt{2}^2}", "2").verdict == "pass"
 
 

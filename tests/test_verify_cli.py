@@ -50,3 +50,16 @@ def test_stdin_dash(monkeypatch):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         main_verify(str(tmp_path / "missing.jsonl"), out=io.StringIO())
+
+
+def test_summary_counts_each_verdict_and_jobs_keep_input_order(tmp_path):
+    path = tmp_path / "in.jsonl"
+    records = [{"verifier": "math", "completion": f"#### {i}", "answer": str(i if i % 3 else -1), "id": i}
+               for i in range(30)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + "oops\n")
+    out, summary = io.StringIO(), io.StringIO()
+    assert main_verify(str(path), out=out, jobs=4, summary=summary) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r.get("id") for r in rows[:-1]] == list(range(30)) and rows[-1]["line"] == 31
+    assert summary.getvalue().startswith("verified 31 records in ")
+    assert summary.getvalue().rstrip().endswith(": pass 20, fail 10, error 1")

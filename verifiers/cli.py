@@ -1,32 +1,58 @@
 """`branchrl verify FILE.jsonl`: check one JSON record per line, print each back with its verdict.
 
-Each output line is the input record plus `verdict`, `score`, `seconds` and `details`. A line that
-is not a JSON object becomes an "error" line that names it, and the run goes on: nothing is lost.
-Deliberately not here: argument parsing and exit codes (the top-level `branchrl` CLI owns them),
-and parallelism (records are checked one after another, in order).
+Each output line is the input record plus `verdict`, `score`, `seconds` and `details`, in input
+order. A line that is not a JSON object becomes an "error" line that names it, and the run goes on:
+nothing is lost. At the end a per-verdict count goes to stderr. `jobs` > 1 checks records on threads
+(the heavy work already runs in worker processes: math-verify's worker, the code sandbox).
+Deliberately not here: argument parsing and exit codes (the top-level `branchrl` CLI owns them).
 """
 
+import collections
 import contextlib
 import json
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
 
 from .registry import verify
+from .result import VERDICTS
 
 
-def main_verify(path: str, out: TextIO | None = None) -> int:
+def main_verify(path: str, out: TextIO | None = None, jobs: int = 1, summary: TextIO | None = None) -> int:
     """Verify every record of the JSONL file `path` ("-" = stdin) onto `out` (default stdout); returns 0.
 
-    A missing file raises FileNotFoundError; the caller turns it into a one-line error.
+    A missing file raises FileNotFoundError; the caller turns it into a one-line error. The
+    per-verdict summary goes to `summary` (default stderr).
     """
     out = sys.stdout if out is None else out
+    t0, counts = time.perf_counter(), collections.Counter()
     source = contextlib.nullcontext(sys.stdin) if path == "-" else open(path, encoding="utf-8", errors="replace")
     with source as lines:
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                out.write(json.dumps(_verify_line(number, line)) + "\n")
-                out.flush()
+        numbered = ((n, line) for n, line in enumerate(lines, start=1) if line.strip())
+        for row in _rows(numbered, jobs):
+            counts[row["verdict"]] += 1
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+    per_verdict = ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v])
+    print(f"verified {sum(counts.values())} records in {time.perf_counter() - t0:.2f}s: {per_verdict or 'none'}",
+          file=sys.stderr if summary is None else summary)
     return 0
+
+
+def _rows(numbered, jobs: int):
+    """Verified rows in input order; with jobs > 1 a bounded window runs ahead, so stdin still streams."""
+    if jobs <= 1:
+        yield from (_verify_line(n, line) for n, line in numbered)
+        return
+    with ThreadPoolExecutor(jobs) as pool:
+        window: collections.deque = collections.deque()
+        for n, line in numbered:
+            window.append(pool.submit(_verify_line, n, line))
+            if len(window) >= 4 * jobs:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def _verify_line(number: int, line: str) -> dict:

@@ -16,6 +16,7 @@ The module is named `math_answer` so it can never shadow the standard library's 
 import atexit
 import json
 import os
+import queue
 import re
 import select
 import subprocess
@@ -303,8 +304,31 @@ class SlowPathWorker:
         return code
 
 
-_WORKER = SlowPathWorker()
-atexit.register(_WORKER.close)
+class SlowPathPool:
+    """Up to `size` workers, started lazily; the most recently used free one serves next, so
+    sequential callers keep one process and only concurrent callers start more."""
+
+    def __init__(self, size: int) -> None:
+        self.workers = [SlowPathWorker() for _ in range(size)]
+        self._free: queue.LifoQueue = queue.LifoQueue()
+        for worker in reversed(self.workers):
+            self._free.put(worker)
+
+    def compare(self, gold: str, pred: str, timeout_s: float) -> Result:
+        worker = self._free.get()
+        try:
+            return worker.compare(gold, pred, timeout_s)
+        finally:
+            self._free.put(worker)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+
+# BRANCHRL_MATH_WORKERS caps the math-verify processes per verifying process (default: CPU count, <= 4).
+_WORKERS = SlowPathPool(int(os.environ.get("BRANCHRL_MATH_WORKERS") or min(4, os.cpu_count() or 1)))
+atexit.register(_WORKERS.close)
 
 
 # ------------------------------------------------------------------------------------------ public
@@ -330,4 +354,4 @@ def _judge(completion: str, answer: str, timeout_s: float, numeric: bool = False
     fast = _compare_numbers(pred, gold)
     if fast is None and numeric:
         return failed("fail", f"extracted {_short(pred)} is not a plain number (numeric answers only)")
-    return fast if fast is not None else _WORKER.compare(gold, pred, timeout_s)
+    return fast if fast is not None else _WORKERS.compare(gold, pred, timeout_s)
