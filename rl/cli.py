@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("file", help="JSONL file of records, or - for stdin")
     verify.add_argument("--jobs", type=int, default=1, help="records checked at once (default 1)")
     verify.set_defaults(handler=_verify)
+    report = sub.add_parser("report", help="Markdown summary and PNG plots of a run directory",
+                            description="Write report.md, learning.png, compute.png and trees.png into RUN_DIR.")
+    report.add_argument("run_dir", help="a branchrl run directory (holds metrics.jsonl)")
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -97,6 +101,13 @@ def _verify(args) -> int:
 
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     return main_verify(args.file, jobs=args.jobs)
+
+
+def _report(args) -> int:
+    from .report import write_report
+
+    print(write_report(Path(args.run_dir)))
+    return 0
 
 
 def _is_user_error(e: Exception) -> bool:

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out="runs/demo-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/branchrl run configs/demo.yaml --out "$out" "$@"
-echo "demo done: $out/summary.json, verified data in $out/data/, checkpoints in $out/checkpoints/" >&2
+.venv/bin/branchrl report "$out" >/dev/null
+echo "demo done: $out/report.md (plots beside it), summary.json, verified data in $out/data/, checkpoints in $out/checkpoints/" >&2

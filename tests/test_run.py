@@ -64,3 +64,14 @@ def test_resolved_config_and_hf_checkpoints_load_back(finished_run):
         model = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / name)
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "checkpoints" / name)
         assert model.config.num_hidden_layers == 2 and tokenizer.decode(tokenizer.encode("12+3=")) == "12+3="
+
+
+def test_report_writes_markdown_and_three_plots(finished_run):
+    from branchrl.report import write_report
+
+    _, run_dir, summary = finished_run
+    text = write_report(run_dir).read_text()
+    assert f"{summary['eval_before']:.3f} → {summary['eval_after']:.3f}" in text
+    assert "3 steps recorded" in text and "| rollout_train_flop_ratio |" in text
+    for name in ("learning", "compute", "trees"):
+        assert (run_dir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
