@@ -31,7 +31,7 @@ class EnvConfig(Section):
 
 
 class TinyModelConfig(Section):
-    arch: Literal["llama", "qwen2"] = Field("llama", description="architecture of the model built from a config")
+    arch: Literal["llama", "qwen2", "qwen3"] = Field("llama", description="architecture of the model built from a config")
     hidden_size: int = Field(128, gt=0, description="model width")
     layers: int = Field(4, gt=0, description="number of decoder layers")
     heads: int = Field(4, gt=0, description="attention heads")

@@ -1,7 +1,7 @@
 """Policy models and tokenizers: load an HF checkpoint, or build a tiny one that needs no download.
 
 The tiny path builds a character-level tokenizer (printable ASCII, `tokenizers` WordLevel) and a
-Llama/Qwen2 model from a transformers config; both save as a normal HF directory that
+Llama/Qwen2/Qwen3 model from a transformers config; both save as a normal HF directory that
 `AutoTokenizer` / `AutoModelForCausalLM` load. Training and generation code live elsewhere.
 """
 
@@ -31,10 +31,10 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     t = cfg.tiny
-    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[t.arch]
+    config_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[t.arch]
     config = config_cls(
         vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
         num_hidden_layers=t.layers, num_attention_heads=t.heads, num_key_value_heads=t.kv_heads,

@@ -3,7 +3,7 @@ continue like their parent, greedy decoding equals `generate`, unsupported check
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
 from branchrl.engine import Decoder, Engine, UnsupportedModel
 
@@ -13,7 +13,7 @@ PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: 
 
 def tiny_hf(arch: str, kv_heads: int = 2, seed: int = 0):
     """A fp32 model with weights, biases and norms far from their init, so any wiring mistake shows."""
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[arch]
     config = cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=kv_heads, max_position_embeddings=64, tie_word_embeddings=False,
                  rope_parameters={"rope_type": "default", "rope_theta": 500.0}, eos_token_id=2, pad_token_id=0,
@@ -41,10 +41,11 @@ def hf_next_logits(model, seqs: list[list[int]]) -> torch.Tensor:
     return torch.stack([model(torch.tensor([s])).logits[0, -1] for s in seqs])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_engine_logits_match_transformers_over_prefill_and_decode(arch):
     model = tiny_hf(arch, kv_heads=2)  # GQA: 4 query heads share 2 kv heads
     assert arch != "qwen2" or model.model.layers[0].self_attn.q_proj.bias is not None
+    assert arch != "qwen3" or "model.layers.0.self_attn.q_norm.weight" in model.state_dict()
     engine = engine_for(model)
     logits = engine.start(PROMPTS, max_new_tokens=6)
     seqs = [list(p) for p in PROMPTS]
@@ -85,7 +86,7 @@ def test_fork_does_not_alias_the_parent_cache():
                                atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_greedy_engine_decoding_equals_generate(arch):
     model = tiny_hf(arch, seed=3)
     new = 10

@@ -1,4 +1,4 @@
-"""Llama / Qwen2 decoder forward over an explicit KV cache, from an HF config dict and state dict.
+"""Llama / Qwen2 / Qwen3 decoder forward over an explicit KV cache, from an HF config dict and state dict.
 
 Weights keep their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), so a trainer's
 `state_dict()` or a checkpoint's safetensors load directly. Deliberately not here: sampling,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SUPPORTED = {"llama", "qwen2"}
+SUPPORTED = {"llama", "qwen2", "qwen3"}
 
 
 class UnsupportedModel(ValueError):
@@ -78,8 +78,12 @@ class Decoder:
         for i in range(self.layers):
             p = f"model.layers.{i}."
             h = rms_norm(x, self.w[p + "input_layernorm.weight"], self.eps)
-            q = self._linear(h, p + "self_attn.q_proj").view(B, S, self.heads, self.head_dim).transpose(1, 2)
-            k = self._linear(h, p + "self_attn.k_proj").view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = self._linear(h, p + "self_attn.q_proj").view(B, S, self.heads, self.head_dim)
+            k = self._linear(h, p + "self_attn.k_proj").view(B, S, self.kv_heads, self.head_dim)
+            if p + "self_attn.q_norm.weight" in self.w:  # Qwen3: RMSNorm over each head before RoPE
+                q = rms_norm(q, self.w[p + "self_attn.q_norm.weight"], self.eps)
+                k = rms_norm(k, self.w[p + "self_attn.k_norm.weight"], self.eps)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             v = self._linear(h, p + "self_attn.v_proj").view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             K, V = kv[i]
