@@ -1,0 +1,153 @@
+"""Engine throughput against transformers `generate`, and the cost of a fork.
+
+Random weights, forced length (no early EOS), same device and dtype for both. Prints decode tokens/s,
+the speed-up over `generate`, and the fraction of the memory-bandwidth floor (each decode step must
+read the weights once plus the live KV cache).
+
+    .venv/bin/python bench/engine.py                                   # CPU: tiny demo shape
+    python bench/engine.py --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256   # GPU
+
+Record results in docs/BENCHMARKS.md with date, device and the exact command. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from branchrl.engine import Decoder, Engine
+
+SHAPES = {  # name: (config class, kwargs)
+    "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)),
+    "qwen2.5-0.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                       num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                       tie_word_embeddings=True)),
+    "qwen2.5-1.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                       num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                       tie_word_embeddings=True)),
+}
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, by GPU name
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bandwidth(device: torch.device) -> float:
+    """Peak (GPU, from the name) or measured copy bandwidth (CPU), in bytes/s."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((bw for key, bw in PEAK_BANDWIDTH.items() if key in name), 2.0e12)
+    x = torch.empty(64 * 2**20 // 4)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    return 10 * 2 * x.numel() * 4 / (time.perf_counter() - t0)  # read + write
+
+
+def build(shape: str, max_pos: int, device, dtype):
+    cls, kwargs = SHAPES[shape]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cls(**kwargs, max_position_embeddings=max_pos), dtype=dtype)
+    return model.to(device).eval()
+
+
+def engine_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, float]:
+    """(decode tokens/s, prefill seconds) for the engine, greedy, forced length."""
+    decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
+    decoder.load_state_dict(model.state_dict())
+    engine = Engine(decoder)
+    sync(prompts.device)
+    t0 = time.perf_counter()
+    logits = engine.start(prompts.tolist(), new)
+    sync(prompts.device)
+    t1 = time.perf_counter()
+    for _ in range(new - 1):
+        logits = engine.step(logits.argmax(-1))
+    sync(prompts.device)
+    return prompts.shape[0] * (new - 1) / (time.perf_counter() - t1), t1 - t0
+
+
+@torch.inference_mode()
+def generate_tokens_per_s(model, prompts: torch.Tensor, new: int) -> float:
+    kwargs = dict(do_sample=False, min_new_tokens=new, max_new_tokens=new, pad_token_id=0)
+    model.generate(prompts[:, :8], **{**kwargs, "min_new_tokens": 2, "max_new_tokens": 2})  # warm-up
+    sync(prompts.device)
+    t0 = time.perf_counter()
+    model.generate(prompts, attention_mask=torch.ones_like(prompts), **kwargs)
+    sync(prompts.device)
+    return prompts.shape[0] * new / (time.perf_counter() - t0)
+
+
+def floor_tokens_per_s(model, batch: int, prompt: int, new: int, bw: float) -> float:
+    """Tokens/s if every decode step only read the weights once and the live KV cache (mean length)."""
+    c = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    head_dim = c.hidden_size // c.num_attention_heads
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * model.dtype.itemsize * (prompt + new / 2)
+    return batch / ((weight_bytes + batch * kv_bytes) / bw)
+
+
+def fork_cost(model, prefix: int, children: int) -> str:
+    """Fork `children` rows from one `prefix`-token sequence vs prefilling it; KV bytes before/after."""
+    device = model.device
+    decoder = Decoder(model.config.to_dict(), device=device, dtype=model.dtype)
+    decoder.load_state_dict(model.state_dict())
+    engine = Engine(decoder)
+    prompt = torch.randint(3, model.config.vocab_size, (prefix,)).tolist()
+    engine.start([prompt[:8]], 4)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    engine.start([prompt], 16)
+    sync(device)
+    prefill = time.perf_counter() - t0
+    kv_before = sum(k.numel() * k.element_size() * 2 for k, _ in engine.kv)
+    t0 = time.perf_counter()
+    engine.select(torch.zeros(children, dtype=torch.long))
+    sync(device)
+    fork = time.perf_counter() - t0
+    kv_after = sum(k.numel() * k.element_size() * 2 for k, _ in engine.kv)
+    return (f"fork {children} from {prefix} tokens: {fork * 1e3:.2f} ms = {100 * fork / prefill:.1f}% of the "
+            f"{prefill * 1e3:.1f} ms prefill; KV {kv_before / 2**20:.1f} MiB -> {kv_after / 2**20:.1f} MiB "
+            f"(rows are copied, not shared)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", nargs="+", default=["tiny"], choices=sorted(SHAPES))
+    ap.add_argument("--batches", nargs="+", type=int, default=[64, 256])
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per row")
+    ap.add_argument("--new", type=int, default=64, help="generated tokens per row (forced)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bw = bandwidth(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {name}; {dtype}; bandwidth {bw / 1e9:.0f} GB/s; torch {torch.__version__}")
+    for shape in args.shapes:
+        model = build(shape, args.prompt + args.new + 8, device, dtype)
+        for batch in args.batches:
+            prompts = torch.randint(3, model.config.vocab_size, (batch, args.prompt), device=device)
+            ours, prefill = engine_tokens_per_s(model, prompts, args.new)
+            theirs = generate_tokens_per_s(model, prompts, args.new)
+            floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
+            print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
+                  f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
+                  f"prefill {prefill * 1e3:.0f} ms")
+        print(f"{shape:14s} {fork_cost(model, 1024 if shape != 'tiny' else 512, 8)}")
+        del model
+
+
+if __name__ == "__main__":
+    main()
