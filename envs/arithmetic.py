@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from .base import Environment, EnvError, Problem
+from .base import Problem, ProceduralEnvironment
 
 SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}
 
@@ -34,7 +34,7 @@ def worked_solution(a: int, b: int) -> str:
     return " ".join(steps) + f" #### {a + b}"
 
 
-class Arithmetic(Environment):
+class Arithmetic(ProceduralEnvironment):
     def __init__(self, digits: int = 3):
         if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 12:
             raise ValueError(f"digits must be an integer in 1..12, got {digits!r}")
@@ -45,30 +45,13 @@ class Arithmetic(Environment):
     def _problem(self, a: int, b: int) -> Problem:
         return Problem(id=f"{a}+{b}", prompt=f"{a}+{b}=", answer=str(a + b), solution=worked_solution(a, b))
 
-    def _draw(self, split: str, n: int, seed: int) -> list[Problem]:
-        rng = random.Random(f"{split}:{seed}")
+    split_of = staticmethod(split_of)
+    too_few_hint = "ask for fewer or raise digits"
+
+    def candidate(self, rng: random.Random):
         lo, hi = 10 ** (self.digits - 1), 10**self.digits - 1
-        seen: dict[str, Problem] = {}
-        for _ in range(200 * n + 1000):
-            if len(seen) == n:
-                break
-            a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-            pid = f"{a}+{b}"
-            if pid not in seen and split_of(pid) == split:
-                seen[pid] = self._problem(a, b)
-        if len(seen) < n:  # the config asks for more than the split holds: the user's to change
-            raise EnvError(f"env 'arithmetic': found only {len(seen)} distinct {split} problems with {self.digits} "
-                           f"digits, asked for {n}; ask for fewer or raise digits")
-        return list(seen.values())
-
-    def train_problems(self, n: int, seed: int) -> list[Problem]:
-        return self._draw("train", n, seed)
-
-    def warm_start_problems(self, n: int, seed: int) -> list[Problem]:
-        return self._draw("warm_start", n, seed)
-
-    def eval_problems(self, n: int) -> list[Problem]:
-        return self._draw("eval", n, seed=0)
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        return f"{a}+{b}", lambda: self._problem(a, b)
 
 
 def load_environment(digits: int = 3) -> Arithmetic:

@@ -6,6 +6,8 @@ side prompts and hands the verifier pool records in the `branchrl verify` format
 
 from __future__ import annotations
 
+import random
+from typing import Callable
 from dataclasses import dataclass, field
 
 
@@ -19,6 +21,9 @@ class Problem:
     prompt: str          # exactly what the policy sees
     answer: str          # gold answer for the verifier
     solution: str = ""   # worked solution (prompt + solution is an SFT example); "" when unknown
+    # per-problem verifier fields (a code task's tests and entry point, countdown's numbers and target);
+    # merged into the verifier record; left out of hashing so a Problem stays hashable
+    extras: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -42,5 +47,50 @@ class Environment:
         raise NotImplementedError
 
     def verifier_record(self, problem: Problem, completion: str) -> dict:
-        """The record `branchrl verify` (and the verifier pool) checks for one completion."""
-        return {"verifier": self.verifier, "completion": completion, "answer": problem.answer, **self.verifier_args}
+        """The record `branchrl verify` (and the verifier pool) checks for one completion.
+
+        Per-problem verifier fields come from `problem.extras`; problems with no gold answer (code
+        tasks, checked by their tests) have answer "", which is left out of the record.
+        """
+        answer = {"answer": problem.answer} if problem.answer else {}
+        return {"verifier": self.verifier, "completion": completion, **answer, **self.verifier_args, **problem.extras}
+
+
+class ProceduralEnvironment(Environment):
+    """Problems from a seeded generator; each problem id falls in exactly one split by `split_of(id)`,
+    so train, warm-start and eval never overlap whatever the seed. Subclasses give `candidate`."""
+
+    too_few_hint = "ask for fewer"
+
+    def split_of(self, problem_id: str) -> str:
+        raise NotImplementedError
+
+    def candidate(self, rng: random.Random) -> tuple[str, Callable[[], "Problem | None"]] | None:
+        """One random (problem id, build the problem) or None; build() may return None to reject it."""
+        raise NotImplementedError
+
+    def _draw(self, split: str, n: int, seed: int) -> list[Problem]:
+        rng = random.Random(f"{split}:{seed}")
+        seen: dict[str, Problem] = {}
+        for _ in range(200 * n + 1000):
+            if len(seen) == n:
+                break
+            drawn = self.candidate(rng)
+            if drawn is None:
+                continue
+            pid, build = drawn
+            if pid not in seen and self.split_of(pid) == split and (problem := build()) is not None:
+                seen[pid] = problem
+        if len(seen) < n:  # the config asks for more than the split holds: the user's to change
+            raise EnvError(f"env {self.name!r}: found only {len(seen)} distinct {split} problems, asked for {n}; "
+                           f"{self.too_few_hint}")
+        return list(seen.values())
+
+    def train_problems(self, n: int, seed: int) -> list[Problem]:
+        return self._draw("train", n, seed)
+
+    def warm_start_problems(self, n: int, seed: int) -> list[Problem]:
+        return self._draw("warm_start", n, seed)
+
+    def eval_problems(self, n: int) -> list[Problem]:
+        return self._draw("eval", n, seed=0)

@@ -13,7 +13,15 @@ from typing import Callable
 
 from .base import Environment, EnvError
 
-BUILTIN: dict[str, str] = {"arithmetic": "branchrl.envs.arithmetic:load_environment"}
+BUILTIN: dict[str, str] = {
+    "arithmetic": "branchrl.envs.arithmetic:load_environment",
+    "countdown": "branchrl.envs.countdown:load_environment",
+    "gsm8k": "branchrl.envs.gsm8k:load_environment",
+    "humaneval": "branchrl.envs.humaneval:load_environment",
+    "math": "branchrl.envs.math_problems:load_environment",  # module name never shadows stdlib math
+    "mbpp": "branchrl.envs.mbpp:load_environment",
+    "synth_fn": "branchrl.envs.synth_fn:load_environment",
+}
 
 
 def _resolve(name: str) -> Callable[..., Environment]:

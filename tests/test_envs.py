@@ -55,7 +55,7 @@ def test_eval_problems_are_the_same_for_every_seed_and_a_prefix_of_more(env2):
 
 def test_asking_for_more_problems_than_a_split_holds_is_an_env_error():
     env = load_env("arithmetic", digits=1)  # 81 pairs, about 8 in the eval split
-    with pytest.raises(EnvError, match=r"only \d+ distinct eval problems with 1 digits, asked for 500"):
+    with pytest.raises(EnvError, match=r"only \d+ distinct eval problems, asked for 500; ask for fewer or raise digits"):
         env.eval_problems(500)
 
 

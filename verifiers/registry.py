@@ -13,7 +13,8 @@ pooling or parallelism (the caller's verifier pool decides how many records run 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import math_answer
+from . import math_answer, python_tests
+from . import countdown
 from .result import Result, failed
 
 
@@ -32,7 +33,18 @@ VERIFIERS: dict[str, Verifier] = {
         required={"completion": (str,), "answer": (str,)},
         optional={"timeout_s": (int, float), "numeric": (bool,)},
     ),
-    # "python_tests": sandboxed code execution (issue 3) registers here, from its own module.
+    "python_tests": Verifier(
+        check=python_tests.verify_python_tests,
+        version=python_tests.VERSION,
+        required={"completion": (str,)},
+        optional={"tests": (str,), "io": (list,), "entry_point": (str,), "timeout_s": (int, float)},
+    ),
+    "countdown": Verifier(
+        check=countdown.verify_countdown,
+        version=countdown.VERSION,
+        required={"completion": (str,), "numbers": (list,), "target": (int,)},
+        optional={"use_all": (bool,)},
+    ),
 }
 
 

@@ -1,0 +1,47 @@
+"""GSM8K grade-school word problems (Cobbe et al. 2021), checked by the `math` verifier.
+
+Records are `{"question", "answer"}` where the answer is a worked solution ending `#### <number>`;
+the number is the gold answer and the whole solution is the warm-start text. The data set's test
+split is the eval set; its train split is divided between warm-start and train by a hash of the
+question (see `datafile`). Loads a local file or folder (`path=`, e.g. a folder with train.jsonl and
+test.jsonl) or, with no path, `openai/gsm8k` from the hub. Deliberately not here: calculator
+annotations are kept as they are (`<<3*4=12>>`), since the verifier only reads the `####` line.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import Problem
+from .datafile import DatasetEnvironment, build, load_records, require
+
+HUB = ("openai/gsm8k", "main")
+PROMPT = ("Solve the following math problem step by step. End your reply with a line of the form "
+          "`#### <answer>`, where <answer> is just the final number.\n\n{question}\n")
+_FINAL = re.compile(r"####\s*(.+?)\s*$")
+
+
+def gold_answer(solution: str) -> str:
+    """'... #### 1,234' -> '1234' (the number after the last ####, thousands separators dropped)."""
+    match = _FINAL.search(solution.strip().splitlines()[-1] if solution.strip() else "")
+    if match is None:
+        raise ValueError(f"GSM8K answer does not end with '#### <number>': {solution[-80:]!r}")
+    return match.group(1).replace(",", "")
+
+
+def to_problem(record: dict, split: str, index: int) -> tuple[Problem, str]:
+    require(record, ("question", "answer"), f"gsm8k {split} record {index}")
+    question, solution = record["question"], record["answer"]
+    return Problem(id=f"{split}/{index}", prompt=PROMPT.format(question=question),
+                   answer=gold_answer(solution), solution=solution), question
+
+
+def load_environment(path: str | None = None, eval_percent: int = 20,
+                     warm_start_percent: int = 10) -> DatasetEnvironment:
+    """path: a GSM8K .jsonl/.parquet file or a folder of train/test files; None loads openai/gsm8k.
+    eval_percent applies only when the source has no test split; warm_start_percent of the rest
+    (by question hash) is the warm-start set."""
+    problems = build(load_records(path, HUB), to_problem)
+    # numeric: the gold is always a number, so "#### 12+5" must not count as the answer 17
+    return DatasetEnvironment("gsm8k", "math", problems, eval_percent, warm_start_percent,
+                              verifier_args={"numeric": True})
