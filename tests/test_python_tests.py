@@ -100,3 +100,50 @@ def test_fallback_without_bwrap_still_runs_and_warns_once(monkeypatch, caplog):
         assert len(warnings) == 1
     finally:
         sandbox.bwrap_path.cache_clear()
+
+
+def test_builtin_subclass_results_compare_by_content_and_cycles_end():
+    code = (
+        "import collections\n"
+        "def freq(xs):\n    return collections.Counter(xs)\n"
+        "P = collections.namedtuple('P', 'x y')\n"
+        "def point():\n    return [P(1, 2), collections.OrderedDict(a=1), collections.defaultdict(int, b=2)]\n"
+        "class Big(int):\n    def __eq__(self, other):\n        return True\n"
+        "def big():\n    return Big(7)\n"
+        "def loop():\n    a = []\n    a.append(a)\n    return a\n"
+        "def deep():\n    a = []\n    for _ in range(10000):\n        a = [a]\n    return a\n"
+    )
+    tests = (
+        "assert freq([1, 1, 2]) == {1: 2, 2: 1}\n"
+        "assert point() == [(1, 2), {'a': 1}, {'b': 2}]\n"
+        "assert big() == 7\n"
+        "assert big() == 8\n"
+        "assert loop() == [[]]\n"
+        "assert deep() == []\n"
+    )
+    result, outcomes = run_python_tests(code, tests)
+    assert [o.outcome for o in outcomes] == ["pass", "pass", "pass", "fail", "fail", "fail"], result.details
+    assert "self-referencing" in outcomes[4].message and "nested" in outcomes[5].message
+
+
+def test_candidate_top_level_name_shadows_a_builtin_only_as_the_function_under_test():
+    code = "def sum(a, b):\n    return a * b\n"
+    assert verify_python_tests(code, "assert sum(3, 4) == 12\nassert sum(2, 5) == 10").verdict == "pass"
+    cheat = "def abs(x):\n    return 0\ndef f(x):\n    return 'wrong'\n"
+    assert verify_python_tests(cheat, "assert abs(f(1) - 2) < 1e-9").score == 0.0
+
+
+def test_test_setup_sets_attributes_on_candidate_objects_and_passes_them_back():
+    code = (
+        "class Node:\n    def __init__(self, v):\n        self.v, self.left, self.right = v, None, None\n"
+        "def height(n):\n    return 0 if n is None else 1 + max(height(n.left), height(n.right))\n"
+        "def values(ns):\n    return [n.v for n in ns[0]]\n"
+    )
+    tests = (
+        "root = Node(1)\nroot.left = Node(2)\nroot.left.left = Node(3)\nroot.right = Node(4)\n"
+        "assert height(root) == 3\n"
+        "assert root.left.left.v == 3\n"
+        "assert values(((root, root.right),)) == [1, 4]\n"
+    )
+    result = verify_python_tests(code, tests)
+    assert result.verdict == "pass", result.details

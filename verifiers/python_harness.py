@@ -40,6 +40,8 @@ from collections.abc import Iterator
 
 MAX_MESSAGE = 8 << 20  # bytes; a bigger reply from the worker is a failure, not a buffer
 MAX_ITER_ITEMS = 100_000  # a returned iterator is materialised up to this many items
+MAX_ENCODE_DEPTH = 100  # a returned value nested deeper than this is an error
+MAX_ENCODE_ITEMS = 1_000_000  # ...and so is one with more parts than this (shared parts count each time)
 _HEADER = struct.Struct(">I")
 
 
@@ -101,33 +103,83 @@ def _read_stdin_message():
 
 
 # ----------------------------------------------------------------------------- plain-data encoding
-def encode(x, make_ref):
-    """Plain data -> JSON-able tagged form; anything else -> make_ref(x) (an opaque handle)."""
-    t = type(x)
-    if x is None or t is bool or t is str or t is float:
-        return x
-    if t is int:
-        return x if -(1 << 62) < x < (1 << 62) else {"I": format(x, "x")}
-    if t is list:
-        return [encode(e, make_ref) for e in x]
-    if t is tuple:
-        return {"T": [encode(e, make_ref) for e in x]}
-    if t is dict:
-        return {"D": [[encode(k, make_ref), encode(v, make_ref)] for k, v in x.items()]}
-    if t is set or t is frozenset:
-        return {"S" if t is set else "Z": [encode(e, make_ref) for e in x]}
-    if t is bytes or t is bytearray:
-        return {"B" if t is bytes else "A": x.hex()}
-    if t is complex:
-        return {"C": [x.real, x.imag]}
-    if isinstance(x, Iterator) and not callable(x):  # map/filter/generator: what the test would list()
-        items = []
-        for item in x:
-            if len(items) >= MAX_ITER_ITEMS:
-                raise ValueError(f"returned iterator has more than {MAX_ITER_ITEMS} items")
-            items.append(encode(item, make_ref))
-        return {"L": items}
-    return make_ref(x)
+def encode(x, make_ref, keep_top=False):
+    """Plain data -> JSON-able tagged form; anything else -> make_ref(x) (an opaque handle).
+
+    Instances of subclasses of the plain types (Counter, OrderedDict, defaultdict, namedtuple, int/str
+    subclasses...) are encoded by content as their builtin base type, unless `keep_top` (the value
+    came out of a constructor call: the test wants the object itself). Nesting, size and
+    self-reference are capped, so encoding always ends. The receiver decodes exact types only, so no
+    subclass method ever runs where the verdict is made.
+    """
+    budget = [MAX_ENCODE_ITEMS]
+    active = set()
+
+    def container(obj, depth, items):
+        key = id(obj)
+        if key in active:
+            raise ValueError("returned value contains itself (a self-referencing container)")
+        active.add(key)
+        try:
+            return [enc(e, depth + 1) for e in items]
+        finally:
+            active.discard(key)
+
+    def enc(x, depth):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"returned value has more than {MAX_ENCODE_ITEMS} parts")
+        if depth > MAX_ENCODE_DEPTH:
+            raise ValueError(f"returned value is nested more than {MAX_ENCODE_DEPTH} levels deep")
+        t = type(x)
+        if x is None or t is bool or t is str or t is float:
+            return x
+        if t is int:
+            return x if -(1 << 62) < x < (1 << 62) else {"I": format(x, "x")}
+        if t is list:
+            return container(x, depth, x)
+        if t is tuple:
+            return {"T": container(x, depth, x)}
+        if t is dict:
+            return {"D": container(x, depth, ([k, v] for k, v in x.items()))}
+        if t is set or t is frozenset:
+            return {"S" if t is set else "Z": container(x, depth, x)}
+        if t is bytes or t is bytearray:
+            return {"B" if t is bytes else "A": x.hex()}
+        if t is complex:
+            return {"C": [x.real, x.imag]}
+        if not (keep_top and depth == 0):
+            # subclasses of plain types (checked on the real type: a faked __class__ does not count)
+            if issubclass(t, int):
+                return enc(int.__int__(x), depth)
+            if issubclass(t, float):
+                return float.__float__(x)
+            if issubclass(t, str):
+                return str.__str__(x)
+            if issubclass(t, dict):
+                return {"D": container(x, depth, ([k, v] for k, v in list(x.items())))}
+            if issubclass(t, list):
+                return container(x, depth, list(x))
+            if issubclass(t, tuple):
+                return {"T": container(x, depth, tuple.__iter__(x))}
+            if issubclass(t, (set, frozenset)):
+                return {"S" if issubclass(t, set) else "Z": container(x, depth, list(x))}
+            if issubclass(t, bytes):
+                return {"B": bytes.hex(x)}
+            if issubclass(t, bytearray):
+                return {"A": bytearray.hex(x)}
+            if issubclass(t, complex):
+                return {"C": [complex.real.__get__(x), complex.imag.__get__(x)]}
+        if isinstance(x, Iterator) and not callable(x):  # map/filter/generator: what the test would list()
+            items = []
+            for item in x:
+                if len(items) >= MAX_ITER_ITEMS:
+                    raise ValueError(f"returned iterator has more than {MAX_ITER_ITEMS} items")
+                items.append(enc(item, depth + 1))
+            return {"L": items}
+        return make_ref(x)
+
+    return enc(x, 0)
 
 
 def decode(v, worker):
@@ -166,7 +218,9 @@ class Handle:
     __slots__ = ("_worker", "_id", "_generation")
 
     def __init__(self, worker, ref_id):
-        self._worker, self._id, self._generation = worker, ref_id, worker.generation
+        object.__setattr__(self, "_worker", worker)
+        object.__setattr__(self, "_id", ref_id)
+        object.__setattr__(self, "_generation", worker.generation)
 
     def _target(self):
         if self._generation != self._worker.generation:
@@ -178,6 +232,9 @@ class Handle:
 
     def __getattr__(self, name):
         return self._worker.request({"op": "getattr", "f": self._target(), "name": name})
+
+    def __setattr__(self, name, value):  # `root.left = Node(2)` in test setup: set in the worker
+        self._worker.setattr(self._target(), name, value)
 
     def __eq__(self, other):
         return type(other) is Handle and (other._worker, other._id) == (self._worker, self._id)
@@ -198,13 +255,17 @@ class Remote:
     __slots__ = ("_worker", "_name")
 
     def __init__(self, worker, name):
-        self._worker, self._name = worker, name
+        object.__setattr__(self, "_worker", worker)
+        object.__setattr__(self, "_name", name)
 
     def __call__(self, *args, **kwargs):
         return self._worker.call({"G": self._name}, args, kwargs)
 
     def __getattr__(self, name):
         return self._worker.request({"op": "getattr", "f": {"G": self._name}, "name": name})
+
+    def __setattr__(self, name, value):
+        self._worker.setattr({"G": self._name}, name, value)
 
     def __repr__(self):
         return f"<candidate {self._name}>"
@@ -227,6 +288,7 @@ class WorkerClient:
         self.sock, self.pid, self.generation = None, None, 0
         self.memory_hit = False
         self.load_error = None
+        self.builtin_names = set()  # builtin names the candidate defines at top level (its claim)
 
     def spawn(self, first_request):
         if time.monotonic() >= self.deadline:
@@ -251,6 +313,9 @@ class WorkerClient:
                 self.load_error = str(reply["load_error"])[:2000]
                 self.kill()
                 raise CandidateError(self.load_error)
+            names = reply.get("names")
+            if type(names) is list:
+                self.builtin_names = {n for n in names[:1000] if type(n) is str and hasattr(builtins, n)}
 
     def _exchange(self, message):
         try:
@@ -285,6 +350,11 @@ class WorkerClient:
             "kwargs": encode(dict(kwargs), _encode_argument),
         }
         return self.request(message)
+
+    def setattr(self, target, name, value):
+        if type(name) is not str:
+            raise TypeError("attribute name must be a string")
+        self.request({"op": "setattr", "f": target, "name": name, "value": encode(value, _encode_argument)})
 
     def kill(self):
         if self.pid is not None:
@@ -356,7 +426,45 @@ def build_program(tests: str, entry_point: str | None):
         units.append({"line": 1, "test": "tests run without error"})
         tree.body = _unit_template(0, tree.body)
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    return compile(ast.fix_missing_locations(tree), "<tests>", "exec"), units, names
+    return compile(ast.fix_missing_locations(tree), "<tests>", "exec"), units, names, _bound_names(tree)
+
+
+def _bound_names(tree) -> set[str]:
+    """Every name the test code binds itself (assignments, defs, imports, parameters, handlers...)."""
+    bound = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+            bound.add(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(n.name)
+        elif isinstance(n, ast.alias):
+            bound.add((n.asname or n.name).split(".")[0])
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            bound.update(n.names)
+    return bound
+
+
+def shadowed_builtins(names, bound, candidate_builtins, entry_point) -> set[str]:
+    """Which builtin names the tests must resolve to the candidate's top-level definition.
+
+    Plain Python would let every candidate top-level name shadow a builtin (MBPP: `def sum(a, b)`
+    tested with `assert sum(10, 15) == 6`). But a builtin the tests use to *check* results
+    (`abs(f(1) - 2) < 1e-9`, `len(f(x)) == 3`) must stay the real one, or a candidate could define
+    `def abs(x): return 0`. So a builtin is shadowed only when it is clearly the function under test:
+    the entry point, or, without one, when the tests use no other candidate name at all and exactly
+    one builtin name that the candidate defines (the candidate's claim is only trusted that far).
+    """
+    names = {n for n in names - bound if not n.startswith("_bt_")}  # not the harness's own unit hooks
+    used = names & candidate_builtins
+    if entry_point:
+        return {entry_point} & used
+    if len(used) != 1 or any(not hasattr(builtins, n) for n in names):
+        return set()
+    return used
 
 
 class Recorder:
@@ -386,7 +494,7 @@ def _classify(exc, memory_hit):
 
 
 def run_function_tests(job, client):
-    code, units, names = build_program(job["tests"], job.get("entry_point"))
+    code, units, names, bound = build_program(job["tests"], job.get("entry_point"))
     try:
         client.ensure_loaded()
     except (CandidateError, Timeout, WorkerDied) as e:
@@ -396,6 +504,8 @@ def run_function_tests(job, client):
     recorder = Recorder(units, client)
     namespace = {"__name__": "__tests__", "__builtins__": builtins}
     namespace.update({n: Remote(client, n) for n in names if not hasattr(builtins, n)})
+    shadowed = shadowed_builtins(names, bound, client.builtin_names, job.get("entry_point"))
+    namespace.update({n: Remote(client, n) for n in shadowed})
     namespace.update(_bt_begin_=recorder.begin, _bt_end_=recorder.end)
     try:
         exec(code, namespace)
@@ -474,7 +584,8 @@ def worker(sock, code, limits):
         except BaseException as e:
             send(sock, {"load_error": _describe(e)})
             os._exit(0)
-        send(sock, {"ok": None})
+        names = [n for n in namespace if type(n) is str and n not in ("__builtins__", "__name__")]
+        send(sock, {"ok": None, "names": names[:1000]})
         _serve(sock, namespace)
     finally:
         os._exit(0)
@@ -518,17 +629,26 @@ def _serve(sock, namespace):
         (tag, body), = v.items()
         if tag in ("R", "G"):
             return resolve(v)
-        return decode({tag: body}, None) if tag != "L" else argument(body)
+        if tag in ("T", "S", "Z", "L"):
+            items = [argument(e) for e in body]
+            return {"T": tuple, "S": set, "Z": frozenset, "L": iter}[tag](items)
+        if tag == "D":
+            return {k: val for k, val in (argument(p) for p in body)}
+        return decode({tag: body}, None)
 
     while True:
         request = recv(sock, None)
         try:
             f = resolve(request["f"])
+            keep_top = False
             if request["op"] == "getattr":
                 value = getattr(f, request["name"])
+            elif request["op"] == "setattr":
+                value = setattr(f, request["name"], argument(request["value"]))
             else:
+                keep_top = isinstance(f, type)  # a constructed object stays an object (a handle)
                 value = f(*argument(request["args"]), **argument(request["kwargs"]))
-            reply = {"ok": encode(value, make_ref)}
+            reply = {"ok": encode(value, make_ref, keep_top)}
         except BaseException as e:
             reply = {"raise": [type(e).__name__, _safe_str(e)]}
         send(sock, reply)

@@ -31,7 +31,7 @@ from pathlib import Path
 from .result import Result, failed
 from .sandbox import Completed, Limits, run_sandboxed, sandbox_python
 
-VERSION = "python_tests-1"  # bump when extraction, harness or verdict semantics change
+VERSION = "python_tests-2"  # bump when extraction, harness or verdict semantics change
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
 STARTUP_GRACE_S = 2.0  # sandbox + interpreter start, on top of the record's timeout_s
