@@ -59,6 +59,7 @@ def main() -> None:
         verify(CODE_CASE)
     for name, records in cases.items():
         for jobs in sorted({1, args.jobs}):
+            rate(records, 0.0, jobs)  # warm-up: every concurrent caller's worker process is started
             per_s, verdicts = rate(records, args.seconds, jobs)
             print(f"{name:40s} jobs={jobs}  {per_s:10.1f} /s   verdicts {verdicts}")
 
