@@ -8,19 +8,14 @@ warm-start and train problems can never overlap, whatever the seed. It deliberat
 
 from __future__ import annotations
 
-import hashlib
 import random
 
-from .base import Problem, ProceduralEnvironment
-
-SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}
-
+from .base import Problem, ProceduralEnvironment, hashed_split
 
 def split_of(problem_id: str) -> str:
     """'a+b' -> its split; a+b and b+a always land together, so a held-out sum is never seen swapped."""
     key = "+".join(sorted(problem_id.split("+"), key=int))
-    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
-    return next(name for name, buckets in SPLITS.items() if bucket in buckets)
+    return hashed_split(key)
 
 
 def worked_solution(a: int, b: int) -> str:

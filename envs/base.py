@@ -6,6 +6,7 @@ side prompts and hands the verifier pool records in the `branchrl verify` format
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,20 @@ class Environment:
         """
         answer = {"answer": problem.answer} if problem.answer else {}
         return {"verifier": self.verifier, "completion": completion, **answer, **self.verifier_args, **problem.extras}
+
+
+SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}  # buckets of 100
+
+
+def bucket(key: str) -> int:
+    """0..99 from the key's text (whitespace-normalised); the same text always lands in the same bucket."""
+    return int(hashlib.sha256(" ".join(key.split()).encode()).hexdigest(), 16) % 100
+
+
+def hashed_split(key: str) -> str:
+    """The split (eval 10% / warm_start 10% / train 80%) a problem key falls in, for every seed."""
+    b = bucket(key)
+    return next(name for name, buckets in SPLITS.items() if b in buckets)
 
 
 class ProceduralEnvironment(Environment):

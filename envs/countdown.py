@@ -12,12 +12,10 @@ expression reaches.
 
 from __future__ import annotations
 
-import hashlib
 import random
 
-from .base import Problem, ProceduralEnvironment
+from .base import Problem, ProceduralEnvironment, hashed_split
 
-SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}
 PROMPT = ("Using the numbers {numbers}, write an arithmetic expression that equals {target}. You may use "
           "+ - * / and parentheses, and {rule}. End your reply with a line `#### <expression>`.")
 
@@ -29,8 +27,7 @@ Item = tuple[int, str, str, tuple[str, ...]]
 def split_of(problem_id: str) -> str:
     numbers, target = problem_id.split("=")
     key = ",".join(sorted(numbers.split(","), key=int)) + "=" + target
-    bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
-    return next(name for name, buckets in SPLITS.items() if bucket in buckets)
+    return hashed_split(key)
 
 
 def _operand(item: Item, op: str, right: bool) -> str:

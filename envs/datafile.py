@@ -16,13 +16,12 @@ extraction, or anything that knows one data set's fields.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import random
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .base import Environment, EnvError, Problem
+from .base import Environment, EnvError, Problem, bucket
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 SPLIT_NAMES = ("train", "test", "validation", "prompt")
@@ -94,10 +93,6 @@ def require(record: dict, fields: Iterable[str], where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- splitting
-def bucket(key: str) -> int:
-    """0..99 from the key's text; the same text always lands in the same bucket."""
-    return int(hashlib.sha256(" ".join(key.split()).encode()).hexdigest(), 16) % 100
-
 
 def check_percent(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:

@@ -13,13 +13,11 @@ and detection of different chains that compute the same function.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import string
 
-from .base import Problem, ProceduralEnvironment
+from .base import Problem, ProceduralEnvironment, hashed_split
 
-SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}
 TYPES = {"int": "int", "list": "list[int]", "str": "str"}
 MAX_ABS_OUTPUT = 10**6  # chains whose outputs grow past this are redrawn (keeps tests readable)
 PROMPT = ("Write a Python function `{signature}` that fits these examples:\n{examples}\n"
@@ -55,8 +53,7 @@ OPS = _ops()
 
 
 def split_of(problem_id: str) -> str:
-    bucket = int(hashlib.sha256(problem_id.encode()).hexdigest(), 16) % 100
-    return next(name for name, buckets in SPLITS.items() if bucket in buckets)
+    return hashed_split(problem_id)
 
 
 def source(problem_id: str) -> str:

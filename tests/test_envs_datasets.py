@@ -15,13 +15,11 @@ import pytest
 from branchrl.envs import EnvError, load_env
 from branchrl.envs.datafile import DatasetEnvironment
 from branchrl.envs.synth_fn import SynthFn, split_of
-from branchrl.verifiers import VERIFIERS, verify
+from branchrl.verifiers import verify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA_ENVS = {"gsm8k": "gsm8k", "math": "math500", "humaneval": "humaneval", "mbpp": "mbpp"}
-needs_python_tests = pytest.mark.skipif(
-    "python_tests" not in VERIFIERS, reason="the python_tests verifier (verifiers/python_tests.py) is not registered yet")
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"full data sets not found at {SHARED}")
 
 
@@ -202,7 +200,6 @@ def test_fixture_reference_solutions_pass_their_own_tests_in_process():
             own_run(p)
 
 
-@needs_python_tests
 @pytest.mark.parametrize("name", ["humaneval", "mbpp"])
 def test_canonical_solutions_pass_the_python_tests_verifier(name):
     env = load_env(name, path=str(FIXTURES / name))
@@ -256,7 +253,6 @@ def test_synth_fn_bad_arguments(kwargs, message):
     assert str(info.value) == f"env 'synth_fn': {message}"
 
 
-@needs_python_tests
 def test_synth_fn_worked_solutions_pass_the_python_tests_verifier(synth):
     for p in synth.warm_start_problems(20, seed=0):
         result = verify(synth.verifier_record(p, p.solution))
