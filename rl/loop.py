@@ -177,10 +177,12 @@ def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> t
 def provenance(ctx: Context, chosen: Selection, step: int) -> list[dict]:
     env, seed = ctx.env, ctx.cfg.run.seed
     version = verifier_version(env.verifier)
+    trees = {leaf["tree"].tree_id: leaf["tree"] for _, leaf in chosen.samples}
+    tree_value = {tree_id: tree.values()[0] for tree_id, tree in trees.items()}  # once per tree, not per row
     return [{"env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
              "policy_version": leaf["tree"].policy_version, "verifier": env.verifier, "verifier_version": version,
              "verdict": leaf["result"]["verdict"], "score": leaf["result"]["score"], "tree_id": leaf["tree"].tree_id,
-             "branch_path": leaf["tree"].branch_path(leaf["leaf"]), "tree_value": leaf["tree"].values()[0],
+             "branch_path": leaf["tree"].branch_path(leaf["leaf"]), "tree_value": tree_value[leaf["tree"].tree_id],
              "num_tokens": len(leaf["ids"]), "seed": seed, "step": step}
             for p, leaf in chosen.samples]
 
