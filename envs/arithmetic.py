@@ -34,7 +34,8 @@ class Arithmetic(ProceduralEnvironment):
         if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 12:
             raise ValueError(f"digits must be an integer in 1..12, got {digits!r}")
         # numeric: "#### 45+38" equals the sum too, but restating the question is not solving it
-        super().__init__(name="arithmetic", verifier="math", verifier_args={"numeric": True})
+        super().__init__(name="arithmetic", verifier="math", verifier_args={"numeric": True},
+                         answer_marker="####")
         self.digits = digits
 
     def _problem(self, a: int, b: int) -> Problem:

@@ -6,10 +6,11 @@ side prompts and hands the verifier pool records in the `branchrl verify` format
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import random
-from typing import Callable
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 class EnvError(ValueError):
@@ -34,6 +35,9 @@ class Environment:
     name: str
     verifier: str = "math"
     verifier_args: dict = field(default_factory=dict)
+    # text that starts the final answer in a completion ("####", "\\boxed"); branch policies do not fork
+    # after it, where alternatives could only change the answer, not the reasoning. None: no marker
+    answer_marker: str | None = None
 
     def train_problems(self, n: int, seed: int) -> list[Problem]:
         """n problems for RL step sampling; disjoint from eval_problems and warm_start_problems."""
@@ -47,6 +51,13 @@ class Environment:
         """The first n held-out problems (the same list for every seed, so runs compare)."""
         raise NotImplementedError
 
+    def signature(self, completion: str) -> str:
+        """What makes two verified completions the same sample: normalised code for code tasks (comments,
+        docstrings and layout do not count), whitespace-normalised text otherwise."""
+        if self.verifier == "python_tests":
+            return code_signature(completion)
+        return " ".join(completion.split())
+
     def verifier_record(self, problem: Problem, completion: str) -> dict:
         """The record `branchrl verify` (and the verifier pool) checks for one completion.
 
@@ -55,6 +66,24 @@ class Environment:
         """
         answer = {"answer": problem.answer} if problem.answer else {}
         return {"verifier": self.verifier, "completion": completion, **answer, **self.verifier_args, **problem.extras}
+
+
+def code_signature(completion: str) -> str:
+    """The program in a completion (as python_tests extracts it) unparsed from its AST without
+    docstrings: equal for copies that differ only in comments, quotes or layout."""
+    from branchrl.verifiers.python_tests import extract_code
+
+    code = extract_code(completion)
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return " ".join(code.split())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
 
 
 SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}  # buckets of 100

@@ -79,7 +79,8 @@ class Countdown(ProceduralEnvironment):
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
         if not isinstance(use_all, bool):
             raise ValueError(f"use_all must be true or false, got {use_all!r}")
-        super().__init__(name="countdown", verifier="countdown", verifier_args={"use_all": use_all})
+        super().__init__(name="countdown", verifier="countdown", verifier_args={"use_all": use_all},
+                         answer_marker="####")
         self.count, self.max_number, self.max_target, self.use_all = count, max_number, max_target, use_all
 
     def problem(self, numbers: list[int], target: int) -> Problem | None:

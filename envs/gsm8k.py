@@ -44,4 +44,4 @@ def load_environment(path: str | None = None, eval_percent: int = 20,
     problems = build(load_records(path, HUB), to_problem)
     # numeric: the gold is always a number, so "#### 12+5" must not count as the answer 17
     return DatasetEnvironment("gsm8k", "math", problems, eval_percent, warm_start_percent,
-                              verifier_args={"numeric": True})
+                              verifier_args={"numeric": True}, answer_marker="####")

@@ -43,4 +43,4 @@ def load_environment(path: str | None = None, hub: str = "HuggingFaceH4/MATH-500
                      eval_percent: int = 20, warm_start_percent: int = 10) -> DatasetEnvironment:
     """path: a MATH-format .jsonl/.parquet file or folder; None loads `hub` (with `hub_config`)."""
     problems = build(load_records(path, (hub, hub_config)), to_problem)
-    return DatasetEnvironment("math", "math", problems, eval_percent, warm_start_percent)
+    return DatasetEnvironment("math", "math", problems, eval_percent, warm_start_percent, answer_marker="\\boxed")

@@ -67,14 +67,25 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(64, gt=0, description="problems sampled per RL step")
     max_new_tokens: int = Field(64, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
+    tokens_per_step: int = Field(0, ge=0, description="sample more batches of prompts_per_step problems until this many "
+                                                      "tokens were generated (0 = one batch); equal budgets across policies")
+    max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
+                                                           "grpo/tree dynamic sampling refill)")
 
 
 class BranchConfig(Section):
-    roots: int = Field(4, gt=0, description="independent root chains per problem")
+    policy: Literal["independent", "entropy", "eptree"] = Field(
+        "entropy", description="where trees fork: independent = N chains, entropy = online at uncertain tokens, "
+                               "eptree = top-N uncertain positions of finished chains")
+    roots: int = Field(4, gt=0, description="root chains per problem (N samples for `independent`)")
     max_leaves: int = Field(8, gt=0, description="leaf budget per tree (roots + forks)")
-    entropy_threshold: float = Field(0.8, ge=0, description="fork when next-token entropy (nats) exceeds this")
+    entropy_threshold: float = Field(0.8, ge=0, description="entropy: fork where next-token entropy (nats) is at least this")
     min_prefix: int = Field(2, ge=0, description="no forks in the first N completion tokens")
-    min_gap: int = Field(4, ge=1, description="minimum tokens between two forks on one path")
+    min_gap: int = Field(4, ge=1, description="minimum tokens between two forks on one path, and before the length limit")
+    max_depth: int = Field(3, gt=0, description="entropy: most forks along one path")
+    top_n: int = Field(2, gt=0, description="eptree: fork points per tree per round")
+    forks_per_point: int = Field(2, gt=0, description="eptree: new branches at each fork point")
+    rounds: int = Field(1, gt=0, description="eptree: rounds of forking")
 
     @model_validator(mode="after")
     def _budget(self) -> "BranchConfig":
@@ -90,7 +101,9 @@ class VerifyConfig(Section):
 
 
 class TrainConfig(Section):
-    algo: Literal["sft"] = Field("sft", description="update rule: sft = rejection-sampling fine-tuning on verified paths")
+    algo: Literal["sft", "grpo", "tree"] = Field(
+        "sft", description="objective: sft = fine-tune on distinct verified paths, grpo = policy gradient with group "
+                           "advantages on leaves, tree = policy gradient with TreeRL span advantages")
     cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the trainer actor")
     gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved for the trainer actor")
     threads: int = Field(2, gt=0, description="torch CPU threads in the trainer actor")
@@ -100,6 +113,11 @@ class TrainConfig(Section):
     epochs: int = Field(1, gt=0, description="passes over each step's verified samples")
     max_per_problem: int = Field(4, gt=0, description="distinct verified completions kept per problem")
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="grpo/tree: ratio clip below 1 (1 - clip_low)")
+    clip_high: float = Field(0.28, ge=0, description="grpo/tree: ratio clip above 1 (clip-higher, DAPO)")
+    kl_coef: float = Field(0.0, ge=0, description="grpo/tree: weight of the k3 KL to the policy at the first update (0 = off)")
+    shared_spans: Literal["once", "per_leaf"] = Field(
+        "once", description="grpo/tree: a span shared by L leaves counts once (weight 1/L per leaf) or once per leaf")
 
 
 class EvalConfig(Section):
@@ -124,6 +142,13 @@ class Config(Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verifier pool")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training group")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+
+    @model_validator(mode="after")
+    def _combination(self) -> "Config":
+        if self.train.algo == "tree" and self.branch.policy == "independent":
+            raise ValueError("train.algo=tree needs a branching policy (branch.policy=entropy or eptree); "
+                             "with independent chains use train.algo=grpo")
+        return self
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -222,10 +247,12 @@ def _empty_sections(data: dict[str, Any], model: type[BaseModel]) -> None:
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+    if not first["loc"]:  # a rule across sections: its message names the keys
+        return _one_line(f"invalid config: {msg}")
+    where = ".".join(str(p) for p in first["loc"])
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    msg = first["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
     return _one_line(f"invalid config value {where}: {msg}{got_text}")
 
 

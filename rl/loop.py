@@ -1,7 +1,8 @@
 """The driver: one run from config to summary, phase by phase.
 
     prepare (env, problems, run dir) -> launch roles on Ray -> warm start -> sync v0 -> eval_before
-    -> steps: sample -> verify -> prune -> store -> update -> sync -> eval_after -> checkpoint, summary
+    -> steps: sample -> verify [-> more batches] -> prune -> store -> advantages -> update -> sync
+    -> eval_after -> checkpoint, summary
 
 The driver owns the tokenizer (text <-> ids), the ledger and the files of the run directory; the
 roles own the compute. It never runs a model itself.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -19,6 +20,8 @@ import ray
 from branchrl.envs import Environment, Problem, load_env
 from branchrl.verifiers import verifier_version
 
+from .advantages import informative
+from .algos import ALGOS, pg_batch
 from .config import Config, ConfigError, dump_config
 from .datastore import DataStore
 from .launch import Roles, launch, start_ray
@@ -26,6 +29,7 @@ from .ledger import Ledger
 from .models import load_tokenizer
 from .progress import Progress
 from .prune import Selection, select_verified
+from .sampler import BranchSettings
 from .tree import Tree
 
 
@@ -38,6 +42,21 @@ class Context:
     ledger: Ledger
     run_dir: Path
     progress: Progress
+    settings: BranchSettings   # the branch policy's settings, with the env's answer-start tokens
+
+
+@dataclass
+class Rollouts:
+    """One step's sampled and verified batches, concatenated."""
+    problems: list[Problem] = field(default_factory=list)
+    trees: list[Tree] = field(default_factory=list)
+    leaves: list[dict] = field(default_factory=list)
+    rollout_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    batches: int = 0
+
+    def generated_tokens(self) -> int:
+        return sum(t.generated_tokens() for t in self.trees)
 
 
 def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
@@ -51,7 +70,7 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     try:
         info = ray.get(roles.trainer.describe.remote())
         ctx = Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
-                      run_dir, progress)
+                      run_dir, progress, branch_settings(cfg, env, tokenizer))
         summary = train_and_evaluate(ctx, eval_set, warm_set)
     finally:
         roles.shutdown()
@@ -84,6 +103,14 @@ def prepare(cfg: Config, run_dir: Path):
     return env, tokenizer, eval_set, warm_set
 
 
+def branch_settings(cfg: Config, env: Environment, tokenizer) -> BranchSettings:
+    """cfg.branch plus the token ids that start the env's answer marker (alone and after a space, as
+    BPE vocabularies spell it both ways). Token-level on purpose: the workers hold no tokenizer."""
+    marker = env.answer_marker
+    ids = {tokenizer.encode(m, add_special_tokens=False)[0] for m in (marker, " " + marker)} if marker else set()
+    return BranchSettings(**cfg.branch.model_dump(), answer_ids=tuple(sorted(ids)))
+
+
 def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Problem]) -> dict:
     trainer, cfg = ctx.roles.trainer, ctx.cfg
     if warm_set:
@@ -111,45 +138,74 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
 
 
 def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
-    """sample -> verify -> prune -> store -> update -> sync; returns the step's metrics record."""
-    t_step = time.perf_counter()
-    problems = ctx.env.train_problems(ctx.cfg.rollout.prompts_per_step, seed=ctx.cfg.run.seed * 1_000_003 + step)
-    trees, rollout_s = sample(ctx, problems, step)
-    leaves, verify_s = verify_leaves(ctx, problems, trees)
-    chosen = select_verified(problems, trees, leaves, ctx.cfg.train.max_per_problem)
+    """sample -> verify -> prune -> store -> advantages -> update -> sync; returns the step's metrics record."""
+    t_step, cfg = time.perf_counter(), ctx.cfg
+    got = gather(ctx, step)
+    chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
     store.write(step, provenance(ctx, chosen, step))
-    update = ray.get(ctx.roles.trainer.train.remote(chosen.sequences)) if chosen.sequences else None
+    algo = ALGOS[cfg.train.algo]
+    batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
+                      if algo.policy_gradient else (chosen.sequences, 0))
+    update = ray.get(ctx.roles.trainer.train.remote(batch)) if batch else None
     version, sync_s = sync(ctx.roles)
-    led = ctx.ledger
-    generated = sum(t.generated_tokens() for t in trees)
-    led.add_rollout(generated, sum(len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees), rollout_s)
+    led, generated = ctx.ledger, got.generated_tokens()
+    led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
+                    sum(t.context_sum() for t in got.trees), got.rollout_seconds)
     led.verified_tokens += chosen.verified_tokens
-    led.verify_seconds += verify_s
+    led.verify_seconds += got.verify_seconds
     if update:
         led.add_train(update["trained_tokens"], update["processed_tokens"], update["context_sum"], update["seconds"])
     led.sync_seconds += sync_s
-    return {"step": step, "policy_version": version, "prompts": len(problems),
-            "leaves": len(leaves), "forks": sum(t.forks() for t in trees), "pass_rate": chosen.pass_rate,
+    return {"step": step, "policy_version": version, "prompts": len(got.problems), "batches": got.batches,
+            "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
             "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
-            "generated_tokens": generated, "verified_tokens": chosen.verified_tokens,
+            "dropped_trees": dropped, "generated_tokens": generated, "verified_tokens": chosen.verified_tokens,
             "trained_tokens": update["trained_tokens"] if update else 0, "loss": update["loss"] if update else None,
-            "tokens_per_s": generated / rollout_s if rollout_s else 0.0, "rollout_seconds": rollout_s,
-            "verify_seconds": verify_s, "train_seconds": update["seconds"] if update else 0.0,
+            "clip_fraction": update.get("clip_fraction") if update else None,
+            "tokens_per_s": generated / got.rollout_seconds if got.rollout_seconds else 0.0,
+            "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds,
+            "train_seconds": update["seconds"] if update else 0.0,
             "sync_seconds": sync_s, "step_seconds": time.perf_counter() - t_step,
             "rollout_train_flop_ratio": led.ratio}
 
 
-def sample(ctx: Context, problems: list[Problem], step: int, greedy: bool = False) -> tuple[list[Tree], float]:
-    """Split the prompts over the rollout workers; returns trees in problem order and the phase's wall time."""
+def gather(ctx: Context, step: int) -> Rollouts:
+    """Sample and verify batches of prompts_per_step problems until the step has enough: the token budget
+    (rollout.tokens_per_step) and, for policy-gradient objectives, prompts_per_step informative trees
+    (dynamic sampling); at most rollout.max_batches_per_step batches."""
+    cfg, got = ctx.cfg, Rollouts()
+    pg = ALGOS[cfg.train.algo].policy_gradient
+    while got.batches < cfg.rollout.max_batches_per_step:
+        key = step * 64 + got.batches   # seeds this batch's problems and sampler; distinct across the run
+        problems = ctx.env.train_problems(cfg.rollout.prompts_per_step, seed=cfg.run.seed * 1_000_003 + key)
+        trees, rollout_s = sample(ctx, problems, step, key=key, first=len(got.trees))
+        leaves, verify_s = verify_leaves(ctx, problems, trees)
+        got.problems += problems
+        got.trees += trees
+        got.leaves += leaves
+        got.rollout_seconds += rollout_s
+        got.verify_seconds += verify_s
+        got.batches += 1
+        budget_met = got.generated_tokens() >= cfg.rollout.tokens_per_step
+        if budget_met and (not pg or sum(map(informative, got.trees)) >= cfg.rollout.prompts_per_step):
+            break
+    return got
+
+
+def sample(ctx: Context, problems: list[Problem], step: int, greedy: bool = False, key: int | None = None,
+           first: int = 0) -> tuple[list[Tree], float]:
+    """Split the prompts over the rollout workers; returns trees in problem order and the phase's wall time.
+    key seeds the samplers (default: step); first numbers the trees after those already sampled this step."""
     t0 = time.perf_counter()
     prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
     workers = ctx.roles.rollout
     shards = [prompts[i::len(workers)] for i in range(len(workers))]
-    results = ray.get([w.rollout.remote(s, step, greedy) for w, s in zip(workers, shards) if s])
+    seed_key = step if key is None else key
+    results = ray.get([w.rollout.remote(s, seed_key, ctx.settings, greedy) for w, s in zip(workers, shards) if s])
     trees: list[Tree] = [None] * len(prompts)
     for i, (shard_trees, _) in enumerate(results):
         trees[i::len(workers)] = shard_trees
-    for i, tree in enumerate(trees):  # workers number trees within their shard; make ids run-unique
+    for i, tree in enumerate(trees, start=first):  # workers number trees within their shard; make ids run-unique
         tree.tree_id = f"{tree.problem_id}#s{step}{'e' if greedy else ''}#{i}"
     return trees, time.perf_counter() - t0
 

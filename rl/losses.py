@@ -1,7 +1,8 @@
-"""Token log-probabilities and the SFT loss, computed in chunks so full-vocabulary logits for a
-whole batch are never materialised (151k vocab x 16k tokens x 4 B would be 10 GB).
+"""Token log-probabilities, the SFT loss and the clipped policy-gradient loss. Log-probs are computed
+in chunks so full-vocabulary logits for a whole batch are never materialised (151k vocab x 16k
+tokens x 4 B would be 10 GB).
 
-Pure tensor functions with shapes written down; no optimizer, no data handling.
+Pure tensor functions with shapes written down; no optimizer, no advantages (rl/advantages.py).
 """
 
 from __future__ import annotations
@@ -45,9 +46,36 @@ def pack_batch(sequences: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, attn, loss
 
 
-def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over completion tokens (token-level mean). ids/attn/loss_mask: [B, T]."""
+def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """log p(completion token) under logits / temperature, for every loss_mask position; returns [N] fp32.
+    ids/attn/loss_mask: [B, T]. logits/T = head(hidden/T), so the temperature costs nothing extra."""
     hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # [B, T, d]
     targets = ids[:, 1:][loss_mask[:, :-1]]                                           # [N]
-    logp = selected_logprobs(hidden[:, :-1][loss_mask[:, :-1]], model.get_output_embeddings().weight, targets)
-    return -logp.mean()
+    h = hidden[:, :-1][loss_mask[:, :-1]]                                             # [N, d]
+    return selected_logprobs(h / temperature if temperature != 1.0 else h, model.get_output_embeddings().weight, targets)
+
+
+def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over completion tokens (token-level mean). ids/attn/loss_mask: [B, T]."""
+    return -completion_logprobs(model, ids, attn, loss_mask).mean()
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
+                clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0):
+    """Token-level clipped policy gradient with clip-higher (DAPO), optional k3 KL to a reference policy.
+    All inputs [N] over completion tokens; loss = sum(w * token_loss) / sum(w), so long and short
+    sequences weigh per token, not per sequence. Returns (loss, stats dict of floats)."""
+    ratio = torch.exp(logp - old_logp)                                                 # [N]
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    token = -torch.minimum(ratio * advantages, clipped * advantages)                  # [N]
+    kl = torch.zeros_like(token)
+    if ref_logp is not None and kl_coef > 0:
+        log_r = ref_logp - logp
+        kl = torch.exp(log_r) - log_r - 1.0                                            # k3: >= 0, unbiased for KL(pi||ref)
+    total = weights.sum().clamp(min=1e-8)
+    loss = (weights * (token + kl_coef * kl)).sum() / total
+    with torch.no_grad():
+        was_clipped = (clipped * advantages < ratio * advantages).float()   # the clipped term won: no gradient
+        stats = {"clip_fraction": float((weights * was_clipped).sum() / total), "kl": float((weights * kl).sum() / total)}
+    return loss, stats

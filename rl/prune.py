@@ -1,13 +1,17 @@
-"""Prune verified trees to training samples: passing leaves only, distinct completions, a cap per problem.
+"""Prune verified trees to the synthetic data set: passing leaves only, distinct by signature, a cap per problem.
 
 Input is every verified leaf (its tree, ids, text and verdict); output is what the data store writes
-and the trainer learns from, the same set for both. Leaf order decides which samples survive the
-cap, so the choice is deterministic. Nothing here calls a verifier or a model.
+and what `sft` learns from, the same set for both. Two completions are the same sample when their
+signatures match (the env's normalised text or code), so a reformatted copy is not a new path.
+Leaf order decides which samples survive the cap, so the choice is deterministic. Every passing tree
+is exported, including all-correct ones that policy-gradient objectives drop from their batch.
+Nothing here calls a verifier or a model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from branchrl.envs import Problem
 
@@ -20,11 +24,13 @@ class Selection:
     sequences: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (prompt ids, completion ids)
     pass_rate: float = 0.0     # passing leaves / all leaves
     solved_rate: float = 0.0   # problems with at least one passing leaf
-    verified_tokens: int = 0   # completion tokens of all passing leaves (before de-duplication)
+    verified_tokens: int = 0   # generated tokens on at least one passing path (a shared span counts once)
 
 
-def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dict], cap: int) -> Selection:
-    """leaves: dicts with tree, ids, text, result (in tree order). Keeps <= cap distinct passing texts per tree."""
+def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dict], cap: int,
+                    signature: Callable[[str], str] = lambda text: text) -> Selection:
+    """leaves: dicts with tree, ids, text, result (in tree order). Keeps <= cap passing leaves with distinct
+    signatures per tree."""
     by_tree: dict[str, list[dict]] = {}
     for leaf in leaves:
         by_tree.setdefault(leaf["tree"].tree_id, []).append(leaf)
@@ -32,10 +38,11 @@ def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dic
     for problem, tree in zip(problems, trees, strict=True):
         seen: set[str] = set()
         passing = [leaf for leaf in by_tree.get(tree.tree_id, []) if leaf["result"]["verdict"] == "pass"]
+        out.verified_tokens += verified_tokens(tree, [leaf["leaf"] for leaf in passing])
         for leaf in passing:
-            out.verified_tokens += len(leaf["ids"])
-            if leaf["text"] not in seen and len(seen) < cap:
-                seen.add(leaf["text"])
+            sig = signature(leaf["text"])
+            if sig not in seen and len(seen) < cap:
+                seen.add(sig)
                 out.samples.append((problem, leaf))
                 out.sequences.append((tree.prompt_ids, leaf["ids"]))
         passed += len(passing)
@@ -44,3 +51,9 @@ def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dic
     out.solved_rate = solved / max(len(trees), 1)
     out.pass_rate = passed / max(len(leaves), 1)
     return out
+
+
+def verified_tokens(tree: Tree, passing_leaves: list[int]) -> int:
+    """Tokens of the nodes on at least one passing path: what verification kept of what was generated."""
+    nodes = {n for leaf in passing_leaves for n in tree.path(leaf)}
+    return sum(len(tree.nodes[n].tokens) for n in nodes)

@@ -35,11 +35,11 @@ class RolloutWorker:
         self.checksum = state_checksum({k: self.decoder.w[k] for k in weights.state})  # what the engine holds
         return {"version": self.version, "checksum": self.checksum}
 
-    def rollout(self, prompts: list[tuple[str, list[int]]], step: int, greedy: bool = False) -> tuple[list[Tree], float]:
-        """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval)."""
-        b, r = self.cfg.branch, self.cfg.rollout
-        settings = BranchSettings(1, 1, 0.0, 0, 1, branch=False) if greedy else BranchSettings(
-            b.roots, b.max_leaves, b.entropy_threshold, b.min_prefix, b.min_gap)
+    def rollout(self, prompts: list[tuple[str, list[int]]], step: int, settings: BranchSettings,
+                greedy: bool = False) -> tuple[list[Tree], float]:
+        """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval).
+        `step` seeds the sampler, so every call of a run needs its own step number."""
+        r = self.cfg.rollout
         sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, r.temperature, self.seed * 100003 + step)
         t0 = time.perf_counter()
         trees = sampler.run(prompts, settings, self.version, greedy=greedy)

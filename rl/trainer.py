@@ -6,6 +6,7 @@ the engine; weights leave as a versioned CPU state dict with a checksum, which `
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -13,7 +14,9 @@ import time
 import torch
 
 from .config import Config
-from .losses import pack_batch, sft_loss
+from .advantages import PGSample
+from .algos import ALGOS
+from .losses import completion_logprobs, pack_batch, policy_loss, sft_loss
 from .models import count_flop_params, load_policy
 from .weight_sync import Weights, pack_weights
 
@@ -28,6 +31,7 @@ class Trainer:
         self.optimizer = self._optimizer(cfg.train.lr)
         self.version = 0
         self.rng = random.Random(cfg.run.seed)
+        self.ref_model = None
 
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.train.weight_decay)
@@ -49,26 +53,52 @@ class Trainer:
             group["lr"] = group["initial_lr"] = ws.lr
         schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(i, total) / total)))
-        stats = self.fit(seqs, ws.epochs, ws.batch_size, schedule)
+        stats = self.fit(seqs, ws.epochs, ws.batch_size, schedule=schedule)
         for group in self.optimizer.param_groups:  # RL continues with the same Adam moments
             group["lr"] = self.cfg.train.lr
         return stats
 
-    def train(self, seqs: list[tuple[list[int], list[int]]]) -> dict:
-        """One RL update: SFT on verified (prompt_ids, completion_ids); the policy version goes up by one."""
-        stats = self.fit(seqs, self.cfg.train.epochs, self.cfg.train.batch_size)
+    def train(self, batch: list) -> dict:
+        """One RL update; the policy version goes up by one. batch: (prompt_ids, completion_ids) pairs for
+        a likelihood objective (`sft`), PGSamples for a policy-gradient one (`grpo`, `tree`)."""
+        t = self.cfg.train
+        if ALGOS[t.algo].policy_gradient:
+            stats = self.fit(batch, t.epochs, t.batch_size, self._pg_loss, pairs=lambda x: (x.prompt_ids, x.completion_ids))
+        else:
+            stats = self.fit(batch, t.epochs, t.batch_size)
         self.version += 1
         return stats
 
-    def fit(self, seqs, epochs: int, batch_size: int, schedule=None) -> dict:
-        t0, losses, tokens, processed, context = time.perf_counter(), [], 0, 0, 0
+    def _pg_loss(self, items: list[PGSample], ids, attn, mask):
+        """Clipped token-level policy gradient. The behaviour log-probs are the rollout's own (the engine
+        matches a full forward to 1e-4 in fp32), so no extra forward pass is spent recomputing them."""
+        t = self.cfg.train
+        flat = lambda field: torch.tensor([v for x in items for v in getattr(x, field)], device=self.device)  # noqa: E731
+        logp = completion_logprobs(self.model, ids, attn, mask, self.cfg.rollout.temperature)
+        ref = None
+        if t.kl_coef > 0:
+            with torch.no_grad():
+                ref = completion_logprobs(self._reference(), ids, attn, mask, self.cfg.rollout.temperature)
+        return policy_loss(logp, flat("old_logprobs"), flat("advantages"), flat("weights"),
+                           t.clip_low, t.clip_high, ref, t.kl_coef)
+
+    def _reference(self):
+        """The frozen policy the KL term pulls towards: the weights at the first RL update (after warm start)."""
+        if self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return self.ref_model
+
+    def fit(self, items, epochs: int, batch_size: int, loss_fn=None, schedule=None, pairs=lambda x: x) -> dict:
+        """Minibatch passes over items; loss_fn(items, ids, attn, mask) -> (loss, stats) (default: SFT NLL)."""
+        t0, losses, tokens, processed, context, extra = time.perf_counter(), [], 0, 0, 0, {}
         for _ in range(epochs):
-            order = list(range(len(seqs)))
+            order = list(range(len(items)))
             self.rng.shuffle(order)
             for s in range(0, len(order), batch_size):
-                batch = [seqs[i] for i in order[s:s + batch_size]]
-                ids, attn, mask = (t.to(self.device) for t in pack_batch(batch, self.tokenizer.pad_token_id))
-                loss = sft_loss(self.model, ids, attn, mask)
+                batch = [items[i] for i in order[s:s + batch_size]]
+                packed = pack_batch([pairs(x) for x in batch], self.tokenizer.pad_token_id)
+                ids, attn, mask = (x.to(self.device) for x in packed)
+                loss, step_stats = loss_fn(batch, ids, attn, mask) if loss_fn else (sft_loss(self.model, ids, attn, mask), {})
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
@@ -76,12 +106,15 @@ class Trainer:
                 if schedule is not None:
                     schedule.step()
                 losses.append(loss.item())
+                for k, v in step_stats.items():
+                    extra.setdefault(k, []).append(v)
                 lengths = attn.sum(1)                                     # [B]
                 tokens += int(mask.sum())
                 processed += int(lengths.sum())
                 context += int((lengths * (lengths + 1) // 2).sum())      # causal attention positions
         return {"loss": sum(losses) / max(len(losses), 1), "trained_tokens": tokens, "processed_tokens": processed,
-                "context_sum": context, "seconds": time.perf_counter() - t0, "sequences": len(seqs)}
+                "context_sum": context, "seconds": time.perf_counter() - t0, "sequences": len(items),
+                **{k: sum(v) / len(v) for k, v in extra.items()}}
 
     def weights(self) -> Weights:
         return pack_weights(self.model, self.version)

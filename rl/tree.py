@@ -30,6 +30,8 @@ class Tree:
     prompt_ids: list[int]
     policy_version: int
     nodes: list[Node] = field(default_factory=lambda: [Node(0, None)])
+    reprefill_tokens: int = 0    # prefix tokens computed again to fork a finished chain (eptree's second phase)
+    reprefill_context: int = 0   # their attention positions
 
     def add_child(self, parent: int) -> int:
         node = Node(len(self.nodes), parent)
@@ -62,19 +64,59 @@ class Tree:
         """Tokens actually decoded for this tree: shared prefixes count once."""
         return sum(len(n.tokens) for n in self.nodes)
 
+    def order(self) -> list[int]:
+        """Node ids with every parent before its children (ids alone do not promise it after `split`)."""
+        out, stack = [], [0]
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(reversed(self.nodes[n].children))
+        return out
+
+    def span_starts(self) -> list[int]:
+        """Completion offset of each node's first token (0 for the prompt node and the root chains)."""
+        start = [0] * len(self.nodes)
+        for n in self.order()[1:]:
+            parent = self.nodes[n].parent
+            start[n] = start[parent] + len(self.nodes[parent].tokens)
+        return start
+
     def context_sum(self) -> int:
         """Attention positions over the whole tree: the prompt's prefill once, then each decoded token
         attends to everything before it on its path (shared prefixes computed once, as the engine does)."""
         p = len(self.prompt_ids)
-        total, start = p * (p + 1) // 2, {0: p}
-        for n in self.nodes[1:]:  # parents come before children
-            s0 = start[n.id] = start[n.parent] + len(self.nodes[n.parent].tokens)
+        total = p * (p + 1) // 2 + self.reprefill_context
+        for n, s in zip(self.nodes[1:], self.span_starts()[1:]):
             k = len(n.tokens)
-            total += k * s0 + k * (k + 1) // 2
+            total += k * (p + s) + k * (k + 1) // 2
         return total
 
+    def split(self, node: int, offset: int) -> int:
+        """Cut `node`'s span before token `offset`: node keeps tokens[:offset]; a new only child takes the
+        rest, with node's children, finish and reward. Returns the new child's id. 0 < offset < len."""
+        n = self.nodes[node]
+        if not 0 < offset < len(n.tokens):
+            raise ValueError(f"split offset {offset} outside node {node}'s span of {len(n.tokens)} tokens")
+        tail = Node(len(self.nodes), node, n.tokens[offset:], n.logprobs[offset:], n.entropies[offset:],
+                    n.children, n.finish, n.reward)
+        for c in tail.children:
+            self.nodes[c].parent = tail.id
+        del n.tokens[offset:], n.logprobs[offset:], n.entropies[offset:]
+        n.children, n.finish, n.reward = [tail.id], "", None
+        self.nodes.append(tail)
+        return tail.id
+
+    def leaf_counts(self) -> list[int]:
+        """Number of leaves under each node (a leaf counts itself)."""
+        count = [0] * len(self.nodes)
+        for leaf in self.leaves():
+            for n in [0] + self.path(leaf):
+                count[n] += 1
+        return count
+
     def forks(self) -> int:
-        return sum(1 for n in self.nodes[1:] if len(n.children) > 1)
+        """Leaves beyond the root chains: every fork adds one leaf per extra child."""
+        return sum(len(n.children) - 1 for n in self.nodes[1:] if n.children)
 
     def values(self) -> list[float | None]:
         """V(n) = mean reward of the leaves under n (None where no leaf below has a reward)."""

@@ -59,12 +59,17 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
         "bad env kwargs": (["run", DEMO, "env.kwargs.digits=0"], "env 'arithmetic': digits must be an integer in 1..12"),
         "override after --out": (["run", DEMO, "--out", tmp_path / "new", "run.steps=abc"], "run.steps"),
         "verify missing file": (["verify", tmp_path / "none.jsonl"], "No such file or directory"),
+        "tree without branching": (["run", DEMO, "train.algo=tree", "branch.policy=independent"],
+                                   "train.algo=tree needs a branching policy"),
+        "unknown policy": (["run", DEMO, "branch.policy=beam"],
+                           "branch.policy: Input should be 'independent', 'entropy' or 'eptree' (got 'beam')"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing config", "unknown key", "wrong type", "zero workers", "leaves < roots",
                                   "invalid yaml", "out not empty", "out is a file", "unknown env", "bad env kwargs",
-                                  "override after --out", "verify missing file"])
+                                  "override after --out", "verify missing file", "tree without branching",
+                                  "unknown policy"])
 def test_user_errors_are_one_line_and_exit_2(case, tmp_path, full_dir):
     argv, expected = error_cases(tmp_path, full_dir)[case]
     line = one_error_line(branchrl(*argv, cwd=tmp_path))

@@ -110,7 +110,7 @@ def test_unknown_key_without_a_near_match_lists_the_valid_ones():
     ("run.seed=1.5", "run.seed"),
     ("rollout.workers=0", "rollout.workers: Input should be greater than 0 (got 0)"),
     ("train.lr=-1", "train.lr: Input should be greater than 0"),
-    ("train.algo=grpo", "train.algo: Input should be 'sft' (got 'grpo')"),
+    ("train.algo=ppo", "train.algo: Input should be 'sft', 'grpo' or 'tree' (got 'ppo')"),
     ("model.dtype=fp16", "model.dtype"),
     ("run=5", "invalid config value run:"),
     ("env.kwargs=5", "env.kwargs: Input should be a valid dictionary"),
@@ -127,6 +127,28 @@ def test_cross_field_rules_read_as_plain_sentences():
     assert message == "invalid config value branch: max_leaves (2) must be >= roots (4)"
     message = error_of(overrides=["model.tiny.hidden_size=130", "model.tiny.heads=4"])
     assert "model.tiny: hidden_size must be divisible by heads" in message
+
+
+def test_tree_advantages_with_independent_chains_is_refused_by_name():
+    message = error_of(overrides=["train.algo=tree", "branch.policy=independent"])
+    assert message == ("invalid config: train.algo=tree needs a branching policy (branch.policy=entropy or eptree); "
+                       "with independent chains use train.algo=grpo")
+
+
+def test_config_names_match_the_policy_and_objective_registries():
+    from typing import get_args
+
+    from branchrl.algos import ALGOS
+    from branchrl.config import BranchConfig, TrainConfig
+    from branchrl.policies import POLICIES
+
+    assert set(get_args(BranchConfig.model_fields["policy"].annotation)) == set(POLICIES)
+    assert set(get_args(TrainConfig.model_fields["algo"].annotation)) == set(ALGOS)
+    for policy in POLICIES:
+        for algo in ALGOS:
+            if (policy, algo) != ("independent", "tree"):
+                cfg = load_config(None, [f"branch.policy={policy}", f"train.algo={algo}"])
+                assert (cfg.branch.policy, cfg.train.algo) == (policy, algo)
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -157,7 +157,7 @@ def test_the_loop_rows_fit_the_schema(tmp_path):
         for leaf in leaves[-2:]:
             tree.nodes[leaf["leaf"]].reward = leaf["result"]["score"]
     chosen = select_verified(problems, trees, leaves, cap=4)
-    ctx = Context(cfg, env, tokenizer=None, roles=None, ledger=None, run_dir=tmp_path, progress=None)
+    ctx = Context(cfg, env, tokenizer=None, roles=None, ledger=None, run_dir=tmp_path, progress=None, settings=None)
     DataStore(tmp_path / "data").write(7, provenance(ctx, chosen, 7))
     ds = load(tmp_path / "data", tmp_path)
     assert ds.num_rows == 2 and ds.column_names == SCHEMA.names

@@ -66,6 +66,22 @@ def test_resolved_config_and_hf_checkpoints_load_back(finished_run):
         assert model.config.num_hidden_layers == 2 and tokenizer.decode(tokenizer.encode("12+3=")) == "12+3="
 
 
+@pytest.mark.parametrize("policy, algo", [("independent", "grpo"), ("eptree", "tree"), ("entropy", "grpo")])
+def test_each_policy_and_objective_runs_by_name(ray_cluster, tmp_path, policy, algo):
+    """Policy-gradient runs train on every leaf of informative trees; dynamic sampling fills the batch."""
+    extra = [f"branch.policy={policy}", f"train.algo={algo}", "run.steps=2", "eval.every=0", "eval.problems=4",
+             "branch.roots=3", "branch.max_leaves=5", "branch.top_n=1", "rollout.max_batches_per_step=2",
+             "rollout.tokens_per_step=600"]
+    summary = run(load_config(None, SMALL_RUN + extra), tmp_path / "out")
+    steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["trained_tokens"] > 0 and all(s["loss"] is None or s["loss"] == s["loss"] for s in steps)
+    for s in steps:
+        assert s["generated_tokens"] >= 600 or s["batches"] == 2
+        assert s["prompts"] == 16 * s["batches"]
+        assert (s["forks"] > 0) == (policy != "independent")
+    assert any(s["clip_fraction"] is not None for s in steps)
+
+
 def test_report_writes_markdown_and_three_plots(finished_run):
     from branchrl.report import write_report
 

@@ -1,11 +1,13 @@
-"""Branching sampler and rollout trees: leaf budget, where forks may happen, stored log-probs equal a
-full forward, greedy mode; tree values, paths, token counts and attention context by hand."""
+"""Branching sampler, its policies and rollout trees: leaf budget, where forks may happen (entropy's
+online rules, eptree's fork points), stored log-probs equal a full forward, greedy mode; tree values,
+paths, splits, token counts and attention context by hand."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from branchrl.engine import Decoder, Engine
+from branchrl.policies.eptree import fork_points
 from branchrl.sampler import BranchSampler, BranchSettings
 from branchrl.tree import Tree
 
@@ -105,19 +107,23 @@ def test_leaves_end_on_eos_or_at_the_length_limit(branched, model):
 
 
 @torch.no_grad()
+def assert_leaves_match_a_full_forward(model, tree: Tree, temperature: float = 0.7) -> None:
+    """Every leaf's stored log-probs and entropies equal one forward of the HF model over the whole path."""
+    prompt = tree.prompt_ids
+    for leaf in tree.leaves():
+        ids = tree.completion_ids(leaf)
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1]   # [C, V]
+        logp = torch.log_softmax(logits / temperature, -1)
+        expected = logp.gather(1, torch.tensor(ids)[:, None])[:, 0]
+        entropy = -(logp.exp() * logp).sum(-1)
+        torch.testing.assert_close(torch.tensor(tree.completion_logprobs(leaf)), expected, atol=1e-4, rtol=0)
+        stored = [e for n in tree.path(leaf) for e in tree.nodes[n].entropies]
+        torch.testing.assert_close(torch.tensor(stored), entropy, atol=1e-4, rtol=0)
+
+
 def test_stored_logprobs_equal_a_full_forward_at_the_sampling_temperature(branched, model):
-    _, trees = branched
-    for tree in trees:
-        prompt = tree.prompt_ids
-        for leaf in tree.leaves():
-            ids = tree.completion_ids(leaf)
-            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1]   # [C, V]
-            logp = torch.log_softmax(logits / 0.7, -1)
-            expected = logp.gather(1, torch.tensor(ids)[:, None])[:, 0]
-            entropy = -(logp.exp() * logp).sum(-1)
-            torch.testing.assert_close(torch.tensor(tree.completion_logprobs(leaf)), expected, atol=1e-4, rtol=0)
-            stored = [e for n in tree.path(leaf) for e in tree.nodes[n].entropies]
-            torch.testing.assert_close(torch.tensor(stored), entropy, atol=1e-4, rtol=0)
+    for tree in branched[1]:
+        assert_leaves_match_a_full_forward(model, tree)
 
 
 def test_same_seed_same_trees(model, branched):
@@ -134,20 +140,132 @@ def test_no_forks_below_the_entropy_threshold(model):
 
 
 def test_branching_off_gives_independent_chains(model):
-    settings = BranchSettings(roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1, branch=False)
+    settings = BranchSettings(policy="independent", roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1)
     for tree in sampler(model).run(PROMPTS, settings, policy_version=0):
         assert tree.forks() == 0 and len(tree.leaves()) == 3
 
 
 @torch.no_grad()
 def test_greedy_is_one_chain_per_prompt_equal_to_generate(model):
-    settings = BranchSettings(1, 1, 0.0, 0, 1, branch=False)  # what RolloutWorker uses for eval
+    settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.0)  # greedy ignores the policy
     trees = sampler(model, max_new_tokens=10).run(PROMPTS, settings, policy_version=0, greedy=True)
     for (_, prompt), tree in zip(PROMPTS, trees):
         assert tree.forks() == 0 and tree.leaves() == [1]
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              do_sample=False, max_new_tokens=10)
         assert tree.completion_ids(1) == out[0, len(prompt):].tolist()
+
+
+def first_index(ids: list[int], wanted: set[int]) -> int:
+    return next((i for i, t in enumerate(ids) if t in wanted), len(ids))
+
+
+def test_entropy_forks_stop_at_max_depth_the_answer_and_the_length_limit(model):
+    answer = {3, 4, 5}   # stands for the tokens that start "####"
+    settings = BranchSettings(roots=1, max_leaves=40, entropy_threshold=0.0, min_prefix=0, min_gap=1,
+                              max_depth=2, answer_ids=tuple(answer))
+    trees = sampler(model, max_new_tokens=12).run(PROMPTS * 3, settings, policy_version=0)
+    depths, answered_early = [], 0
+    for tree in trees:
+        for leaf in tree.leaves():
+            ids, offsets = tree.completion_ids(leaf), fork_offsets(tree, leaf)
+            depths.append(len(offsets))
+            assert all(o <= first_index(ids, answer) for o in offsets)   # no fork once the answer started
+            assert all(o + settings.min_gap < 12 for o in offsets)       # none at the length limit
+            answered_early += first_index(ids, answer) < 3
+    assert max(depths) == 2 and answered_early > 0
+
+
+def test_entropy_threshold_is_inclusive(model):
+    at = BranchSettings(roots=1, max_leaves=4, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    assert all(t.forks() == 3 for t in sampler(model).run(PROMPTS, at, policy_version=0))
+
+
+def test_independent_policy_ignores_entropy_and_budget(model):
+    settings = BranchSettings(policy="independent", roots=5, max_leaves=5, entropy_threshold=0.0, min_prefix=0)
+    trees = sampler(model).run(PROMPTS, settings, policy_version=0)
+    assert all(t.forks() == 0 and len(t.leaves()) == 5 and len(t.nodes[0].children) == 5 for t in trees)
+
+
+@pytest.fixture(scope="module")
+def eptree(model):
+    settings = BranchSettings(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, rounds=1,
+                              min_prefix=2, min_gap=3)
+    return settings, sampler(model, max_new_tokens=14).run(PROMPTS, settings, policy_version=0)
+
+
+def test_eptree_forks_top_n_points_t_times_within_budget(eptree):
+    settings, trees = eptree
+    for tree in trees:
+        assert len(tree.nodes[0].children) == settings.roots
+        assert len(tree.leaves()) == 6 == settings.roots + settings.top_n * settings.forks_per_point
+        points = [n for n in tree.nodes[1:] if len(n.children) > 1]
+        assert sum(len(n.children) - 1 for n in points) == 4
+        for leaf in tree.leaves():
+            offsets = fork_offsets(tree, leaf)
+            assert all(o >= settings.min_prefix and o + settings.min_gap < 14 for o in offsets)
+            assert all(b - a >= settings.min_gap for a, b in zip(offsets, offsets[1:]))
+        for node in tree.nodes[1:]:   # new branches differ from the original token and from each other
+            heads = [tree.nodes[c].tokens[0] for c in node.children]
+            assert len(set(heads)) == len(heads)
+
+
+def test_eptree_branches_have_full_forward_logprobs_and_count_their_reprefill(eptree, model):
+    _, trees = eptree
+    for tree in trees:
+        assert_leaves_match_a_full_forward(model, tree)
+        assert all(len(tree.completion_ids(leaf)) == 14 or tree.completion_ids(leaf)[-1] == EOS for leaf in tree.leaves())
+        prompt = tree.prompt_ids
+        forked = [n for n in tree.nodes[1:] if len(n.children) > 1]
+        starts = tree.span_starts()
+        assert tree.reprefill_tokens == sum(len(prompt) + starts[n.id] + len(n.tokens) for n in forked)
+
+
+def test_fork_points_take_the_least_likely_tokens_spaced_apart_and_before_the_answer():
+    tree = Tree("t", "p", [1], 0)
+    node = tree.nodes[tree.add_child(0)]
+    node.tokens = [10, 11, 12, 13, 99, 15, 16, 17, 18, 19]
+    node.logprobs = [-0.1, -3.0, -0.2, -2.5, -0.1, -2.9, -0.3, -5.0, -0.1, -0.1]
+    node.finish, node.reward = "eos", 1.0
+    s = BranchSettings(policy="eptree", roots=1, max_leaves=9, top_n=2, forks_per_point=2, min_prefix=1, min_gap=2)
+    assert fork_points(tree, s, max_new_tokens=20) == [(1, 7), (1, 1)]          # -log p 5.0 then 3.0
+    assert fork_points(tree, s, max_new_tokens=20, answer_ids={99}) == [(1, 1), (1, 3)]  # nothing after '99'
+    wide = BranchSettings(**{**s.__dict__, "min_gap": 5})
+    assert fork_points(tree, wide, max_new_tokens=20, answer_ids={99}) == [(1, 1)]  # 3 is too close to 1
+    small = BranchSettings(**{**s.__dict__, "max_leaves": 4})
+    assert fork_points(tree, small, max_new_tokens=20) == [(1, 7)]              # 1 + 2 + 2 > 4 leaves
+    assert fork_points(tree, s, max_new_tokens=9) == [(1, 1), (1, 5)]           # 7 + 2 >= 9: at the limit
+
+
+def test_reopen_two_points_on_one_chain_keeps_the_original_path(model):
+    smp = sampler(model, max_new_tokens=12)
+    trees = smp.run(PROMPTS[:1], BranchSettings(policy="independent", roots=1), policy_version=0)
+    tree = trees[0]
+    original = tree.completion_ids(1)
+    smp.reopen(trees, [(0, 1, 6), (0, 1, 2)], children=1)
+    paths = [tree.completion_ids(leaf) for leaf in tree.leaves()]
+    assert original in paths and len(paths) == 3
+    for at in (2, 6):
+        branch = [p for p in paths if p != original and p[:at] == original[:at] and p[at] != original[at]]
+        assert len(branch) == 1
+    assert sorted(tree.order()) == list(range(len(tree.nodes)))
+
+
+def test_split_moves_the_tail_children_and_leaf_state():
+    t = Tree("t", "p", [1, 2], 0)
+    a = t.add_child(0)
+    t.nodes[a].tokens, t.nodes[a].logprobs, t.nodes[a].entropies = [5, 6, 7], [-1.0, -2.0, -3.0], [0.1, 0.2, 0.3]
+    b, c = t.add_child(a), t.add_child(a)
+    t.nodes[b].tokens, t.nodes[c].tokens = [8], [9]
+    t.nodes[b].finish = t.nodes[c].finish = "eos"
+    before = t.context_sum()
+    tail = t.split(a, 1)
+    assert (t.nodes[a].tokens, t.nodes[a].children, t.nodes[tail].tokens, t.nodes[tail].logprobs) == (
+        [5], [tail], [6, 7], [-2.0, -3.0])
+    assert t.nodes[tail].children == [b, c] and t.nodes[b].parent == tail and t.order() == [0, a, tail, b, c]
+    assert t.completion_ids(c) == [5, 6, 7, 9] and t.context_sum() == before and t.forks() == 1
+    with pytest.raises(ValueError, match="outside"):
+        t.split(a, 1)
 
 
 # ------------------------------------------------------------------ tree math on a hand-built tree

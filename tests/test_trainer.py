@@ -11,6 +11,7 @@ from branchrl.ledger import causal_context_sum
 from branchrl.losses import pack_batch, sft_loss
 from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
 from branchrl.rollout_worker import RolloutWorker
+from branchrl.sampler import BranchSettings
 from branchrl.trainer import Trainer
 from branchrl.weight_sync import pack_weights, state_checksum
 
@@ -78,7 +79,7 @@ def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
     weights = trainer.weights()
     assert worker.set_weights(weights) == {"version": weights.version, "checksum": weights.checksum}
     prompts = [("a", trainer.tokenizer.encode("12+30=")), ("b", trainer.tokenizer.encode("3+3="))]
-    trees, seconds = worker.rollout(prompts, step=1, greedy=True)
+    trees, seconds = worker.rollout(prompts, step=1, settings=BranchSettings(), greedy=True)
     assert seconds >= 0 and [t.policy_version for t in trees] == [1, 1]
     with torch.no_grad():  # the worker decodes with the trainer's weights: same greedy text as HF generate
         for (_, ids), tree in zip(prompts, trees):
@@ -94,7 +95,8 @@ def test_rollout_worker_branches_within_the_configured_budget(trained):
     info = trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
     worker.set_weights(trainer.weights())
-    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1)
+    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
+                              settings=BranchSettings(**cfg.branch.model_dump()))
     assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
 
 
@@ -201,3 +203,40 @@ def test_pack_weights_is_a_detached_cpu_copy():
     assert packed.checksum != state_checksum(model.state_dict())
     assert not any(t.requires_grad for t in packed.state.values())
     assert packed.nbytes == 4 * (6 + 2)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "tree"])
+def test_policy_gradient_update_moves_logprobs_toward_rewarded_leaves(algo):
+    """One update on a tree the worker sampled: finite loss, changed parameters, and the rewarded leaf's
+    log-likelihood goes up while the penalised one goes down."""
+    from branchrl.algos import ALGOS, pg_batch
+
+    cfg = tiny_cfg(f"train.algo={algo}", "branch.roots=2", "branch.max_leaves=4", "branch.entropy_threshold=0.0",
+                   "branch.min_prefix=1", "branch.min_gap=1", "train.lr=0.01", "rollout.max_new_tokens=5")
+    trainer = Trainer(cfg)
+    info = trainer.describe()
+    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker.set_weights(trainer.weights())
+    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
+                              settings=BranchSettings(**cfg.branch.model_dump()))
+    tree = trees[0]
+    leaves = tree.leaves()
+    for i, leaf in enumerate(leaves):
+        tree.nodes[leaf].reward = 1.0 if i == 0 else 0.0
+    batch, dropped = pg_batch(ALGOS[algo], trees, "once", max_trees=1)
+    assert dropped == 0 and len(batch) == len(leaves) == 4
+    seqs = [(tree.prompt_ids, tree.completion_ids(leaf)) for leaf in (leaves[0], leaves[-1])]
+    before = [-loss_on(trainer, [s]) for s in seqs]
+    old = trainer.weights()
+    stats = trainer.train(batch)
+    assert math.isfinite(stats["loss"]) and "clip_fraction" in stats and trainer.version == 1
+    assert all(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in old.state.items() if "embed" not in k)
+    after = [-loss_on(trainer, [s]) for s in seqs]
+    assert after[0] > before[0] and after[1] < before[1]
+
+
+def test_kl_term_keeps_a_frozen_reference():
+    cfg = tiny_cfg("train.algo=grpo", "train.kl_coef=0.5")
+    trainer = Trainer(cfg)
+    ref = trainer._reference()
+    assert not any(p.requires_grad for p in ref.parameters()) and ref is trainer._reference()

@@ -1,0 +1,39 @@
+"""Training objectives by name (`train.algo`): what the trainer learns from, and what the sampler must give.
+
+- `sft`: likelihood of distinct verified paths (rejection-sampling fine-tuning, RFT / STaR).
+- `grpo`: clipped policy gradient on every leaf, group-normalised leaf rewards as advantages.
+- `tree`: the same loss with TreeRL's per-span advantages; needs a branching policy (an unbranched
+  tree's spans are whole chains, where the rule says nothing GRPO does not).
+Policy-gradient objectives drop trees whose leaves all got the same reward (dynamic sampling); those
+trees still reach the SFT export. The loss itself lives in rl/losses.py, the advantages in rl/advantages.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .advantages import PGSample, grpo_samples, informative, tree_samples
+from .tree import Tree
+
+
+@dataclass(frozen=True)
+class Algo:
+    name: str
+    policy_gradient: bool                                   # False: likelihood on verified paths
+    needs_branching: bool                                   # refuses the `independent` branch policy
+    samples: Callable[[Tree, str], list[PGSample]] | None   # tree, shared_spans -> leaf samples
+
+
+ALGOS = {
+    "sft": Algo("sft", policy_gradient=False, needs_branching=False, samples=None),
+    "grpo": Algo("grpo", policy_gradient=True, needs_branching=False, samples=grpo_samples),
+    "tree": Algo("tree", policy_gradient=True, needs_branching=True, samples=tree_samples),
+}
+
+
+def pg_batch(algo: Algo, trees: list[Tree], shared_spans: str, max_trees: int) -> tuple[list[PGSample], int]:
+    """Leaf samples of the first max_trees informative trees (dynamic sampling may have over-sampled);
+    returns them and how many trees carried no signal and were dropped."""
+    kept = [t for t in trees if informative(t)]
+    return [s for t in kept[:max_trees] for s in algo.samples(t, shared_spans)], len(trees) - len(kept)
