@@ -159,6 +159,7 @@ def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
     return {"step": step, "policy_version": version, "prompts": len(got.problems), "batches": got.batches,
             "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
             "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
+            "distinct_verified": chosen.distinct,
             "dropped_trees": dropped, "generated_tokens": generated, "verified_tokens": chosen.verified_tokens,
             "trained_tokens": update["trained_tokens"] if update else 0, "loss": update["loss"] if update else None,
             "clip_fraction": update.get("clip_fraction") if update else None,
@@ -176,7 +177,7 @@ def gather(ctx: Context, step: int) -> Rollouts:
     cfg, got = ctx.cfg, Rollouts()
     pg = ALGOS[cfg.train.algo].policy_gradient
     while got.batches < cfg.rollout.max_batches_per_step:
-        key = step * 64 + got.batches   # seeds this batch's problems and sampler; distinct across the run
+        key = step + 10_000_000 * got.batches   # seeds this batch's problems and sampler; distinct in a run
         problems = ctx.env.train_problems(cfg.rollout.prompts_per_step, seed=cfg.run.seed * 1_000_003 + key)
         trees, rollout_s = sample(ctx, problems, step, key=key, first=len(got.trees))
         leaves, verify_s = verify_leaves(ctx, problems, trees)

@@ -25,6 +25,7 @@ class Selection:
     pass_rate: float = 0.0     # passing leaves / all leaves
     solved_rate: float = 0.0   # problems with at least one passing leaf
     verified_tokens: int = 0   # generated tokens on at least one passing path (a shared span counts once)
+    distinct: int = 0          # distinct passing signatures over all problems, before the cap
 
 
 def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dict], cap: int,
@@ -39,8 +40,9 @@ def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dic
         seen: set[str] = set()
         passing = [leaf for leaf in by_tree.get(tree.tree_id, []) if leaf["result"]["verdict"] == "pass"]
         out.verified_tokens += verified_tokens(tree, [leaf["leaf"] for leaf in passing])
-        for leaf in passing:
-            sig = signature(leaf["text"])
+        signatures = [signature(leaf["text"]) for leaf in passing]
+        out.distinct += len(set(signatures))
+        for leaf, sig in zip(passing, signatures):
             if sig not in seen and len(seen) < cap:
                 seen.add(sig)
                 out.samples.append((problem, leaf))

@@ -172,3 +172,15 @@ def test_restating_the_question_is_not_a_pass():
     p = env.eval_problems(1)[0]
     assert verify(env.verifier_record(p, f"#### {p.prompt.rstrip('=')}")).verdict == "fail"
     assert verify(env.verifier_record(p, f"#### {p.answer}")).verdict == "pass"
+
+
+def test_code_signature_ignores_comments_docstrings_and_layout_but_not_logic():
+    from branchrl.envs import load_env
+
+    env = load_env("synth_fn")
+    a = "```python\ndef f(x):\n    \"\"\"add one\"\"\"\n    # comment\n    return x+1\n```"
+    b = "def f(x):\n  return (x + 1)"
+    c = "def f(x):\n    return x + 2"
+    assert env.signature(a) == env.signature(b) != env.signature(c)
+    assert env.signature("def f(:") == "def f(:"   # unparsable code falls back to normalised text
+    assert load_env("arithmetic").signature(" 1+2=3  #### 3\n") == "1+2=3 #### 3"

@@ -50,6 +50,19 @@ def test_keeps_passing_leaves_only_with_their_full_completion_ids():
     assert chosen.pass_rate == 0.5 and chosen.solved_rate == 1.0 and chosen.verified_tokens == 4
 
 
+def test_verified_tokens_count_a_shared_prefix_once():
+    tree = tree_with("t0", [[1, 2], [3], [4, 5]], fork_after_first=True)
+    chosen = select_verified([problem(0)], [tree], leaves_of(tree, ["a", "b"], [PASS, PASS]), cap=4)
+    assert chosen.verified_tokens == 2 + 1 + 2 == tree.generated_tokens()
+
+
+def test_signatures_decide_what_is_distinct():
+    tree = tree_with("t0", [[1], [2], [3]])
+    leaves = leaves_of(tree, ["#### 4", "####  4 ", "#### 5"], [PASS, PASS, PASS])
+    chosen = select_verified([problem(0)], [tree], leaves, cap=4, signature=lambda t: " ".join(t.split()))
+    assert [leaf["text"] for _, leaf in chosen.samples] == ["#### 4", "#### 5"] and chosen.distinct == 2
+
+
 def test_distinct_texts_and_cap_per_problem_in_leaf_order():
     tree = tree_with("t0", [[1], [2], [3], [4], [5], [6]])
     leaves = leaves_of(tree, ["x", "x", "y", "z", "w", "v"], [PASS, PASS, PASS, FAIL, PASS, PASS])
@@ -57,7 +70,7 @@ def test_distinct_texts_and_cap_per_problem_in_leaf_order():
     assert [leaf["text"] for _, leaf in chosen.samples] == ["x", "y", "w"]
     assert [ids for _, ids in chosen.sequences] == [[1], [3], [5]]
     # the cap and de-duplication shape the data set, not the rates: all 5 passing leaves count
-    assert chosen.pass_rate == 5 / 6 and chosen.verified_tokens == 5
+    assert chosen.pass_rate == 5 / 6 and chosen.verified_tokens == 5 and chosen.distinct == 4
 
 
 def test_rates_across_problems_and_unverified_verdicts():

@@ -1,6 +1,7 @@
 """A whole run on real Ray actors: the run-directory contract users rely on (DESIGN.md)."""
 
 import json
+import math
 
 import pytest
 
@@ -68,18 +69,20 @@ def test_resolved_config_and_hf_checkpoints_load_back(finished_run):
 
 @pytest.mark.parametrize("policy, algo", [("independent", "grpo"), ("eptree", "tree"), ("entropy", "grpo")])
 def test_each_policy_and_objective_runs_by_name(ray_cluster, tmp_path, policy, algo):
-    """Policy-gradient runs train on every leaf of informative trees; dynamic sampling fills the batch."""
+    """A step samples batches until its token budget is met and (dynamic sampling) it holds prompts_per_step
+    trees with mixed rewards, or it hits max_batches_per_step; it trains exactly when some tree is mixed."""
     extra = [f"branch.policy={policy}", f"train.algo={algo}", "run.steps=2", "eval.every=0", "eval.problems=4",
              "branch.roots=3", "branch.max_leaves=5", "branch.top_n=1", "rollout.max_batches_per_step=2",
              "rollout.tokens_per_step=600"]
-    summary = run(load_config(None, SMALL_RUN + extra), tmp_path / "out")
+    run(load_config(None, SMALL_RUN + extra), tmp_path / "out")
     steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert summary["trained_tokens"] > 0 and all(s["loss"] is None or s["loss"] == s["loss"] for s in steps)
     for s in steps:
-        assert s["generated_tokens"] >= 600 or s["batches"] == 2
+        informative = s["prompts"] - s["dropped_trees"]
         assert s["prompts"] == 16 * s["batches"]
+        assert s["batches"] == 2 or (s["generated_tokens"] >= 600 and informative >= 16)
+        assert (s["trained_tokens"] > 0) == (informative > 0)
+        assert s["loss"] is None or math.isfinite(s["loss"])
         assert (s["forks"] > 0) == (policy != "independent")
-    assert any(s["clip_fraction"] is not None for s in steps)
 
 
 def test_report_writes_markdown_and_three_plots(finished_run):
