@@ -86,6 +86,8 @@ class BranchConfig(Section):
     top_n: int = Field(2, gt=0, description="eptree: fork points per tree per round")
     forks_per_point: int = Field(2, gt=0, description="eptree: new branches at each fork point")
     rounds: int = Field(1, gt=0, description="eptree: rounds of forking")
+    fork_in_answer: bool = Field(False, description="also fork after the env's answer marker (e.g. '####'), "
+                                                    "where a fork can only change the answer")
 
     @model_validator(mode="after")
     def _budget(self) -> "BranchConfig":

@@ -108,7 +108,7 @@ def branch_settings(cfg: Config, env: Environment, tokenizer) -> BranchSettings:
     BPE vocabularies spell it both ways). Token-level on purpose: the workers hold no tokenizer."""
     marker = env.answer_marker
     ids = {tokenizer.encode(m, add_special_tokens=False)[0] for m in (marker, " " + marker)} if marker else set()
-    return BranchSettings(**cfg.branch.model_dump(), answer_ids=tuple(sorted(ids)))
+    return BranchSettings.from_config(cfg.branch, tuple(sorted(ids)))
 
 
 def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Problem]) -> dict:

@@ -33,6 +33,12 @@ class BranchSettings:
     rounds: int = 1                  # eptree: rounds of forking finished chains
     answer_ids: tuple[int, ...] = () # tokens that start the final answer: no fork at or after them
 
+    @classmethod
+    def from_config(cls, branch, answer_ids: tuple[int, ...] = ()) -> "BranchSettings":
+        """From the config's `branch` section; answer_ids are dropped when it allows forks in the answer."""
+        fields = branch.model_dump(exclude={"fork_in_answer"})
+        return cls(**fields, answer_ids=() if branch.fork_in_answer else tuple(answer_ids))
+
 
 @dataclass
 class Row:

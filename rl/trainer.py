@@ -10,6 +10,7 @@ import copy
 import math
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,8 @@ from .losses import completion_logprobs, pack_batch, policy_loss, sft_loss
 from .models import count_flop_params, load_policy
 from .weight_sync import Weights, pack_weights
 
+OPTIMIZER_FILE = "optimizer.pt"   # beside the HF files of every checkpoint
+
 
 class Trainer:
     def __init__(self, cfg: Config):
@@ -29,12 +32,22 @@ class Trainer:
         self.device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model.to(self.device).train()
         self.optimizer = self._optimizer(cfg.train.lr)
+        self._load_optimizer_state()
         self.version = 0
         self.rng = random.Random(cfg.run.seed)
         self.ref_model = None
 
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.train.weight_decay)
+
+    def _load_optimizer_state(self) -> None:
+        """A checkpoint this trainer saved carries its Adam moments: continuing from it (e.g. one warm start
+        shared by several runs) then takes the same steps as a run that never stopped, at train.lr."""
+        path = self.cfg.model.path and Path(self.cfg.model.path) / OPTIMIZER_FILE
+        if path and path.is_file():
+            self.optimizer.load_state_dict(torch.load(path, map_location=self.device))
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.train.lr
 
     def describe(self) -> dict:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
@@ -128,10 +141,12 @@ class Trainer:
         return {"version": w.version, "checksum": w.checksum, "ref": ray.put(w), "bytes": w.nbytes}
 
     def save(self, path: str) -> str:
-        """HF directory (config, safetensors, tokenizer) that AutoModelForCausalLM / AutoTokenizer load."""
+        """HF directory (config, safetensors, tokenizer) that AutoModelForCausalLM / AutoTokenizer load, plus
+        the optimizer state (optimizer.pt) that a Trainer started from this directory continues with."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is only noise in the run log
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        torch.save(self.optimizer.state_dict(), Path(path) / OPTIMIZER_FILE)
         return path

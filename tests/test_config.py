@@ -185,3 +185,13 @@ def test_binary_file_is_a_config_error(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_bytes(b"\xff\xfe\x00run")
     assert f"cannot read config {path}" in error_of(path)
+
+
+def test_branch_settings_keep_answer_ids_unless_forks_in_the_answer_are_allowed():
+    from branchrl.sampler import BranchSettings
+
+    cfg = load_config(None, ["branch.policy=eptree", "branch.top_n=3"])
+    settings = BranchSettings.from_config(cfg.branch, (7, 9))
+    assert (settings.policy, settings.top_n, settings.answer_ids) == ("eptree", 3, (7, 9))
+    allowed = load_config(None, ["branch.fork_in_answer=true"])
+    assert BranchSettings.from_config(allowed.branch, (7, 9)).answer_ids == ()

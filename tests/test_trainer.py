@@ -96,7 +96,7 @@ def test_rollout_worker_branches_within_the_configured_budget(trained):
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
     worker.set_weights(trainer.weights())
     trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
-                              settings=BranchSettings(**cfg.branch.model_dump()))
+                              settings=BranchSettings.from_config(cfg.branch))
     assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
 
 
@@ -218,7 +218,7 @@ def test_policy_gradient_update_moves_logprobs_toward_rewarded_leaves(algo):
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
     worker.set_weights(trainer.weights())
     trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
-                              settings=BranchSettings(**cfg.branch.model_dump()))
+                              settings=BranchSettings.from_config(cfg.branch))
     tree = trees[0]
     leaves = tree.leaves()
     for i, leaf in enumerate(leaves):
@@ -240,3 +240,22 @@ def test_kl_term_keeps_a_frozen_reference():
     trainer = Trainer(cfg)
     ref = trainer._reference()
     assert not any(p.requires_grad for p in ref.parameters()) and ref is trainer._reference()
+
+
+def test_a_trainer_started_from_a_saved_checkpoint_continues_its_optimizer(tmp_path):
+    first = Trainer(tiny_cfg())
+    first.train(sequences(first))
+    first.save(str(tmp_path / "ckpt"))
+    second = Trainer(tiny_cfg(f"model.path={tmp_path / 'ckpt'}", "train.lr=0.0005"))
+    a, b = first.optimizer.state_dict(), second.optimizer.state_dict()
+    assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
+    for k in a["state"]:
+        assert torch.equal(a["state"][k]["exp_avg_sq"], b["state"][k]["exp_avg_sq"])
+    assert {g["lr"] for g in second.optimizer.param_groups} == {0.0005}
+    seqs = sequences(first)  # the same batch and order: both take the same step from here
+    second.rng.setstate(first.rng.getstate())
+    for g in first.optimizer.param_groups:
+        g["lr"] = 0.0005
+    first.train(seqs), second.train(seqs)
+    for k, v in first.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[k], v)
