@@ -4,7 +4,7 @@ Record fields: `completion` (code in a ```python fence, or plain code), `tests` 
 HumanEval-style `def check(candidate)` together with `entry_point`), optional `io` (a list of
 {"stdin", "stdout"} cases for whole programs), optional `timeout_s` (the budget of the whole record).
 
-How a pass is proven (details in python_harness.py): the test code runs in a trusted harness process
+How a pass is proven (details in harness/): the test code runs in a trusted harness process
 inside the sandbox and calls the candidate's functions in a separate worker process; only exact
 plain-data values come back (an object whose __eq__ is always True is never compared), and the
 harness writes per-test outcomes plus a fresh random nonce to a pipe the candidate cannot reach.
@@ -29,14 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .result import Result, failed
-from .sandbox import Completed, Limits, run_sandboxed, sandbox_python
+from .sandbox import Completed, Limits, bwrap_path, run_sandboxed, sandbox_python
 
 VERSION = "python_tests-2"  # bump when extraction, harness or verdict semantics change
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
 STARTUP_GRACE_S = 2.0  # sandbox + interpreter start, on top of the record's timeout_s
 LIMITS = Limits()
-_HARNESS_SOURCE = (Path(__file__).with_name("python_harness.py")).read_text()
+_HARNESS_DIR = Path(__file__).with_name("harness")
+_HARNESS_MOUNT = "/opt/branchrl"  # the harness package's parent folder inside the bwrap sandbox
+# The harness imports itself from its parent folder: `python3 -I` puts no folder of ours on sys.path.
+_HARNESS_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from harness.judge import main; main(int(sys.argv[2]))"
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _HEADER_BYTES = 4
 
@@ -81,11 +84,20 @@ def run_python_tests(completion: str, tests: str = "", io: list | None = None, e
     first = {"code": code, "limits": _harness_limits(timeout_s)}
     job = {"tests": tests, "io": io or [], "entry_point": entry_point, "timeout_s": timeout_s, "nonce": nonce}
     stdin = _frame(first) + _frame(job)
-    interpreter = sandbox_python()
-    extra = [] if interpreter.startswith("/usr/") else [os.path.realpath(sys.base_prefix)]
-    run = run_sandboxed([interpreter, "-I", "-S", "-B", "-c", _HARNESS_SOURCE], stdin, timeout_s + STARTUP_GRACE_S,
-                        LIMITS, extra_ro=extra, report_fd_arg=True)
+    argv, binds = _harness_command()
+    run = run_sandboxed(argv, stdin, timeout_s + STARTUP_GRACE_S, LIMITS, binds=binds, report_fd_arg=True)
     return _judge(run, nonce)
+
+
+def _harness_command() -> tuple[list[str], list[tuple[str, str]]]:
+    """The harness's argv and read-only binds: under bwrap the harness folder is mounted at _HARNESS_MOUNT."""
+    interpreter = sandbox_python()
+    binds = [] if interpreter.startswith("/usr/") else [(os.path.realpath(sys.base_prefix),) * 2]
+    parent = str(_HARNESS_DIR.parent)
+    if bwrap_path():
+        binds.append((str(_HARNESS_DIR), f"{_HARNESS_MOUNT}/harness"))
+        parent = _HARNESS_MOUNT
+    return [interpreter, "-I", "-S", "-B", "-c", _HARNESS_MAIN, parent], binds
 
 
 def _check_fields(tests: str, io, timeout_s) -> str | None:

@@ -86,13 +86,14 @@ def _system_binds() -> list[str]:
     return args
 
 
-def bwrap_argv(bwrap: str, argv: list[str], limits: Limits, extra_ro: list[str]) -> list[str]:
+def bwrap_argv(bwrap: str, argv: list[str], limits: Limits, binds: list[tuple[str, str]]) -> list[str]:
+    """The bwrap command line; `binds` are (host path, sandbox path) pairs mounted read-only."""
     size = ["--size", str(limits.tmpfs_mb * _MiB)] if _bwrap_has_size(bwrap) else []
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
     args += ["--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work"]
     args += _system_binds()
-    for path in extra_ro:
-        args += ["--ro-bind", path, path]
+    for source, dest in binds:
+        args += ["--ro-bind", source, dest]
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp", *size, "--tmpfs", "/work"]
     args += ["--remount-ro", "/", "--chdir", "/work", "--", *argv]
     return args
@@ -123,14 +124,14 @@ def _preexec(limits: Limits, timeout_s: float, fallback: bool):
 
 
 def run_sandboxed(argv: list[str], stdin: bytes, timeout_s: float, limits: Limits = Limits(),
-                  extra_ro: list[str] = (), report_fd_arg: bool = False) -> Completed:
+                  binds: list[tuple[str, str]] = (), report_fd_arg: bool = False) -> Completed:
     """Run argv in the sandbox; if report_fd_arg, the report pipe's fd number is appended to argv."""
     start = time.monotonic()
     report_r, report_w = os.pipe()
     if report_fd_arg:
         argv = [*argv, str(report_w)]
     bwrap = bwrap_path()
-    command = bwrap_argv(bwrap, argv, limits, list(extra_ro)) if bwrap else argv
+    command = bwrap_argv(bwrap, argv, limits, list(binds)) if bwrap else argv
     try:
         proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
