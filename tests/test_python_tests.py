@@ -7,6 +7,7 @@ import pytest
 from branchrl.verifiers import VERIFIERS, verify
 from branchrl.verifiers import sandbox
 from branchrl.verifiers.python_tests import extract_code, run_python_tests, verify_python_tests
+from branchrl.verifiers.warm_sandbox import SANDBOXES
 
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 
@@ -94,12 +95,23 @@ def test_fallback_without_bwrap_still_runs_and_warns_once(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
             assert verify_python_tests(ADD, "assert add(2, 2) == 4").verdict == "pass"
+            served = _sandbox_pids()
             looping = verify_python_tests("def add(a, b):\n    while True: pass", "assert add(1, 1) == 2", timeout_s=1)
             assert looping.verdict == "timeout"
+            assert verify_python_tests(ADD, "assert add(2, 2) == 5").verdict == "fail"
+            assert _sandbox_pids() == served  # the rlimits-only sandbox is kept warm too
         warnings = [r for r in caplog.records if "isolation" in r.getMessage() or "WITHOUT" in r.getMessage()]
         assert len(warnings) == 1
     finally:
+        monkeypatch.undo()
         sandbox.bwrap_path.cache_clear()
+    assert verify_python_tests(ADD, "assert add(2, 2) == 4").verdict == "pass"
+    if sandbox.bwrap_path():  # back under bwrap: a new sandbox, not the rlimits-only one
+        assert _sandbox_pids().isdisjoint(served)
+
+
+def _sandbox_pids() -> set[int]:
+    return {box.proc.pid for box in SANDBOXES.sandboxes() if box.proc is not None}
 
 
 def test_builtin_subclass_results_compare_by_content_and_cycles_end():

@@ -9,7 +9,8 @@ inside the sandbox and calls the candidate's functions in a separate worker proc
 plain-data values come back (an object whose __eq__ is always True is never compared), and the
 harness writes per-test outcomes plus a fresh random nonce to a pipe the candidate cannot reach.
 Exit codes and printed text mean nothing. The tests reach the harness only after the candidate's
-processes were forked, so the candidate cannot read the expected values either.
+processes were forked, so the candidate cannot read the expected values either. Each record gets a
+fresh fork of the harness inside a warm sandbox (warm_sandbox.py) that is wiped between records.
 
 Verdicts: "pass" when every test passes (score 1.0); otherwise the score is the fraction of tests
 passed and the verdict is "timeout" (a test ran out of time), "memory" (hit the memory limit), or
@@ -20,26 +21,20 @@ mutated arguments, or any reward shaping.
 """
 
 import json
-import os
 import re
 import secrets
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .result import Result, failed
-from .sandbox import Completed, Limits, bwrap_path, run_sandboxed, sandbox_python
+from .sandbox import Completed, Limits
+from .warm_sandbox import SANDBOXES, SandboxUnavailable
 
 VERSION = "python_tests-2"  # bump when extraction, harness or verdict semantics change
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
-STARTUP_GRACE_S = 2.0  # sandbox + interpreter start, on top of the record's timeout_s
+HARNESS_GRACE_S = 2.0  # the harness's fork, set-up and the clean-up after it, on top of the record's timeout_s
 LIMITS = Limits()
-_HARNESS_DIR = Path(__file__).with_name("harness")
-_HARNESS_MOUNT = "/opt/branchrl"  # the harness package's parent folder inside the bwrap sandbox
-# The harness imports itself from its parent folder: `python3 -I` puts no folder of ours on sys.path.
-_HARNESS_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from harness.judge import main; main(int(sys.argv[2]))"
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _HEADER_BYTES = 4
 
@@ -84,20 +79,11 @@ def run_python_tests(completion: str, tests: str = "", io: list | None = None, e
     first = {"code": code, "limits": _harness_limits(timeout_s)}
     job = {"tests": tests, "io": io or [], "entry_point": entry_point, "timeout_s": timeout_s, "nonce": nonce}
     stdin = _frame(first) + _frame(job)
-    argv, binds = _harness_command()
-    run = run_sandboxed(argv, stdin, timeout_s + STARTUP_GRACE_S, LIMITS, binds=binds, report_fd_arg=True)
+    try:
+        run = SANDBOXES.run(stdin, timeout_s + HARNESS_GRACE_S, LIMITS)
+    except SandboxUnavailable as e:
+        return failed("error", str(e)), []
     return _judge(run, nonce)
-
-
-def _harness_command() -> tuple[list[str], list[tuple[str, str]]]:
-    """The harness's argv and read-only binds: under bwrap the harness folder is mounted at _HARNESS_MOUNT."""
-    interpreter = sandbox_python()
-    binds = [] if interpreter.startswith("/usr/") else [(os.path.realpath(sys.base_prefix),) * 2]
-    parent = str(_HARNESS_DIR.parent)
-    if bwrap_path():
-        binds.append((str(_HARNESS_DIR), f"{_HARNESS_MOUNT}/harness"))
-        parent = _HARNESS_MOUNT
-    return [interpreter, "-I", "-S", "-B", "-c", _HARNESS_MAIN, parent], binds
 
 
 def _check_fields(tests: str, io, timeout_s) -> str | None:

@@ -1,27 +1,26 @@
 """The trusted harness H inside the sandbox: it holds the tests, runs them, and writes the verdict report.
 
-Run by a bare interpreter (`python3 -I -S -B`, standard library only) with the report pipe's fd as
-its argument. It reads the candidate's code and limits from stdin, forks the zygote (candidate.py),
-and only then reads the tests, so no process that runs candidate code ever holds them. The test code
-runs here, in H, against proxies (plain_data.py): `candidate(3)` sends the call to the worker and
-decodes the reply into plain data, so every `==`, `assert` and `isinstance` runs on trusted objects
-in a trusted interpreter. Patched builtins stay in the worker, `os._exit(0)` or killing the zygote
-just ends the worker (the test fails), and printing anything goes to /dev/null. The verdict is the
-per-test outcome list H writes, with the host's nonce, to the report pipe, which only H holds (the
-zygote closes it before any candidate code exists). H is not dumpable, so its memory and descriptors
-cannot be read through /proc by the others.
+A fresh fork of the forkserver (forkserver.py) per record, with the record's pipes as stdin, stdout,
+stderr and the report fd. It reads the candidate's code and limits from stdin, forks the zygote
+(candidate.py), and only then reads the tests, so no process that runs candidate code ever holds them.
+The test code runs here, in H, against proxies (plain_data.py): `candidate(3)` sends the call to the
+worker and decodes the reply into plain data, so every `==`, `assert` and `isinstance` runs on trusted
+objects in a trusted interpreter. Patched builtins stay in the worker, `os._exit(0)` or killing the
+zygote just ends the worker (the test fails), and printing anything goes to /dev/null. The verdict is
+the per-test outcome list H writes, with the host's nonce, to the report pipe, which only H holds (the
+zygote closes it before any candidate code exists). H is not dumpable (inherited from the
+forkserver), so its memory and descriptors cannot be read through /proc by the others.
 
 Deliberately not here: rlimits and namespaces for the whole sandbox (the host's sandbox.py and bwrap
-do that), and any notion of reward (the host turns the report into a `Result`).
+do that), killing what the record leaves behind (the forkserver does, after H exits), and any notion
+of reward (the host turns the report into a `Result`).
 """
 
 import builtins
 import json
 import os
 import resource
-import signal
 import socket
-import sys
 import time
 
 from .candidate import zygote
@@ -117,57 +116,20 @@ def _normalise_output(text: str) -> list[str]:
     return lines
 
 
-def _not_dumpable():
-    """PR_SET_DUMPABLE=0: /proc/<H>/mem, /environ and /fd become unreadable to the other processes."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # child subreaper: orphans come to H
-    except Exception as e:  # reduced protection, not a broken verifier
-        print(f"harness: prctl unavailable: {e}", file=sys.stderr)
-
-
-def _reap_all(client, zygote_pid):
-    """Kill every process left below H: the worker group, the zygote, then orphans reparented to H."""
-    client.kill()
-    try:
-        os.kill(zygote_pid, signal.SIGKILL)
-    except OSError:
-        pass
-    me = str(os.getpid())
-    for _ in range(50):
-        children = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    with open(f"/proc/{pid}/stat") as f:
-                        stat = f.read()
-                except OSError:
-                    continue
-                if stat[stat.rfind(")") + 2 :].split()[1] == me:
-                    children.append(int(pid))
-        if not children:
-            return
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except OSError:
-                pass
-
-
 def main(report_fd: int):
-    """Judge one record: code and limits from stdin, fork the zygote, then the tests; report to report_fd."""
-    _not_dumpable()
+    """Judge one record: code and limits from stdin, fork the zygote, then the tests; report to report_fd.
+
+    Runs in a fresh fork of the forkserver, which kills whatever this record leaves behind once H exits.
+    """
     first = read_stdin_message()
     limits = first["limits"]
+    cpu = limits["cpu_seconds"] + 1  # backstop for H and the zygote; the worker sets its own, tighter
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]), ("CORE", 0)):
         limit = getattr(resource, "RLIMIT_" + name)
         resource.setrlimit(limit, (value, value))
     ctl, ctl_child = socket.socketpair()
-    zygote_pid = os.fork()
-    if zygote_pid == 0:
+    if os.fork() == 0:
         try:
             ctl.close()
             null = os.open("/dev/null", os.O_RDWR)
@@ -187,4 +149,3 @@ def main(report_fd: int):
     while report:
         report = report[os.write(report_fd, report) :]
     os.close(report_fd)
-    _reap_all(client, zygote_pid)

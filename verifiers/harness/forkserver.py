@@ -1,0 +1,163 @@
+"""The warm sandbox's long-lived process F: it forks a fresh harness for each record and cleans up after it.
+
+Started once per pool slot by the host (warm_sandbox.py) inside the sandbox, with the harness modules
+(and the standard modules candidate code imports most) already loaded, so a record costs a fork
+instead of a sandbox and interpreter start. Per record the host sends, over the control socket, four
+descriptors: the record's stdin (code and limits, then the tests), stdout, stderr and report pipes. F
+forks the harness H (judge.py) on them and waits for it. Then it makes the sandbox as it was before
+the record: every process left below F is killed (F is a child subreaper, so orphans and daemons come
+to it, not to init), and when the host says the sandbox has private scratch space (under bwrap) the
+scratch folders are emptied and System V IPC objects removed. Only then does F send H's exit status,
+which tells the host the sandbox is free again. If the clean-up fails, F says so and exits: the host
+starts a new sandbox rather than reuse a dirty one.
+
+F never reads a record's code or tests (they stay in the pipe until H reads them), so nothing of one
+record is in the memory later records are forked from. F is not dumpable (nor is any process forked
+from it), so /proc/<F>/mem and /fd are closed to candidate code. Candidate code runs as the same
+user and can still kill F; that ends the whole sandbox, which the host sees and replaces.
+
+Deliberately not here: deadlines (the host kills the whole sandbox at a record's wall-clock deadline)
+and judging (judge.py).
+"""
+
+import ctypes
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+
+from . import judge
+
+# Loaded once here, so each record's worker starts with them (HumanEval code nearly always imports typing).
+WARM_IMPORTS = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string")
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
+_IPC_RMID = 0
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def main(ctl_fd: int, config: dict) -> None:
+    """Serve records until the host closes the control socket. config: {"scratch": [folders], "private_ipc": bool}."""
+    ctl = socket.socket(fileno=ctl_fd)
+    _protect()
+    for name in WARM_IMPORTS:
+        __import__(name)
+    gc.freeze()  # the collector never walks (so never copies on write) what every fork shares
+    modes = {folder: os.stat(folder).st_mode & 0o7777 for folder in config["scratch"]}
+    ctl.send(json.dumps({"ready": True}).encode())
+    while True:
+        data, fds, _, _ = socket.recv_fds(ctl, 64, 4)
+        if not data:  # the host is gone or closed this sandbox
+            break
+        status = _run_record(ctl, fds)
+        try:
+            _clean(modes, config["private_ipc"])
+        except Exception:
+            traceback.print_exc()
+            ctl.send(json.dumps({"status": status, "retire": True}).encode())
+            break
+        ctl.send(json.dumps({"status": status}).encode())
+    _kill_descendants()
+
+
+def _protect() -> None:
+    """Not dumpable, a child subreaper, killed when its parent dies; SIGINT kills instead of raising."""
+    for option, value in ((_PR_SET_DUMPABLE, 0), (_PR_SET_CHILD_SUBREAPER, 1), (_PR_SET_PDEATHSIG, signal.SIGKILL)):
+        if _LIBC.prctl(option, value, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+    # A KeyboardInterrupt sent by candidate code would end F or H with a traceback, which reads as our
+    # bug; death by the signal reads as what it is (every fork inherits this).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _run_record(ctl, fds) -> int:
+    """Fork H on the record's (stdin, stdout, stderr, report) pipes; its exit status (-N: killed by signal N)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ctl.close()
+            stdin, stdout, stderr, report = fds
+            for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+                os.dup2(fd, target)
+                os.close(fd)
+            judge.main(report)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _clean(modes: dict[str, int], private_ipc: bool) -> None:
+    _kill_descendants()
+    for folder, mode in modes.items():
+        if os.stat(folder).st_mode & 0o7777 != mode:  # candidate code took its permissions away (it owns it)
+            os.chmod(folder, mode)
+        _empty(folder)
+    if private_ipc:
+        _remove_ipc_objects()
+
+
+def _kill_descendants() -> None:
+    """SIGKILL every live process below F, again until none is left, and reap them."""
+    while True:
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:  # no children at all: as F is the subreaper, no descendants either
+            return
+
+
+def _descendants(root: int) -> list[int]:
+    """Live (not zombie) processes below `root`, from /proc."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            state, parent = stat[stat.rfind(")") + 2 :].split()[:2]
+            if state not in "ZX":
+                parents[int(name)] = int(parent)
+    found, frontier = [], {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
+        found += frontier
+    return found
+
+
+def _empty(folder: str) -> None:
+    """Remove everything inside `folder`, whatever permissions candidate code left on it."""
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            os.chmod(entry.path, 0o700)
+            _empty(entry.path)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def _remove_ipc_objects() -> None:
+    """Remove the System V shared memory, message queues and semaphores of this sandbox's IPC namespace."""
+    removers = {"shm": lambda i: _LIBC.shmctl(i, _IPC_RMID, None), "msg": lambda i: _LIBC.msgctl(i, _IPC_RMID, None),
+                "sem": lambda i: _LIBC.semctl(i, 0, _IPC_RMID)}
+    for kind, remove in removers.items():
+        with open(f"/proc/sysvipc/{kind}") as f:
+            ids = [int(line.split()[1]) for line in f.readlines()[1:]]
+        for ident in ids:
+            if remove(ident) != 0:
+                raise OSError(ctypes.get_errno(), f"could not remove System V {kind} {ident}")
