@@ -24,6 +24,7 @@ import ctypes
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -106,13 +107,22 @@ def _clean(modes: dict[str, int], private_ipc: bool) -> None:
 
 
 def _kill_descendants() -> None:
-    """SIGKILL every live process below F, again until none is left, and reap them."""
+    """SIGKILL every live process below F, sleep until each has exited, reap; again until none is left."""
     while True:
+        doomed = select.poll()
+        pidfds = []
         for pid in _descendants(os.getpid()):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+                pidfds.append(os.pidfd_open(pid))  # a pidfd names this process, never a later one with its pid
+            except ProcessLookupError:
+                continue
+            signal.pidfd_send_signal(pidfds[-1], signal.SIGKILL)
+            doomed.register(pidfds[-1], select.POLLIN)
+        while pidfds:  # readable once the process has exited (no busy loop while the dying need the CPU)
+            for fd, _ in doomed.poll():
+                doomed.unregister(fd)
+                pidfds.remove(fd)
+                os.close(fd)
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
