@@ -425,8 +425,8 @@ def test_processes_one_record_starts_are_gone_for_the_next():
         "    sleeping = [p for p in pids if b'sleep' in open(f'/proc/{p}/cmdline', 'rb').read()]\n"
         "    return len(pids), sleeping, os.path.exists('/tmp/beacon')\n"
     )
-    # bwrap's init, the forkserver, the harness, the zygote and this worker: nothing else
-    result = _twice(first, second, "assert f(0) == (5, [], False)")
+    # bwrap's init, the forkserver, the harness and this worker: nothing else
+    result = _twice(first, second, "assert f(0) == (4, [], False)")
     assert result.verdict == "pass", result.details
 
 
@@ -509,10 +509,9 @@ def test_a_stopped_sandbox_is_replaced_and_the_record_is_not_a_pass(target):
     code = (
         "import os, signal\n"
         "def f(x):\n"
-        "    harness = int(open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1])\n"
-        "    forkserver = int(open(f'/proc/{harness}/stat').read().rsplit(')', 1)[1].split()[1])\n"
-        f"    targets = [forkserver] if {target == 'the forkserver'} else [int(p) for p in os.listdir('/proc')\n"
-        "               if p.isdigit() and int(p) not in (1, os.getpid())]\n"
+        "    pids = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\n"
+        "    parent = {p: int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1]) for p in pids}\n"
+        f"    targets = [p for p in pids if parent[p] == 1] if {target == 'the forkserver'} else pids\n"
         "    for pid in targets:\n"
         "        try:\n            os.kill(pid, signal.SIGSTOP)\n        except OSError:\n            pass\n"
         "    return 2\n"

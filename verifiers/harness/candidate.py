@@ -1,51 +1,32 @@
-"""The untrusted side inside the sandbox: the zygote S that holds the candidate's code, and its workers W.
+"""The untrusted side inside the sandbox: a worker W executes the candidate's code and answers the harness.
 
-S is forked by the harness after the code arrives but BEFORE the tests do: it holds the code, never
-the tests, never the report channel, and its stdin/stdout/stderr point at /dev/null. On each request
-from the harness it forks one worker W (own process group, tight rlimits, every other descriptor
-closed) and hands the harness W's end of a fresh socket. W executes the candidate code and then
-answers "call f(args)", "getattr" and "setattr" requests with plain data (plain_data.py), or runs the
-code as a whole program on a given stdin for io tests. S itself never runs candidate code.
+Each worker is forked by the forkserver (forkserver.py), which never holds a record's code or tests,
+and first makes itself a clean process: own process group, stdin/stdout/stderr on /dev/null, every
+other descriptor closed but its socket to the harness. Its first request brings the code and the
+limits (set before any candidate code runs); it then either executes the code and answers "call
+f(args)", "getattr" and "setattr" requests with plain data (plain_data.py), or runs the code as a
+whole program on a given stdin for io tests.
 
 Deliberately not here: any judgement. Nothing W says is trusted; the harness decides what it means.
 """
 
 import builtins
 import io
-import json
 import os
 import resource
-import signal
-import socket
 import sys
 
 from .plain_data import decode, encode
 from .wire import recv, send
 
 
-def zygote(ctl, code, limits):
-    """Fork one worker per request and hand H the worker's socket; never runs candidate code itself."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
-    while True:
-        try:
-            recv(ctl, None)
-        except BaseException:
-            os._exit(0)
-        mine, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ctl.close()
-            mine.close()
-            worker(theirs, code, limits)
-        theirs.close()
-        socket.send_fds(ctl, [json.dumps({"pid": pid}).encode()], [mine.fileno()])
-        mine.close()
-
-
-def worker(sock, code, limits):
+def worker(sock):
+    """Serve the harness on `sock` until it is done with this worker; never returns (os._exit)."""
     try:
-        _enter_worker(sock, limits)
+        _enter_worker(sock)
         request = recv(sock, None)
+        code, limits = request["code"], request["limits"]
+        _limit(limits)
         if request.get("op") == "io":
             send(sock, _run_io(code, request["stdin"], limits["output_bytes"]))
             os._exit(0)
@@ -62,19 +43,24 @@ def worker(sock, code, limits):
         os._exit(0)
 
 
-def _enter_worker(sock, limits):
+def _enter_worker(sock):
+    """Right after the fork, before anything else: nothing of the forkserver's stays reachable."""
     os.setpgid(0, 0)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     keep = sock.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    memory = limits["memory_bytes"]
+
+
+def _limit(limits):
+    """The record's limits, set before any candidate code runs."""
+    memory, cpu = limits["memory_bytes"], limits["cpu_seconds"]
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    cpu = limits["cpu_seconds"]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]), ("CORE", 0)):
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
     os.chdir("/tmp" if not os.path.isdir(limits["workdir"]) else limits["workdir"])
 
 

@@ -4,12 +4,14 @@ Started once per pool slot by the host (warm_sandbox.py) inside the sandbox, wit
 (and the standard modules candidate code imports most) already loaded, so a record costs a fork
 instead of a sandbox and interpreter start. Per record the host sends, over the control socket, four
 descriptors: the record's stdin (code and limits, then the tests), stdout, stderr and report pipes. F
-forks the harness H (judge.py) on them and waits for it. Then it makes the sandbox as it was before
-the record: every process left below F is killed (F is a child subreaper, so orphans and daemons come
-to it, not to init), and when the host says the sandbox has private scratch space (under bwrap) the
-scratch folders are emptied and System V IPC objects removed. Only then does F send H's exit status,
-which tells the host the sandbox is free again. If the clean-up fails, F says so and exits: the host
-starts a new sandbox rather than reuse a dirty one.
+forks the harness H (judge.py) on them, and forks the candidate's workers (candidate.py) for H: the
+first at once, the others when H asks (after a worker died). So a worker is never a fork of a process
+that held the record's tests or code; it gets the code from H. When H has exited, F makes the
+sandbox as it was before the record: every process left below F is killed (F is a child subreaper,
+so orphans and daemons come to it, not to init), and when the host says the sandbox has private
+scratch space (under bwrap) the scratch folders are emptied and System V IPC objects removed. Only
+then does F send H's exit status, which tells the host the sandbox is free again. If the clean-up
+fails, F says so and exits: the host starts a new sandbox rather than reuse a dirty one.
 
 F never reads a record's code or tests (they stay in the pipe until H reads them), so nothing of one
 record is in the memory later records are forked from. F is not dumpable (nor is any process forked
@@ -30,7 +32,7 @@ import socket
 import sys
 import traceback
 
-from . import judge
+from . import candidate, judge
 
 # Loaded once here, so each record's worker starts with them (HumanEval code nearly always imports typing).
 WARM_IMPORTS = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string")
@@ -74,26 +76,81 @@ def _protect() -> None:
 
 
 def _run_record(ctl, fds) -> int:
-    """Fork H on the record's (stdin, stdout, stderr, report) pipes; its exit status (-N: killed by signal N)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            ctl.close()
-            stdin, stdout, stderr, report = fds
-            for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
-                os.dup2(fd, target)
-                os.close(fd)
-            judge.main(report)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
+    """Fork H on the record's (stdin, stdout, stderr, report) pipes and fork workers for it until it
+    exits; H's exit status (-N: killed by signal N)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # H asks for workers here
+    harness = os.fork()
+    if harness == 0:
+        _be_the_harness(ctl, ours, theirs, fds)
+    theirs.close()
     for fd in fds:
         os.close(fd)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    events, pidfd = select.poll(), os.pidfd_open(harness)
+    try:
+        _hand_worker(ours)  # the first one unasked: it starts while H reads the tests
+        events.register(ours, select.POLLIN)
+        events.register(pidfd, select.POLLIN)
+        while (status := _reap(harness)) is None:
+            for fd, _ in events.poll():
+                if fd != ours.fileno():
+                    continue  # H exited: _reap sees it
+                if _request(ours) == b"spawn":
+                    _hand_worker(ours)
+                else:  # H closed its end
+                    events.unregister(ours)
+        return status
+    finally:
+        ours.close()
+        os.close(pidfd)
+
+
+def _be_the_harness(ctl, ours, theirs, fds) -> None:
+    code = 1
+    try:
+        ctl.close()
+        ours.close()
+        stdin, stdout, stderr, report = fds
+        for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        judge.main(report, theirs)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _hand_worker(sock) -> None:
+    """Fork a worker (from F, so it holds neither code nor tests) and send H its end of a fresh socket."""
+    mine, its = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        candidate.worker(its)
+    its.close()
+    try:
+        socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [mine.fileno()])
+    except OSError:  # H is gone: the worker sees its socket close and exits
+        pass
+    mine.close()
+
+
+def _request(sock) -> bytes:
+    try:
+        return sock.recv(64)
+    except OSError:
+        return b""
+
+
+def _reap(harness: int) -> int | None:
+    """Reap finished workers; H's exit status once H has exited, else None."""
+    while True:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == harness:
+            return os.waitstatus_to_exitcode(status)
+        if pid == 0:
+            return None
 
 
 def _clean(modes: dict[str, int], private_ipc: bool) -> None:

@@ -1,14 +1,14 @@
 """The trusted harness H inside the sandbox: it holds the tests, runs them, and writes the verdict report.
 
 A fresh fork of the forkserver (forkserver.py) per record, with the record's pipes as stdin, stdout,
-stderr and the report fd. It reads the candidate's code and limits from stdin, forks the zygote
-(candidate.py), and only then reads the tests, so no process that runs candidate code ever holds them.
-The test code runs here, in H, against proxies (plain_data.py): `candidate(3)` sends the call to the
-worker and decodes the reply into plain data, so every `==`, `assert` and `isinstance` runs on trusted
-objects in a trusted interpreter. Patched builtins stay in the worker, `os._exit(0)` or killing the
-zygote just ends the worker (the test fails), and printing anything goes to /dev/null. The verdict is
-the per-test outcome list H writes, with the host's nonce, to the report pipe, which only H holds (the
-zygote closes it before any candidate code exists). H is not dumpable (inherited from the
+stderr and the report fd. It reads the candidate's code and limits, then the tests, from stdin. The
+candidate's workers (candidate.py) are forked by the forkserver, never by H, so no process that runs
+candidate code ever holds the tests; each gets the code over its socket. The test code runs here, in
+H, against proxies (plain_data.py): `candidate(3)` sends the call to the worker and decodes the reply
+into plain data, so every `==`, `assert` and `isinstance` runs on trusted objects in a trusted
+interpreter. Patched builtins stay in the worker, `os._exit(0)` just ends the worker (the test
+fails), and printing anything goes to /dev/null. The verdict is the per-test outcome list H writes,
+with the host's nonce, to the report pipe, which only H holds. H is not dumpable (inherited from the
 forkserver), so its memory and descriptors cannot be read through /proc by the others.
 
 Deliberately not here: rlimits and namespaces for the whole sandbox (the host's sandbox.py and bwrap
@@ -20,10 +20,8 @@ import builtins
 import json
 import os
 import resource
-import socket
 import time
 
-from .candidate import zygote
 from .plain_data import Remote
 from .units import build_program, shadowed_builtins
 from .wire import Timeout, WorkerDied, read_stdin_message
@@ -116,33 +114,22 @@ def _normalise_output(text: str) -> list[str]:
     return lines
 
 
-def main(report_fd: int):
-    """Judge one record: code and limits from stdin, fork the zygote, then the tests; report to report_fd.
+def main(report_fd: int, forkserver):
+    """Judge one record: code and limits, then the tests, from stdin; the report to report_fd.
 
-    Runs in a fresh fork of the forkserver, which kills whatever this record leaves behind once H exits.
+    Runs in a fresh fork of the forkserver, which hands it workers over `forkserver` and kills whatever
+    this record leaves behind once H exits.
     """
     first = read_stdin_message()
     limits = first["limits"]
-    cpu = limits["cpu_seconds"] + 1  # backstop for H and the zygote; the worker sets its own, tighter
+    cpu = limits["cpu_seconds"] + 1  # backstop for H; the workers set their own, tighter
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]), ("CORE", 0)):
         limit = getattr(resource, "RLIMIT_" + name)
         resource.setrlimit(limit, (value, value))
-    ctl, ctl_child = socket.socketpair()
-    if os.fork() == 0:
-        try:
-            ctl.close()
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.close(report_fd)
-            zygote(ctl_child, first["code"], limits)
-        finally:
-            os._exit(0)
-    ctl_child.close()
-    job = read_stdin_message()  # the tests arrive only now: S and W never hold them
+    job = read_stdin_message()
     deadline = time.monotonic() + job["timeout_s"]
-    client = WorkerClient(ctl, deadline)
+    client = WorkerClient(forkserver, deadline, first["code"], limits)
     units = run_function_tests(job, client) if job.get("tests") else []
     units += run_io_tests(job, client) if job.get("io") else []
     report = json.dumps({"nonce": job["nonce"], "units": units, "load_error": client.load_error}).encode()

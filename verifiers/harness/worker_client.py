@@ -1,7 +1,9 @@
-"""The harness's end of the candidate's worker: spawn it through the zygote, send calls, decode replies.
+"""The harness's end of the candidate's worker: get one from the forkserver, send calls, decode replies.
 
-One worker at a time; after a death (timeout, crash, `os._exit`, memory) the next request spawns a
-fresh one from the zygote, which still holds the loaded code but never the tests. Replies are decoded
+One worker at a time; after a death (timeout, crash, `os._exit`, memory) the next request gets a fresh
+one. Workers are forked by the forkserver, which never holds code or tests: the forkserver hands over
+the record's first worker unasked (it starts while the harness reads the tests) and one more per
+"spawn" asked; the worker's first request carries the code and the limits. Replies are decoded
 by plain_data.py, so only exact plain data or opaque handles come back; an exception raised in the
 worker comes back as its builtin type (or `CandidateError`), rebuilt here from its name and text.
 
@@ -26,10 +28,10 @@ class CandidateError(Exception):
 
 
 class WorkerClient:
-    """H's end of one worker at a time; spawns a fresh one (via the zygote) after a death."""
+    """H's end of one worker at a time; gets a fresh one from the forkserver after a death."""
 
-    def __init__(self, ctl, deadline: float):
-        self.ctl, self.deadline = ctl, deadline
+    def __init__(self, forkserver, deadline: float, code: str, limits: dict):
+        self.forkserver, self.deadline, self.code, self.limits = forkserver, deadline, code, limits
         self.sock, self.pid, self.generation = None, None, 0
         self.memory_hit = False
         self.load_error = None
@@ -39,15 +41,20 @@ class WorkerClient:
         if time.monotonic() >= self.deadline:
             raise Timeout()
         self.generation += 1
-        send(self.ctl, {"op": "spawn"})
-        if not select.select([self.ctl], [], [], max(0.0, self.deadline - time.monotonic()))[0]:
+        try:
+            if self.generation > 1:  # the first worker comes unasked
+                self.forkserver.send(b"spawn")
+            ready = select.select([self.forkserver], [], [], max(0.0, self.deadline - time.monotonic()))[0]
+            data, fds, _, _ = socket.recv_fds(self.forkserver, 1024, 1) if ready else (None, [], 0, None)
+        except OSError:
+            data, fds = b"", []
+        if data is None:
             raise Timeout()
-        data, fds, _, _ = socket.recv_fds(self.ctl, 1024, 1)
         if not data or len(fds) != 1:
-            raise WorkerDied("the zygote process is gone (was it killed?)")
+            raise WorkerDied("the forkserver is gone (was it killed?)")
         self.pid = json.loads(data)["pid"]
         self.sock = socket.socket(fileno=fds[0])
-        return self._exchange(first_request)
+        return self._exchange({**first_request, "code": self.code, "limits": self.limits})
 
     def ensure_loaded(self):
         if self.load_error is not None:
