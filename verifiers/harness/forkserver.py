@@ -173,6 +173,9 @@ def _kill_descendants() -> None:
                 pidfds.append(os.pidfd_open(pid))  # a pidfd names this process, never a later one with its pid
             except ProcessLookupError:
                 continue
+            except OSError:  # out of descriptors (more processes than fds): kill it unwatched, look again
+                _kill_unwatched(pid)
+                continue
             signal.pidfd_send_signal(pidfds[-1], signal.SIGKILL)
             doomed.register(pidfds[-1], select.POLLIN)
         while pidfds:  # readable once the process has exited (no busy loop while the dying need the CPU)
@@ -185,6 +188,13 @@ def _kill_descendants() -> None:
                 pass
         except ChildProcessError:  # no children at all: as F is the subreaper, no descendants either
             return
+
+
+def _kill_unwatched(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _descendants(root: int) -> list[int]:

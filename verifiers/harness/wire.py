@@ -1,6 +1,6 @@
 """How the processes inside the sandbox talk: length-prefixed JSON frames, and the two ways an exchange ends.
 
-`send`/`recv` carry one JSON message each over a socket (harness <-> zygote, harness <-> worker); a
+`send`/`recv` carry one JSON message each over a socket (harness <-> worker); a
 reply bigger than MAX_MESSAGE, unreadable, or cut off is the sender's fault (`WorkerDied`), and a
 reply that does not come by the deadline is `Timeout`. `read_stdin_message` reads the host's frames
 (same header) from fd 0.
@@ -24,7 +24,7 @@ class Timeout(BaseException):
 
 
 class WorkerDied(BaseException):
-    """The worker (or the zygote) went away or broke the protocol: the candidate's fault."""
+    """The worker (or the forkserver that forks workers) went away or broke the protocol: the candidate's fault."""
 
 
 def send(sock, obj) -> None:
