@@ -159,3 +159,10 @@ def test_test_setup_sets_attributes_on_candidate_objects_and_passes_them_back():
     )
     result = verify_python_tests(code, tests)
     assert result.verdict == "pass", result.details
+
+
+def test_a_worker_that_dies_in_one_test_is_replaced_for_the_next():
+    code = "import os\ndef f(x):\n    if x == 1:\n        os._exit(0)\n    while x == 2:\n        pass\n    return x\n"
+    result, outcomes = run_python_tests(code, "assert f(1) == 1\nassert f(3) == 3\nassert f(2) == 2\nassert f(4) == 4",
+                                        timeout_s=1)
+    assert [o.outcome for o in outcomes] == ["fail", "pass", "timeout", "timeout"], result.details
