@@ -7,6 +7,7 @@ import pytest
 from branchrl.verifiers import VERIFIERS, verify
 from branchrl.verifiers import sandbox
 from branchrl.verifiers.python_tests import extract_code, run_python_tests, verify_python_tests
+from branchrl.verifiers.warm_sandbox import SANDBOXES
 
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 
@@ -94,12 +95,23 @@ def test_fallback_without_bwrap_still_runs_and_warns_once(monkeypatch, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
             assert verify_python_tests(ADD, "assert add(2, 2) == 4").verdict == "pass"
+            served = _sandbox_pids()
             looping = verify_python_tests("def add(a, b):\n    while True: pass", "assert add(1, 1) == 2", timeout_s=1)
             assert looping.verdict == "timeout"
+            assert verify_python_tests(ADD, "assert add(2, 2) == 5").verdict == "fail"
+            assert _sandbox_pids() == served  # the rlimits-only sandbox is kept warm too
         warnings = [r for r in caplog.records if "isolation" in r.getMessage() or "WITHOUT" in r.getMessage()]
         assert len(warnings) == 1
     finally:
+        monkeypatch.undo()
         sandbox.bwrap_path.cache_clear()
+    assert verify_python_tests(ADD, "assert add(2, 2) == 4").verdict == "pass"
+    if sandbox.bwrap_path():  # back under bwrap: a new sandbox, not the rlimits-only one
+        assert _sandbox_pids().isdisjoint(served)
+
+
+def _sandbox_pids() -> set[int]:
+    return {box.proc.pid for box in SANDBOXES.sandboxes() if box.proc is not None}
 
 
 def test_builtin_subclass_results_compare_by_content_and_cycles_end():
@@ -147,3 +159,10 @@ def test_test_setup_sets_attributes_on_candidate_objects_and_passes_them_back():
     )
     result = verify_python_tests(code, tests)
     assert result.verdict == "pass", result.details
+
+
+def test_a_worker_that_dies_in_one_test_is_replaced_for_the_next():
+    code = "import os\ndef f(x):\n    if x == 1:\n        os._exit(0)\n    while x == 2:\n        pass\n    return x\n"
+    result, outcomes = run_python_tests(code, "assert f(1) == 1\nassert f(3) == 3\nassert f(2) == 2\nassert f(4) == 4",
+                                        timeout_s=1)
+    assert [o.outcome for o in outcomes] == ["fail", "pass", "timeout", "timeout"], result.details

@@ -1,10 +1,16 @@
 """The roles on real Ray actors: placement groups, versioned weight sync, failing fast on missing resources."""
 
+import os
+import shutil
+import time
+
 import pytest
 
 from branchrl.config import load_config
 from branchrl.launch import LaunchError, launch
 from branchrl.loop import sync
+from branchrl.verifier_pool import VerifierWorker
+from branchrl.verifiers import warm_sandbox
 
 TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=2", "model.tiny.kv_heads=2",
         "model.tiny.intermediate_size=64", "rollout.workers=2", "train.threads=1"]
@@ -52,3 +58,20 @@ def test_a_group_the_cluster_cannot_hold_fails_at_once_naming_what_is_missing(ra
         launch(load_config(None, [*TINY, "train.gpus=1"]))
     with pytest.raises(LaunchError, match=r"inference group needs \{'CPU': 64"):
         launch(load_config(None, [*TINY, "rollout.workers=64"]))
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_a_verifier_actors_warm_sandboxes_die_with_the_actor(ray_cluster):
+    ray = ray_cluster
+    actor = ray.remote(VerifierWorker).remote()
+    record = {"verifier": "python_tests", "completion": "def f(x):\n    return x + 1\n", "tests": "assert f(1) == 2"}
+    results, _ = ray.get(actor.verify_batch.remote([record, record]))
+    assert [r["verdict"] for r in results] == ["pass", "pass"]
+    # the module goes by reference, so this reads the actor's own pool
+    pids = ray.get(actor.__ray_call__.remote(lambda self: [box.proc.pid for box in warm_sandbox.SANDBOXES.sandboxes()]))
+    assert len(pids) == 1 and os.path.exists(f"/proc/{pids[0]}")
+    ray.kill(actor)  # SIGKILL: no atexit runs, bwrap's --die-with-parent has to do it
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pids[0]}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pids[0]}"), "the actor's warm sandbox outlived it"

@@ -7,45 +7,64 @@ to keep the suite fast on two cores.
 import os
 import shutil
 import socket
+import subprocess
 import time
 import uuid
 
 import pytest
 
 from branchrl.verifiers.python_tests import verify_python_tests
-from branchrl.verifiers.sandbox import Limits, run_sandboxed
+from branchrl.verifiers.sandbox import read_capped
+from branchrl.verifiers.warm_sandbox import SANDBOXES
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 GOOD = "def f(x):\n    return x + 1\n"
 
 
-SANDBOX_SIGNS = (b"bwrap", b"The harness that runs inside the sandbox", b"/usr/bin/yes")
+SANDBOX_SIGNS = (b"bwrap", b"from harness.")  # in the command line of every sandbox process
+FORKSERVER_SIGN = b"from harness.forkserver"
 
 
-def _descendants(root: int) -> list[int]:
-    """Our live descendant processes that belong to a sandbox (other fixtures may own Ray workers)."""
-    parents = {}
+def _process_table() -> dict[int, tuple[int, bytes]]:
+    """{pid: (parent pid, command line)} of every live (not zombie) process."""
+    table = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = open(f"/proc/{pid}/stat").read()
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
         if fields[0] != "Z":
-            parents[int(pid)] = int(fields[1])
+            table[int(pid)] = (int(fields[1]), cmdline)
+    return table
+
+
+def _below(root: int, table) -> list[int]:
     found, frontier = [], {root}
     while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier}
+        frontier = {p for p, (parent, _) in table.items() if parent in frontier}
         found += frontier
-    return [pid for pid in found if _cmdline_has(pid, SANDBOX_SIGNS)]
+    return found
 
 
-def _cmdline_has(pid: int, signs) -> bool:
-    try:
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-    except OSError:
-        return False
-    return any(sign in cmdline for sign in signs)
+def _leftovers(root: int) -> list[int]:
+    """Sandbox processes below `root` that must not exist between records: anything below a warm
+    sandbox's forkserver (a harness, candidate processes, daemons), or a sandbox the pool does not hold."""
+    table = _process_table()
+    ours = _below(root, table)
+
+    def sandboxed(pid):
+        return any(sign in table.get(pid, (0, b""))[1] for sign in SANDBOX_SIGNS)
+
+    def forkserver_like(pid):  # the forkserver or a fork of it (bwrap's own command line names it too)
+        cmdline = table.get(pid, (0, b""))[1]
+        return FORKSERVER_SIGN in cmdline and not cmdline.split(b"\0")[0].endswith(b"bwrap")
+
+    forkservers = [p for p in ours if forkserver_like(p) and not forkserver_like(table[p][0])]
+    held = {box.proc.pid for box in SANDBOXES.sandboxes() if box.proc is not None}
+    unheld = [p for p in ours if sandboxed(p) and not sandboxed(table[p][0]) and p not in held]
+    return [p for f in forkservers for p in _below(f, table)] + unheld
 
 
 def _processes_matching(marker: str) -> list[int]:
@@ -64,7 +83,7 @@ def attack(code: str, tests: str = "assert f(1) == 2", timeout_s: float = 1.0, *
     result = verify_python_tests(code, tests, timeout_s=timeout_s, **kwargs)
     assert result.verdict != "pass" and result.score < 1.0, result
     assert result.verdict != "error", result  # the candidate's doing is never counted as our bug
-    assert _descendants(os.getpid()) == [], "a sandboxed process survived"
+    assert _leftovers(os.getpid()) == [], "a sandboxed process survived its record"
     follow_up = verify_python_tests(GOOD, "assert f(1) == 2", timeout_s=2)
     assert follow_up.verdict == "pass", follow_up
     return result
@@ -316,8 +335,234 @@ def test_gigabytes_of_output():
     assert io_result.verdict in ("fail", "timeout") and len(io_result.details) <= 2000
 
 
-def test_sandbox_caps_captured_output():
-    limits = Limits(output_bytes=4096)
-    run = run_sandboxed(["/usr/bin/yes"], b"", timeout_s=1.0, limits=limits)
-    assert run.timed_out and len(run.stdout) == 4096 and run.seconds < 5
-    assert _descendants(os.getpid()) == []
+def test_captured_output_is_capped_and_the_rest_drained():
+    yes = subprocess.Popen(["/usr/bin/yes"], stdout=subprocess.PIPE)
+    stdin_r, stdin_w = os.pipe()
+    started = time.monotonic()
+    try:
+        out, timed_out = read_capped(stdin_w, b"", {"stdout": (yes.stdout.fileno(), 4096)}, started + 1.0)
+    finally:
+        yes.kill()
+        yes.wait()
+        yes.stdout.close()
+        os.close(stdin_r)
+    assert timed_out and out["stdout"] == (b"y\n" * 2048, True) and time.monotonic() - started < 5
+
+
+# ------------------------------------------------------------------ warm reuse: records do not leak
+def _served_by() -> set[int]:
+    """The host pids of the warm sandboxes held now (the same set twice means the same sandbox served)."""
+    return {box.proc.pid for box in SANDBOXES.sandboxes() if box.proc is not None}
+
+
+def _twice(first: str, second: str, second_tests: str, first_tests: str = "assert f(0) == 0", timeout_s: float = 2):
+    """Record 1 then record 2 on the same warm sandbox; record 2's result."""
+    verify_python_tests(GOOD, "assert f(1) == 2")  # make sure a sandbox is up
+    before = _served_by()
+    first_result = verify_python_tests(first, first_tests, timeout_s=timeout_s)
+    assert first_result.verdict != "error", first_result
+    assert _served_by() == before, "record 1 should have run in the warm sandbox and left it up"
+    result = verify_python_tests(second, second_tests, timeout_s=timeout_s)
+    assert _served_by() == before and _leftovers(os.getpid()) == []
+    return result
+
+
+@needs_bwrap
+def test_files_one_record_writes_are_gone_for_the_next():
+    first = (
+        "import os\n"
+        "def f(x):\n"
+        "    for d in ('/tmp', '/work', '/dev/shm', '.'):\n"
+        "        os.makedirs(d + '/nest/deeper', exist_ok=True)\n"
+        "        open(d + '/nest/deeper/planted', 'w').write('x')\n"
+        "        open(d + '/planted', 'w').write('x')\n"
+        "        os.chmod(d + '/nest', 0)\n"
+        "    open('/dev/mqueue/planted', 'w').close()\n"
+        "    try:\n"
+        "        with open('/tmp/fill', 'wb') as fh:\n"
+        "            while True:\n                fh.write(b'x' * (1 << 20))\n"
+        "    except OSError:\n        pass\n"
+        "    os.chmod('/tmp', 0)\n"
+        "    return 0\n"
+    )
+    second = (
+        "import os\n"
+        "def f(x):\n"
+        "    found = {d: sorted(os.listdir(d)) for d in ('/tmp', '/work', '/dev/shm', '/dev/mqueue')}\n"
+        "    open('/tmp/big', 'wb').write(b'y' * (8 << 20))  # the space of record 1's file is free again\n"
+        "    return found, os.getcwd(), os.path.getsize('/tmp/big')\n"
+    )
+    expected = ({"/tmp": [], "/work": [], "/dev/shm": [], "/dev/mqueue": []}, "/work", 8 << 20)
+    result = _twice(first, second, f"assert f(0) == {expected!r}")
+    assert result.verdict == "pass", result.details
+
+
+@needs_bwrap
+def test_processes_one_record_starts_are_gone_for_the_next():
+    first = (
+        "import os, signal, time\n"
+        "def f(x):\n"
+        "    for _ in range(3):\n"
+        "        if os.fork() == 0:\n"
+        "            os.setsid()\n"
+        "            if os.fork() == 0:\n"
+        "                for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
+        "                    signal.signal(s, signal.SIG_IGN)\n"
+        "                while True:\n"
+        "                    open('/tmp/beacon', 'a').write('.')\n"
+        "                    time.sleep(0.01)\n"
+        "            os._exit(0)\n"
+        "    if os.fork() == 0:\n"
+        "        os.execv('/usr/bin/sleep', ['sleep', '1000'])\n"
+        "    time.sleep(0.1)\n"
+        "    return 0\n"
+    )
+    second = (
+        "import os, time\n"
+        "def f(x):\n"
+        "    time.sleep(0.1)\n"
+        "    pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+        "    sleeping = [p for p in pids if b'sleep' in open(f'/proc/{p}/cmdline', 'rb').read()]\n"
+        "    return len(pids), sleeping, os.path.exists('/tmp/beacon')\n"
+    )
+    # bwrap's init, the forkserver, the harness and this worker: nothing else
+    result = _twice(first, second, "assert f(0) == (4, [], False)")
+    assert result.verdict == "pass", result.details
+
+
+@needs_bwrap
+def test_monkeypatching_in_one_record_does_not_reach_the_next():
+    first = (
+        "import builtins, collections, json, math, os, random, sys, typing\n"
+        "builtins.len = lambda x: 2\n"
+        "builtins.abs = lambda x: 0\n"
+        "json.loads = lambda s: 'patched'\n"
+        "math.sqrt = lambda x: 0\n"
+        "typing.List = None\n"
+        "collections.Counter = dict\n"
+        "sys.modules['os'].getcwd = lambda: '/patched'\n"
+        "os.environ['PLANTED'] = '1'\n"
+        "sys.path.insert(0, '/tmp')\n"
+        "random.seed(0)\n"
+        "def f(x):\n    return 0\n"
+    )
+    second = (
+        "import collections, json, math, os, random, sys, typing\n"
+        "def f(x):\n"
+        "    return [len([1, 2, 3]), abs(-5), json.loads('[1]'), math.sqrt(16), typing.List is None,\n"
+        "            collections.Counter('aa')['a'], os.getcwd(), os.environ.get('PLANTED'), '/tmp' in sys.path]\n"
+        "def r(x):\n"
+        "    return random.random()\n"
+    )
+    result = _twice(first, second, "assert f(0) == [3, 5, [1], 4.0, False, 2, '/work', None, False]")
+    assert result.verdict == "pass", result.details
+    seeded = __import__("random").Random(0).random()
+    assert verify_python_tests(second, f"assert r(0) == {seeded!r}").verdict == "fail"  # not replayed
+
+
+@needs_bwrap
+def test_ipc_objects_one_record_creates_are_gone_for_the_next():
+    first = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def f(x):\n"
+        "    made = [libc.shmget(4242, 1 << 20, 0o1600), libc.msgget(4242, 0o1600), libc.semget(4242, 1, 0o1600)]\n"
+        "    assert min(made) >= 0, made\n"
+        "    return 0\n"
+    )
+    second = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def f(x):\n"
+        "    left = [libc.shmget(4242, 0, 0), libc.msgget(4242, 0), libc.semget(4242, 0, 0)]\n"
+        "    listed = [len(open(f'/proc/sysvipc/{k}').readlines()) - 1 for k in ('shm', 'msg', 'sem')]\n"
+        "    return left, listed\n"
+    )
+    result = _twice(first, second, "assert f(0) == ([-1, -1, -1], [0, 0, 0])")
+    assert result.verdict == "pass", result.details
+
+
+@needs_bwrap
+def test_a_record_cannot_find_an_earlier_records_tests_in_its_memory():
+    secret = "SECRET-" + uuid.uuid4().hex
+    scan = (  # every writable mapping of the worker (heap, anonymous memory) read directly
+        "import ctypes, re\n"
+        "PLANTED = 'SECRET-' + 'cd' * 16  # made at run time: proves the scan sees this process's memory\n"
+        "def f(x):\n"
+        "    found = set()\n"
+        "    for line in open('/proc/self/maps').read().splitlines():\n"
+        "        span, perms = line.split()[:2]\n"
+        "        if perms.startswith('rw'):\n"
+        "            lo, hi = (int(v, 16) for v in span.split('-'))\n"
+        "            found.update(m.decode() for m in re.findall(rb'SECRET-[0-9a-f]{32}', ctypes.string_at(lo, hi - lo)))\n"
+        "    return sorted(found)\n"
+    )
+    first_tests = f"assert f(0) == {secret!r}"
+    result = _twice(scan, scan, f"assert {'SECRET-' + 'cd' * 16!r} in f(0)\nassert {secret!r} in f(0)",
+                    first_tests=first_tests, timeout_s=5)
+    assert result.score == 0.5, result.details  # the planted value is found, record 1's expected value is not
+
+
+@needs_bwrap
+@pytest.mark.parametrize("target", ["the forkserver", "every process"])
+def test_a_stopped_sandbox_is_replaced_and_the_record_is_not_a_pass(target):
+    code = (
+        "import os, signal\n"
+        "def f(x):\n"
+        "    pids = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]\n"
+        "    parent = {p: int(open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1]) for p in pids}\n"
+        f"    targets = [p for p in pids if parent[p] == 1] if {target == 'the forkserver'} else pids\n"
+        "    for pid in targets:\n"
+        "        try:\n            os.kill(pid, signal.SIGSTOP)\n        except OSError:\n            pass\n"
+        "    return 2\n"
+    )
+    before = _served_by()
+    result = attack(code, "assert f(1) == 3")
+    assert _served_by().isdisjoint(before), "a sandbox that did not answer in time must be replaced"
+    assert result.verdict in ("fail", "timeout"), result
+
+
+@needs_bwrap
+def test_a_killed_forkserver_is_replaced_and_the_record_fails():
+    code = (
+        "import os, signal\n"
+        "def f(x):\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit() and int(pid) != os.getpid():\n"
+        "            try:\n                os.kill(int(pid), signal.SIGKILL)\n            except OSError:\n                pass\n"
+        "    return 2\n"
+    )
+    verify_python_tests(GOOD, "assert f(1) == 2")
+    before = _served_by()
+    result = attack(code)
+    assert result.verdict == "fail" and "signal 9" in result.details, result
+    assert _served_by().isdisjoint(before)
+
+
+@needs_bwrap
+def test_an_interrupt_sent_to_the_forkserver_is_not_counted_as_our_error():
+    code = (
+        "import os, signal\n"
+        "def f(x):\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        if pid.isdigit() and int(pid) != os.getpid():\n"
+        "            try:\n                os.kill(int(pid), signal.SIGINT)\n            except OSError:\n                pass\n"
+        "    return 2\n"
+    )
+    attack(code)
+
+
+@needs_bwrap
+def test_a_record_whose_mess_cannot_be_cleaned_gets_a_fresh_sandbox_next():
+    code = (  # deeper than the forkserver's clean-up goes: it gives the sandbox up instead
+        "import os\n"
+        "def f(x):\n"
+        "    os.chdir('/tmp')\n"
+        "    for _ in range(2500):\n"
+        "        os.mkdir('d')\n        os.chdir('d')\n"
+        "    return 1\n"
+    )
+    verify_python_tests(GOOD, "assert f(1) == 2")
+    before = _served_by()
+    result = attack(code, timeout_s=3)
+    assert result.verdict == "fail" and _served_by().isdisjoint(before), result

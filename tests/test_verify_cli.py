@@ -63,3 +63,20 @@ def test_summary_counts_each_verdict_and_jobs_keep_input_order(tmp_path):
     assert [r.get("id") for r in rows[:-1]] == list(range(30)) and rows[-1]["line"] == 31
     assert summary.getvalue().startswith("verified 31 records in ")
     assert summary.getvalue().rstrip().endswith(": pass 20, fail 10, error 1")
+
+
+def test_python_tests_records_reuse_one_warm_sandbox_per_job(tmp_path, monkeypatch):
+    from branchrl.verifiers import warm_sandbox
+
+    starts = []
+    start = warm_sandbox.start_sandboxed
+    monkeypatch.setattr(warm_sandbox, "start_sandboxed", lambda *a, **kw: starts.append(1) or start(*a, **kw))
+    warm_sandbox.SANDBOXES.close()
+    path = tmp_path / "code.jsonl"
+    records = [{"verifier": "python_tests", "completion": "def f(x):\n    return x + 1\n",
+                "tests": f"assert f({i}) == {i + 1 if i % 2 else i}", "id": i} for i in range(16)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out, summary = io.StringIO(), io.StringIO()
+    assert main_verify(str(path), out=out, jobs=2, summary=summary) == 0
+    assert summary.getvalue().rstrip().endswith(": pass 8, fail 8")
+    assert 1 <= len(starts) <= 2, f"{len(starts)} sandboxes started for 16 records on 2 jobs"

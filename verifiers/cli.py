@@ -3,7 +3,7 @@
 Each output line is the input record plus `verdict`, `score`, `seconds` and `details`, in input
 order. A line that is not a JSON object becomes an "error" line that names it, and the run goes on:
 nothing is lost. At the end a per-verdict count goes to stderr. `jobs` > 1 checks records on threads
-(the heavy work already runs in worker processes: math-verify's worker, the code sandbox).
+(the heavy work already runs in worker processes: math-verify's worker, one warm code sandbox per job).
 Deliberately not here: argument parsing and exit codes (the top-level `branchrl` CLI owns them).
 """
 

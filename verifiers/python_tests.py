@@ -4,12 +4,13 @@ Record fields: `completion` (code in a ```python fence, or plain code), `tests` 
 HumanEval-style `def check(candidate)` together with `entry_point`), optional `io` (a list of
 {"stdin", "stdout"} cases for whole programs), optional `timeout_s` (the budget of the whole record).
 
-How a pass is proven (details in python_harness.py): the test code runs in a trusted harness process
+How a pass is proven (details in harness/): the test code runs in a trusted harness process
 inside the sandbox and calls the candidate's functions in a separate worker process; only exact
 plain-data values come back (an object whose __eq__ is always True is never compared), and the
 harness writes per-test outcomes plus a fresh random nonce to a pipe the candidate cannot reach.
 Exit codes and printed text mean nothing. The tests reach the harness only after the candidate's
-processes were forked, so the candidate cannot read the expected values either.
+processes were forked, so the candidate cannot read the expected values either. Each record gets a
+fresh fork of the harness inside a warm sandbox (warm_sandbox.py) that is wiped between records.
 
 Verdicts: "pass" when every test passes (score 1.0); otherwise the score is the fraction of tests
 passed and the verdict is "timeout" (a test ran out of time), "memory" (hit the memory limit), or
@@ -20,23 +21,20 @@ mutated arguments, or any reward shaping.
 """
 
 import json
-import os
 import re
 import secrets
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .result import Result, failed
-from .sandbox import Completed, Limits, run_sandboxed, sandbox_python
+from .sandbox import Completed, Limits
+from .warm_sandbox import SANDBOXES, SandboxUnavailable
 
 VERSION = "python_tests-2"  # bump when extraction, harness or verdict semantics change
 DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
-STARTUP_GRACE_S = 2.0  # sandbox + interpreter start, on top of the record's timeout_s
+HARNESS_GRACE_S = 2.0  # the harness's fork, set-up and the clean-up after it, on top of the record's timeout_s
 LIMITS = Limits()
-_HARNESS_SOURCE = (Path(__file__).with_name("python_harness.py")).read_text()
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _HEADER_BYTES = 4
 
@@ -81,10 +79,10 @@ def run_python_tests(completion: str, tests: str = "", io: list | None = None, e
     first = {"code": code, "limits": _harness_limits(timeout_s)}
     job = {"tests": tests, "io": io or [], "entry_point": entry_point, "timeout_s": timeout_s, "nonce": nonce}
     stdin = _frame(first) + _frame(job)
-    interpreter = sandbox_python()
-    extra = [] if interpreter.startswith("/usr/") else [os.path.realpath(sys.base_prefix)]
-    run = run_sandboxed([interpreter, "-I", "-S", "-B", "-c", _HARNESS_SOURCE], stdin, timeout_s + STARTUP_GRACE_S,
-                        LIMITS, extra_ro=extra, report_fd_arg=True)
+    try:
+        run = SANDBOXES.run(stdin, timeout_s + HARNESS_GRACE_S, LIMITS)
+    except SandboxUnavailable as e:
+        return failed("error", str(e)), []
     return _judge(run, nonce)
 
 

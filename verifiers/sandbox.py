@@ -1,38 +1,46 @@
-"""Run one untrusted command in an OS sandbox and collect its capped output: the process-isolation part.
+"""Start a process in an OS sandbox, and read pipes through caps: the process-isolation part.
 
-`run_sandboxed(argv, stdin, timeout_s, limits)` starts `argv` under bubblewrap when `bwrap` is on PATH:
-new user, PID, network (loopback only), IPC and UTS namespaces; a read-only bind of /usr (and the
-/bin, /lib symlinks) as the whole system, no /etc, no /home; size-capped private tmpfs /tmp and
-/work (the working directory); a cleared environment; `--die-with-parent`, `--new-session`, all
-capabilities dropped. When the host runs as root it first drops to `nobody` (uid 65534), because
-the kernel never enforces RLIMIT_NPROC for root. rlimits (CPU, address space, file size, open files,
-core size; processes in the fallback) are set in the child before exec. From the outside: a
-wall-clock deadline after which the whole process group is SIGKILLed (inside bwrap the PID
-namespace then takes every descendant with it), and stdout/stderr/report pipes read through a
-cap (the excess is drained and dropped, never buffered).
+`start_sandboxed(bwrap, argv, limits, binds, pass_fds)` starts `argv` under bubblewrap when `bwrap`
+(from `bwrap_path()`) is given: new user, PID, network (loopback only), IPC and UTS namespaces; a
+read-only bind of /usr (and the /bin, /lib symlinks) as the whole system, no /etc, no /home, /dev
+read-only; size-capped private tmpfs /tmp, /work (the working directory) and /dev/shm, and a private
+/dev/mqueue (together `SCRATCH`, the only writable places); a cleared environment;
+`--die-with-parent`, `--new-session`, all capabilities dropped. When the host runs as root it first
+drops to `nobody` (uid 65534), because the kernel never enforces RLIMIT_NPROC for root. rlimits
+(address space, file size, open files, core size; processes in the fallback) are set in the child
+before exec; CPU time is limited per record inside (the sandbox is long-lived). Every sandbox is
+started from one thread that lives as long as this process, because --die-with-parent follows the
+thread that started bwrap, and callers' threads come and go. `read_capped` feeds a stdin pipe and
+drains output pipes through their caps (the excess is read and dropped, never buffered) until EOF
+or a deadline; `kill_sandbox` SIGKILLs the process group (under bwrap the PID namespace then takes
+every descendant with it).
 
-Without bwrap the command still runs with rlimits, its own session and the same deadline, and a
-warning says once that isolation is reduced (no network, filesystem or PID isolation).
+Without bwrap the command still runs with rlimits and its own session, and a warning says once that
+isolation is reduced (no network, filesystem or PID isolation).
 
-Deliberately not here: what the command is (python_tests builds the harness command) and what
-its output means. Nothing here raises for anything the sandboxed code does.
+Deliberately not here: what the command is and how long it lives (warm_sandbox.py), and what its
+output means (python_tests.py). Nothing here raises for anything the sandboxed code does.
 """
 
 import logging
 import os
+import queue
 import resource
 import selectors
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
 NOBODY = 65534  # uid/gid the sandbox runs as when the host is root
+SCRATCH = ("/tmp", "/work", "/dev/shm", "/dev/mqueue")  # the writable places inside bwrap, all private
 _MiB = 1 << 20
 
 
@@ -42,7 +50,7 @@ class Limits:
     nproc: int = 32  # processes (with bwrap: per sandbox, counted in its own user namespace)
     fsize_mb: int = 16  # largest file any process may write
     nofile: int = 64  # open file descriptors per process
-    tmpfs_mb: int = 64  # size of each private tmpfs (/tmp and /work) under bwrap
+    tmpfs_mb: int = 64  # size of each private tmpfs (/tmp, /work and /dev/shm) under bwrap
     output_bytes: int = 64 * 1024  # kept from each of stdout and stderr; the rest is dropped
     report_bytes: int = 8 * _MiB  # kept from the report pipe
 
@@ -86,19 +94,21 @@ def _system_binds() -> list[str]:
     return args
 
 
-def bwrap_argv(bwrap: str, argv: list[str], limits: Limits, extra_ro: list[str]) -> list[str]:
+def bwrap_argv(bwrap: str, argv: list[str], limits: Limits, binds: list[tuple[str, str]]) -> list[str]:
+    """The bwrap command line; `binds` are (host path, sandbox path) pairs mounted read-only."""
     size = ["--size", str(limits.tmpfs_mb * _MiB)] if _bwrap_has_size(bwrap) else []
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
     args += ["--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work"]
     args += _system_binds()
-    for path in extra_ro:
-        args += ["--ro-bind", path, path]
-    args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/tmp", *size, "--tmpfs", "/work"]
-    args += ["--remount-ro", "/", "--chdir", "/work", "--", *argv]
+    for source, dest in binds:
+        args += ["--ro-bind", source, dest]
+    args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
+    args += [*size, "--tmpfs", "/tmp", *size, "--tmpfs", "/work"]
+    args += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/work", "--", *argv]
     return args
 
 
-def _preexec(limits: Limits, timeout_s: float, fallback: bool):
+def _preexec(limits: Limits, fallback: bool):
     """Runs in the child between fork and exec: drop root, then set the rlimits."""
 
     def apply() -> None:
@@ -106,109 +116,117 @@ def _preexec(limits: Limits, timeout_s: float, fallback: bool):
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
-        cpu = int(timeout_s) + 2  # backstop only: the wall-clock deadline normally acts first
         pairs = [
-            (resource.RLIMIT_CPU, cpu, cpu + 1),
-            (resource.RLIMIT_FSIZE, limits.fsize_mb * _MiB, None),
-            (resource.RLIMIT_NOFILE, limits.nofile, None),
-            (resource.RLIMIT_CORE, 0, None),
-            (resource.RLIMIT_AS, (limits.memory_mb + 512) * _MiB, None),
+            (resource.RLIMIT_FSIZE, limits.fsize_mb * _MiB),
+            (resource.RLIMIT_NOFILE, limits.nofile),
+            (resource.RLIMIT_CORE, 0),
+            (resource.RLIMIT_AS, (limits.memory_mb + 512) * _MiB),
         ]
         if fallback:  # with bwrap this is set inside, where it counts per sandbox
-            pairs.append((resource.RLIMIT_NPROC, limits.nproc * 4, None))
-        for which, soft, hard in pairs:
-            resource.setrlimit(which, (soft, soft if hard is None else hard))
+            pairs.append((resource.RLIMIT_NPROC, limits.nproc * 4))
+        for which, value in pairs:
+            resource.setrlimit(which, (value, value))
 
     return apply
 
 
-def run_sandboxed(argv: list[str], stdin: bytes, timeout_s: float, limits: Limits = Limits(),
-                  extra_ro: list[str] = (), report_fd_arg: bool = False) -> Completed:
-    """Run argv in the sandbox; if report_fd_arg, the report pipe's fd number is appended to argv."""
-    start = time.monotonic()
-    report_r, report_w = os.pipe()
-    if report_fd_arg:
-        argv = [*argv, str(report_w)]
-    bwrap = bwrap_path()
-    command = bwrap_argv(bwrap, argv, limits, list(extra_ro)) if bwrap else argv
-    try:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(report_w,), env={"PATH": "/usr/bin:/bin"}, cwd="/", start_new_session=True,
-            preexec_fn=_preexec(limits, timeout_s, fallback=bwrap is None),
-        )
-    finally:
-        os.close(report_w)
-    try:
-        out, timed_out = _pump(proc, stdin, report_r, start + timeout_s, limits)
-    finally:
-        _kill_group(proc)
-        os.close(report_r)
-    return Completed(
-        returncode=None if timed_out else proc.returncode, timed_out=timed_out,
-        stdout=out["stdout"][0], stderr=out["stderr"][0], report=out["report"][0],
-        report_truncated=out["report"][1], seconds=time.monotonic() - start,
-        isolation="bwrap" if bwrap else "rlimits",
+def start_sandboxed(bwrap: str | None, argv: list[str], limits: Limits, binds: list[tuple[str, str]] = (),
+                    pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start argv in the sandbox (bwrap if given, else rlimits only); stdin and stdout are /dev/null,
+    stderr a pipe. Raises OSError when it cannot be started (our problem, not the sandboxed code's)."""
+    command = bwrap_argv(bwrap, argv, limits, list(binds)) if bwrap else argv
+    return _STARTER.popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds,
+        env={"PATH": "/usr/bin:/bin"}, cwd="/", start_new_session=True, preexec_fn=_preexec(limits, bwrap is None),
     )
 
 
-def _pump(proc, stdin: bytes, report_r: int, deadline: float, limits: Limits):
-    """Feed stdin, drain the three output pipes through their caps, until EOF on all or the deadline."""
-    caps = {"stdout": limits.output_bytes, "stderr": limits.output_bytes, "report": limits.report_bytes}
-    out = {name: [b"", False] for name in caps}
+class _Starter:
+    """Runs `subprocess.Popen` on one daemon thread per process, which lives until the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def popen(self, *args, **kwargs) -> subprocess.Popen:
+        with self._lock:
+            if self._owner != os.getpid():  # first use, or a forked copy of us that lacks the thread
+                self._owner, self._jobs = os.getpid(), queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._jobs,), name="sandbox-starter", daemon=True).start()
+            done: Future = Future()
+            self._jobs.put((done, args, kwargs))
+        return done.result()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue) -> None:
+        while True:
+            done, args, kwargs = jobs.get()
+            try:
+                done.set_result(subprocess.Popen(*args, **kwargs))
+            except BaseException as e:
+                done.set_exception(e)
+
+
+_STARTER = _Starter()
+
+
+def read_capped(stdin_fd: int, stdin: bytes, outputs: dict[str, tuple[int, int]], deadline: float,
+                ) -> tuple[dict[str, tuple[bytes, bool]], bool]:
+    """Write `stdin` to stdin_fd (then close it) and read each output {name: (fd, cap)} until EOF on all.
+
+    Returns ({name: (the first `cap` bytes, whether more came)}, timed_out); the excess is read and
+    dropped. Stops at `deadline` (time.monotonic()) with timed_out=True. Closes no output fd.
+    """
+    kept = {name: [b"", False] for name in outputs}
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-    sel.register(report_r, selectors.EVENT_READ, "report")
+    for name, (fd, _) in outputs.items():
+        sel.register(fd, selectors.EVENT_READ, name)
     pending = memoryview(stdin)
-    os.set_blocking(proc.stdin.fileno(), False)
-    sel.register(proc.stdin, selectors.EVENT_WRITE, "stdin")
-    open_reads = 3
+    os.set_blocking(stdin_fd, False)
+    sel.register(stdin_fd, selectors.EVENT_WRITE, None)
+    stdin_open, open_reads = True, len(outputs)
     try:
         while open_reads:
             left = deadline - time.monotonic()
             if left <= 0:
-                return out, True
+                return {k: tuple(v) for k, v in kept.items()}, True
             for key, _ in sel.select(left):
-                if key.data == "stdin":
+                if key.data is None:
                     try:
-                        pending = pending[os.write(key.fd, pending[: 1 << 16]) :]
-                    except (BrokenPipeError, BlockingIOError) as e:
-                        pending = pending[len(pending) :] if isinstance(e, BrokenPipeError) else pending
+                        pending = pending[os.write(stdin_fd, pending[: 1 << 16]) :]
+                    except BrokenPipeError:
+                        pending = pending[len(pending) :]
+                    except BlockingIOError:
+                        pass
                     if not pending:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
+                        sel.unregister(stdin_fd)
+                        os.close(stdin_fd)
+                        stdin_open = False
                     continue
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
-                    sel.unregister(key.fileobj)
+                    sel.unregister(key.fd)
                     open_reads -= 1
                     continue
-                kept = out[key.data]
-                room = caps[key.data] - len(kept[0])
-                kept[0] += chunk[: max(room, 0)]
-                kept[1] = kept[1] or len(chunk) > room
-        left = deadline - time.monotonic()
-        try:
-            proc.wait(timeout=max(left, 0.0))
-        except subprocess.TimeoutExpired:
-            return out, True
-        return out, False
+                out, cap = kept[key.data], outputs[key.data][1]
+                room = cap - len(out[0])
+                out[0] += chunk[: max(room, 0)]
+                out[1] = out[1] or len(chunk) > room
+        return {k: tuple(v) for k, v in kept.items()}, False
     finally:
         sel.close()
-        if not proc.stdin.closed:
-            proc.stdin.close()
+        if stdin_open:
+            os.close(stdin_fd)
 
 
-def _kill_group(proc) -> None:
-    """SIGKILL the whole process group (bwrap's namespace takes everything below it), then reap."""
+def kill_sandbox(proc: subprocess.Popen) -> int:
+    """SIGKILL the sandbox's process group (bwrap's namespace takes everything below it); its exit code."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        stream.close()
+    return proc.wait()
 
 
 def sandbox_python() -> str:
