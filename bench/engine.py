@@ -136,7 +136,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {name}; {dtype}; bandwidth {bw / 1e9:.0f} GB/s; torch {torch.__version__}")
     for shape in args.shapes:
-        model = build(shape, args.prompt + args.new + 8, device, dtype)
+        model = build(shape, max(args.prompt + args.new, 2048), device, dtype)  # room for the fork prefix
         for batch in args.batches:
             prompts = torch.randint(3, model.config.vocab_size, (batch, args.prompt), device=device)
             ours, prefill = engine_tokens_per_s(model, prompts, args.new)

@@ -2,6 +2,10 @@
 
 A plain class (Ray wraps it in `branchrl.launch`). It takes token ids, not text, so it needs no
 tokenizer, and returns trees with per-token log-probs and entropies. It never verifies.
+
+Bad input: a prompt that does not fit the engine (prompt + max_new_tokens over its per-sequence
+limit) raises `PromptTooLong` naming the problem, before any compute; the worker stays usable. The
+driver already refuses such lengths for tiny models before launch (`loop.prepare`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import time
 import torch
 
 from .config import Config
-from .engine import Decoder, Engine
+from .engine import Decoder, Engine, check_prompts
 from .sampler import BranchSampler, BranchSettings
 from .tree import Tree
 from .weight_sync import Weights, state_checksum
@@ -38,6 +42,7 @@ class RolloutWorker:
     def rollout(self, prompts: list[tuple[str, list[int]]], step: int, greedy: bool = False) -> tuple[list[Tree], float]:
         """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval)."""
         b, r = self.cfg.branch, self.cfg.rollout
+        check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
         settings = BranchSettings(1, 1, 0.0, 0, 1, branch=False) if greedy else BranchSettings(
             b.roots, b.max_leaves, b.entropy_threshold, b.min_prefix, b.min_gap)
         sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, r.temperature, self.seed * 100003 + step)

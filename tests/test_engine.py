@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
-from branchrl.engine import Decoder, Engine, UnsupportedModel
+from branchrl.engine import Decoder, Engine, PromptTooLong, UnsupportedModel, check_prompts
 
 VOCAB = 40
 PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: left padding matters
@@ -143,3 +143,18 @@ def test_rope_theta_from_transformers_4_style_config():
     torch.testing.assert_close(engine.start(PROMPTS, 1), hf_next_logits(model, PROMPTS), atol=1e-4, rtol=1e-4)
     with pytest.raises(UnsupportedModel, match="RoPE type 'linear'"):
         Decoder(config | {"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 2.0}})
+
+
+def test_prompt_over_the_limit_is_refused_in_one_line_before_any_compute():
+    model = tiny_hf("llama")  # max_position_embeddings=64
+    engine = engine_for(model)
+    with pytest.raises(PromptTooLong) as err:
+        engine.start([[3] * 10, [4] * 60], max_new_tokens=8)
+    assert str(err.value) == ("prompt 1 has 60 tokens; with max_new_tokens=8 that is 68, over the engine's limit "
+                              "of 64 tokens per sequence")
+    assert isinstance(err.value, ValueError) and engine.batch_size == 0  # nothing was started
+    with pytest.raises(PromptTooLong, match="prompt 0 has 40 tokens.* limit of 32 tokens"):
+        Engine(engine.decoder, max_seq_len=32).start([[3] * 40], max_new_tokens=1)
+    with pytest.raises(ValueError, match="prompt 'b' is empty"):
+        check_prompts([[3], []], 4, 64, names=["a", "b"])
+    assert engine.start([[3] * 56], max_new_tokens=8).shape == (1, VOCAB)  # exactly at the limit is fine

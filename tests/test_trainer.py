@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from branchrl.config import load_config
+from branchrl.engine import PromptTooLong
 from branchrl.ledger import causal_context_sum
 from branchrl.losses import pack_batch, sft_loss
 from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
@@ -85,6 +86,19 @@ def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
             out = trainer.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                          do_sample=False, max_new_tokens=cfg.rollout.max_new_tokens)
             assert tree.completion_ids(tree.leaves()[0]) == out[0, len(ids):].tolist()
+
+
+def test_rollout_worker_refuses_a_too_long_prompt_by_name_and_stays_usable(trained):
+    trainer, _, _ = trained
+    info = trainer.describe()
+    worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker.set_weights(trainer.weights())
+    ok = ("ok", trainer.tokenizer.encode("1+1="))
+    with pytest.raises(PromptTooLong, match=r"^prompt 'long' has 60 tokens; with max_new_tokens=6 that is 66, over "
+                                            r"the engine's limit of 64 tokens per sequence$"):
+        worker.rollout([ok, ("long", [5] * 60)], step=1)
+    trees, _ = worker.rollout([ok], step=1, greedy=True)
+    assert len(trees) == 1 and trees[0].leaves()
 
 
 def test_rollout_worker_branches_within_the_configured_budget(trained):

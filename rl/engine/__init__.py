@@ -6,9 +6,9 @@ here; the branching policy that drives the engine lives in `branchrl.sampler`.
 """
 
 from .decoder import Decoder, UnsupportedModel
-from .engine import Engine
+from .engine import Engine, PromptTooLong, check_prompts
 from .sampling import Sample, SamplingParams, entropy, sample, sampling_logprobs
 from .stop import find_stop
 
-__all__ = ["Decoder", "Engine", "Sample", "SamplingParams", "UnsupportedModel", "entropy", "find_stop", "sample",
-           "sampling_logprobs"]
+__all__ = ["Decoder", "Engine", "PromptTooLong", "Sample", "SamplingParams", "UnsupportedModel", "check_prompts",
+           "entropy", "find_stop", "sample", "sampling_logprobs"]

@@ -12,9 +12,29 @@ import torch
 from .decoder import Decoder
 
 
+class PromptTooLong(ValueError):
+    """A prompt plus its new tokens does not fit the engine's per-sequence limit."""
+
+
+def check_prompts(prompts: list[list[int]], max_new_tokens: int, limit: int, names: list[str] | None = None) -> None:
+    """Raise before any compute: PromptTooLong past `limit`, ValueError for an empty batch or prompt.
+    `names` label the prompts in the message (default: their index)."""
+    if not prompts:
+        raise ValueError("no prompts to start")
+    for i, p in enumerate(prompts):
+        name = repr(names[i]) if names else str(i)
+        if not p:
+            raise ValueError(f"prompt {name} is empty; every prompt needs at least one token (e.g. BOS)")
+        if len(p) + max_new_tokens > limit:
+            raise PromptTooLong(f"prompt {name} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that is "
+                                f"{len(p) + max_new_tokens}, over the engine's limit of {limit} tokens per sequence")
+
+
 class Engine:
-    def __init__(self, decoder: Decoder, pad_id: int = 0):
+    def __init__(self, decoder: Decoder, pad_id: int = 0, max_seq_len: int | None = None):
+        """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings."""
         self.decoder, self.pad_id = decoder, pad_id
+        self.max_seq_len = max_seq_len or decoder.config["max_position_embeddings"]
         self.kv: list = []
         self.valid = torch.zeros(0, 0, dtype=torch.bool)   # [B, Tcap] which cache slots hold real tokens
         self.t = 0                                          # slots used so far (same for every row)
@@ -24,7 +44,8 @@ class Engine:
         return self.valid.shape[0]
 
     def start(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
-        """Prefill a new batch; returns next-token logits [B, V]."""
+        """Prefill a new batch; returns next-token logits [B, V]. Bad prompts raise before any compute."""
+        check_prompts(prompts, max_new_tokens, self.max_seq_len)
         dev = self.decoder.device
         width = max(len(p) for p in prompts)
         capacity = width + max_new_tokens
