@@ -1,7 +1,8 @@
 """The inference-group role: an engine + branching sampler that turns prompts into trees.
 
 A plain class (Ray wraps it in `branchrl.launch`). It takes token ids, not text, so it needs no
-tokenizer, and returns trees with per-token log-probs and entropies. It never verifies.
+tokenizer, and returns trees with per-token log-probs and entropies. It never verifies. Architectures
+the plain decoder lacks run on the slower HF fallback engine (`load_engine` logs which).
 
 Bad input: a prompt that does not fit the engine (prompt + max_new_tokens over its per-sequence
 limit) raises `PromptTooLong` naming the problem, before any compute; the worker stays usable. The
@@ -15,7 +16,7 @@ import time
 import torch
 
 from .config import Config
-from .engine import Decoder, Engine, check_prompts
+from .engine import check_prompts, load_engine
 from .sampler import BranchSampler, BranchSettings
 from .tree import Tree
 from .weight_sync import Weights, state_checksum
@@ -26,8 +27,8 @@ class RolloutWorker:
         torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.cfg, self.eos_id = cfg, eos_id
-        self.decoder = Decoder(model_config, device=device, dtype=getattr(torch, cfg.model.dtype))
-        self.engine = Engine(self.decoder, pad_id=pad_id)
+        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id)
+        self.decoder = self.engine.decoder
         self.seed = cfg.run.seed * 1000 + rank
         self.version = -1
         self.checksum = ""

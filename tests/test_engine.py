@@ -1,11 +1,15 @@
 """Engine and decoder: logits equal transformers' full forward over left-padded batches, forks
-continue like their parent, greedy decoding equals `generate`, unsupported checkpoints say why."""
+continue like their parent, greedy decoding equals `generate`, unsupported checkpoints say why; the
+same for the HF fallback engine, which unsupported architectures get with one log line."""
+
+import logging
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-from branchrl.engine import Decoder, Engine, PromptTooLong, UnsupportedModel, check_prompts
+from branchrl.engine import (Decoder, Engine, HFEngine, PromptTooLong, UnsupportedModel, check_prompts, load_checkpoint,
+                             load_engine)
 
 VOCAB = 40
 PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: left padding matters
@@ -158,3 +162,104 @@ def test_prompt_over_the_limit_is_refused_in_one_line_before_any_compute():
     with pytest.raises(ValueError, match="prompt 'b' is empty"):
         check_prompts([[3], []], 4, 64, names=["a", "b"])
     assert engine.start([[3] * 56], max_new_tokens=8).shape == (1, VOCAB)  # exactly at the limit is fine
+
+
+# The generic fallback: any transformers causal LM behind the same interface.
+
+def tiny_fallback(arch: str, seed: int = 0):
+    """Architectures the plain decoder lacks: GPT-2 (learned positions, tied head), GPT-NeoX (partial RoPE)."""
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, eos_token_id=2,
+                            bos_token_id=1, pad_token_id=0)
+    else:
+        config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.5, eos_token_id=2,
+                               bos_token_id=1, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.3 * torch.randn_like(p) if ("ln" in name or "norm" in name) and name.endswith("weight")
+                    else 0.25 * torch.randn_like(p))
+    return model
+
+
+def fallback_for(model) -> HFEngine:
+    engine = load_engine(model.config.to_dict())
+    engine.decoder.load_state_dict(model.state_dict())
+    return engine
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_fallback_logits_match_transformers_over_prefill_decode_and_fork(arch):
+    model = tiny_fallback(arch)
+    engine = fallback_for(model)
+    assert isinstance(engine, HFEngine)
+    logits = engine.start(PROMPTS, max_new_tokens=6)
+    seqs = [list(p) for p in PROMPTS]
+    for tokens in ([20, 21, 22], [23, 24, 25]):
+        ref = hf_next_logits(model, seqs)
+        assert ref.std() > 0.5
+        torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+        seqs = [s + [t] for s, t in zip(seqs, tokens)]
+        logits = engine.step(torch.tensor(tokens))
+    engine.select(torch.tensor([2, 1, 1]))  # drop row 0, keep 2, fork 1
+    same = engine.step(torch.tensor([26, 27, 27]))
+    assert torch.equal(same[1], same[2])
+    out = engine.step(torch.tensor([28, 29, 30]))
+    seqs = [seqs[2] + [26, 28], seqs[1] + [27, 29], seqs[1] + [27, 30]]
+    torch.testing.assert_close(out, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+    assert engine.batch_size == 3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_fallback_greedy_decoding_equals_generate(arch):
+    model = tiny_fallback(arch, seed=3)
+    new = 10
+    engine = fallback_for(model)
+    logits = engine.start(PROMPTS, max_new_tokens=new)
+    tokens = []
+    for i in range(new):
+        tokens.append(logits.argmax(-1))
+        if i < new - 1:
+            logits = engine.step(tokens[-1])
+    for prompt, mine in zip(PROMPTS, torch.stack(tokens, 1).tolist()):
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=new)
+        theirs = out[0, len(prompt):].tolist()
+        assert len(theirs) == new or theirs[-1] == model.config.eos_token_id
+        assert mine[:len(theirs)] == theirs
+
+
+def test_fallback_refuses_long_prompts_and_a_full_cache():
+    engine = fallback_for(tiny_fallback("gpt2"))  # n_positions=64: a hard limit for learned positions
+    with pytest.raises(PromptTooLong, match="prompt 0 has 60 tokens; .* limit of 64 tokens per sequence"):
+        engine.start([[3] * 60], max_new_tokens=5)
+    engine.start([[3, 4]], max_new_tokens=1)
+    engine.step(torch.tensor([5]))
+    with pytest.raises(RuntimeError, match="cache full"):
+        engine.step(torch.tensor([6]))
+
+
+def test_unsupported_checkpoint_falls_back_with_exactly_one_log_line(tmp_path, caplog):
+    gpt2, llama = tiny_fallback("gpt2"), tiny_hf("llama")
+    gpt2.save_pretrained(tmp_path / "gpt2")  # tied head: the checkpoint has no lm_head.weight
+    llama.save_pretrained(tmp_path / "llama")
+    with caplog.at_level(logging.DEBUG, logger="branchrl.engine"):
+        plain = load_checkpoint(tmp_path / "llama")
+    assert isinstance(plain, Engine) and caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="branchrl.engine"):
+        fallback = load_checkpoint(tmp_path / "gpt2")
+    assert isinstance(fallback, HFEngine)
+    assert [r.getMessage() for r in caplog.records] == [
+        "model_type 'gpt2' not supported (have ['llama', 'qwen2', 'qwen3']); using the generic transformers "
+        "engine instead (slower)"]
+    for engine, model in ((plain, llama), (fallback, gpt2)):
+        torch.testing.assert_close(engine.start(PROMPTS, 2), hf_next_logits(model, PROMPTS), atol=1e-4, rtol=1e-4)
+
+
+def test_fallback_state_dict_must_fit():
+    engine = fallback_for(tiny_fallback("gpt2"))
+    state = tiny_fallback("gpt2").state_dict()
+    with pytest.raises(ValueError, match=r"missing \['transformer.h.0.attn.c_attn.weight'\]"):
+        engine.decoder.load_state_dict({k: v for k, v in state.items() if k != "transformer.h.0.attn.c_attn.weight"})

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
 from branchrl.config import load_config
 from branchrl.engine import PromptTooLong
@@ -99,6 +99,21 @@ def test_rollout_worker_refuses_a_too_long_prompt_by_name_and_stays_usable(train
         worker.rollout([ok, ("long", [5] * 60)], step=1)
     trees, _ = worker.rollout([ok], step=1, greedy=True)
     assert len(trees) == 1 and trees[0].leaves()
+
+
+def test_rollout_worker_runs_an_unsupported_architecture_on_the_fallback_engine():
+    config = GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=64, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    worker = RolloutWorker(tiny_cfg(), config.to_dict(), eos_id=2, pad_id=0, rank=0)
+    weights = pack_weights(model, version=3)
+    assert worker.set_weights(weights) == {"version": 3, "checksum": weights.checksum}
+    trees, _ = worker.rollout([("a", [5, 6, 7]), ("b", [8, 9])], step=1, greedy=True)
+    with torch.no_grad():
+        for ids, tree in zip([[5, 6, 7], [8, 9]], trees):
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=6)
+            assert tree.completion_ids(tree.leaves()[0]) == out[0, len(ids):].tolist()
 
 
 def test_rollout_worker_branches_within_the_configured_budget(trained):
