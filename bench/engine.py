@@ -1,8 +1,9 @@
-"""Engine throughput against transformers `generate`, and the cost of a fork.
+"""Engine throughput against transformers `generate`, and the cost and memory of a fork.
 
 Random weights, forced length (no early EOS), same device and dtype for both. Prints decode tokens/s,
 the speed-up over `generate`, and the fraction of the memory-bandwidth floor (each decode step must
-read the weights once plus the live KV cache).
+read the weights once plus the live KV cache). Then forks 8 children from a 1024- and a 1000-token
+sequence: time against prefilling it, and KV pages in use before and after.
 
     .venv/bin/python bench/engine.py                                   # CPU: tiny demo shape
     python bench/engine.py --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256   # GPU
@@ -95,28 +96,39 @@ def floor_tokens_per_s(model, batch: int, prompt: int, new: int, bw: float) -> f
     return batch / ((weight_bytes + batch * kv_bytes) / bw)
 
 
-def fork_cost(model, prefix: int, children: int) -> str:
-    """Fork `children` rows from one `prefix`-token sequence vs prefilling it; KV bytes before/after."""
+def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> str:
+    """Fork `children` rows from one `prefix`-token sequence vs prefilling it (medians of `repeats`), and KV
+    pages in use before the fork, after it, and after `new` decode steps of every child."""
     device = model.device
     decoder = Decoder(model.config.to_dict(), device=device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
     engine = Engine(decoder)
     prompt = torch.randint(3, model.config.vocab_size, (prefix,)).tolist()
-    engine.start([prompt[:8]], 4)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    engine.start([prompt], 16)
-    sync(device)
-    prefill = time.perf_counter() - t0
-    kv_before = sum(k.numel() * k.element_size() * 2 for k, _ in engine.kv)
-    t0 = time.perf_counter()
+    engine.start([prompt], new)  # warm-up, and the pool reaches its working size
+    prefills, forks = [], []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        engine.start([prompt], new)
+        sync(device)
+        t1 = time.perf_counter()
+        engine.select(torch.zeros(children, dtype=torch.long))
+        sync(device)
+        prefills.append(t1 - t0)
+        forks.append(time.perf_counter() - t1)
+    prefill, fork = sorted(prefills)[repeats // 2], sorted(forks)[repeats // 2]
+    engine.start([prompt], new)
+    mib = engine.kv.page_bytes / 2**20
+    before = engine.kv.pages_in_use * mib
     engine.select(torch.zeros(children, dtype=torch.long))
-    sync(device)
-    fork = time.perf_counter() - t0
-    kv_after = sum(k.numel() * k.element_size() * 2 for k, _ in engine.kv)
-    return (f"fork {children} from {prefix} tokens: {fork * 1e3:.2f} ms = {100 * fork / prefill:.1f}% of the "
-            f"{prefill * 1e3:.1f} ms prefill; KV {kv_before / 2**20:.1f} MiB -> {kv_after / 2**20:.1f} MiB "
-            f"(rows are copied, not shared)")
+    after = engine.kv.pages_in_use * mib
+    for _ in range(new):
+        engine.step(torch.randint(3, model.config.vocab_size, (children,)))
+    decoded = engine.kv.pages_in_use * mib
+    return (f"fork {children} from {prefix} tokens: {fork * 1e3:.3f} ms = {100 * fork / prefill:.2f}% of the "
+            f"{prefill * 1e3:.1f} ms prefill; KV in use {before:.2f} MiB -> {after:.2f} MiB after the fork -> "
+            f"{decoded:.2f} MiB after {new} tokens per child (copying rows: {children * before:.2f} MiB); "
+            f"pool {engine.kv.kv.numel() * engine.kv.kv.element_size() / 2**20:.2f} MiB")
 
 
 def main() -> None:
@@ -145,7 +157,8 @@ def main() -> None:
             print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
                   f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
                   f"prefill {prefill * 1e3:.0f} ms")
-        print(f"{shape:14s} {fork_cost(model, 1024 if shape != 'tiny' else 512, 8)}")
+        for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
+            print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")
         del model
 
 
