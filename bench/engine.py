@@ -2,8 +2,9 @@
 
 Random weights, forced length (no early EOS), same device and dtype for both. Prints decode tokens/s,
 the speed-up over `generate`, and the fraction of the memory-bandwidth floor (each decode step must
-read the weights once plus the live KV cache). Then forks 8 children from a 1024- and a 1000-token
-sequence: time against prefilling it, and KV pages in use before and after.
+read the weights once plus the live KV cache). Branched: the BranchSampler's tokens/s with forks.
+Fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, with the KV
+pages in use before and after.
 
     .venv/bin/python bench/engine.py                                   # CPU: tiny demo shape
     python bench/engine.py --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256   # GPU
@@ -20,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from branchrl.engine import Decoder, Engine
+from branchrl.sampler import BranchSampler, BranchSettings
 
 SHAPES = {  # name: (config class, kwargs)
     "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -31,6 +33,7 @@ SHAPES = {  # name: (config class, kwargs)
                                        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
 }
+CASES = ("throughput", "branched", "fork")
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, by GPU name
 
 
@@ -65,6 +68,7 @@ def engine_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, 
     decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
     engine = Engine(decoder)
+    engine.step(engine.start(prompts.tolist(), new).argmax(-1))  # warm-up; the KV pool grows to the prompts
     sync(prompts.device)
     t0 = time.perf_counter()
     logits = engine.start(prompts.tolist(), new)
@@ -131,6 +135,22 @@ def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> 
             f"pool {engine.kv.kv.numel() * engine.kv.kv.element_size() / 2**20:.2f} MiB")
 
 
+def branched_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, int]:
+    """(tokens/s, leaves) of BranchSampler over batch // 8 prompts: 4 roots each, forked up to 8 leaves.
+    Random weights have high entropy, so forks happen as soon as min_prefix / min_gap allow; no EOS."""
+    decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
+    decoder.load_state_dict(model.state_dict())
+    settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
+    batch = [(f"p{i}", p) for i, p in enumerate(prompts[:max(1, len(prompts) // 8)].tolist())]
+    BranchSampler(Engine(decoder), -1, 4).run(batch, settings, 0)  # warm-up
+    sync(prompts.device)
+    t0 = time.perf_counter()
+    trees = BranchSampler(Engine(decoder), -1, new).run(batch, settings, 0)
+    sync(prompts.device)
+    tokens = sum(len(n.tokens) for t in trees for n in t.nodes)
+    return tokens / (time.perf_counter() - t0), sum(len(t.leaves()) for t in trees)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["tiny"], choices=sorted(SHAPES))
@@ -139,6 +159,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64, help="generated tokens per row (forced)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
+                    help="throughput: engine vs generate; branched: BranchSampler tokens/s; fork: fork cost and KV")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -151,16 +173,20 @@ def main() -> None:
         model = build(shape, max(args.prompt + args.new, 2048), device, dtype)  # room for the fork prefix
         for batch in args.batches:
             prompts = torch.randint(3, model.config.vocab_size, (batch, args.prompt), device=device)
-            ours, prefill = engine_tokens_per_s(model, prompts, args.new)
-            theirs = generate_tokens_per_s(model, prompts, args.new)
-            floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
-            print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
-                  f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
-                  f"prefill {prefill * 1e3:.0f} ms")
-        for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
-            print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")
+            if "throughput" in args.cases:
+                ours, prefill = engine_tokens_per_s(model, prompts, args.new)
+                theirs = generate_tokens_per_s(model, prompts, args.new)
+                floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
+                print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
+                      f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
+                      f"prefill {prefill * 1e3:.0f} ms")
+            if "branched" in args.cases:
+                rate, leaves = branched_tokens_per_s(model, prompts, args.new)
+                print(f"{shape:14s} branched, {batch // 8} prompts -> {leaves} leaves: {rate:10.0f} tok/s")
+        if "fork" in args.cases:
+            for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
+                print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")
         del model
-
 
 if __name__ == "__main__":
     main()
