@@ -10,6 +10,8 @@ imported when an `HFDecoder` is built, so the plain engine stays usable without 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .engine import check_prompts
@@ -44,9 +46,10 @@ class HFEngine:
     """Same interface as `Engine`: start / step / select (a repeated row index forks), batch_size, decoder."""
 
     def __init__(self, decoder: HFDecoder, pad_id: int = 0, max_seq_len: int | None = None):
-        """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings."""
+        """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings,
+        unlimited for architectures without one."""
         self.decoder, self.pad_id = decoder, pad_id
-        self.max_seq_len = max_seq_len or decoder.hf_config.max_position_embeddings
+        self.max_seq_len = max_seq_len or getattr(decoder.hf_config, "max_position_embeddings", None) or sys.maxsize
         self.cache = None
         self.mask = torch.zeros(0, 0, dtype=torch.long)     # [B, T] 1 where a cache slot holds a real token
         self.capacity = 0                                   # slots allowed (longest prompt + max_new_tokens)
