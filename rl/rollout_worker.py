@@ -37,7 +37,8 @@ class RolloutWorker:
         """Load a new policy version; returns the version and the checksum of what was loaded."""
         self.decoder.load_state_dict(weights.state)
         self.version = weights.version
-        self.checksum = state_checksum({k: self.decoder.w[k] for k in weights.state})  # what the engine holds
+        held = self.decoder.w  # HFDecoder builds this dict on each access
+        self.checksum = state_checksum({k: held[k] for k in weights.state})  # what the engine holds
         return {"version": self.version, "checksum": self.checksum}
 
     def rollout(self, prompts: list[tuple[str, list[int]]], step: int, greedy: bool = False) -> tuple[list[Tree], float]:
