@@ -1,8 +1,10 @@
-"""Engine throughput against transformers `generate`, and the cost of a fork.
+"""Engine throughput against transformers `generate`, and the cost and memory of a fork.
 
 Random weights, forced length (no early EOS), same device and dtype for both. Prints decode tokens/s,
 the speed-up over `generate`, and the fraction of the memory-bandwidth floor (each decode step must
-read the weights once plus the live KV cache).
+read the weights once plus the live KV cache). Branched: the BranchSampler's tokens/s with forks.
+Fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, with the KV
+pages in use before and after.
 
     .venv/bin/python bench/engine.py                                   # CPU: tiny demo shape
     python bench/engine.py --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256   # GPU
@@ -19,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from branchrl.engine import Decoder, Engine
+from branchrl.sampler import BranchSampler, BranchSettings
 
 SHAPES = {  # name: (config class, kwargs)
     "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -30,6 +33,7 @@ SHAPES = {  # name: (config class, kwargs)
                                        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
 }
+CASES = ("throughput", "branched", "fork")
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, by GPU name
 
 
@@ -64,6 +68,7 @@ def engine_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, 
     decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
     engine = Engine(decoder)
+    engine.step(engine.start(prompts.tolist(), new).argmax(-1))  # warm-up; the KV pool grows to the prompts
     sync(prompts.device)
     t0 = time.perf_counter()
     logits = engine.start(prompts.tolist(), new)
@@ -95,28 +100,55 @@ def floor_tokens_per_s(model, batch: int, prompt: int, new: int, bw: float) -> f
     return batch / ((weight_bytes + batch * kv_bytes) / bw)
 
 
-def fork_cost(model, prefix: int, children: int) -> str:
-    """Fork `children` rows from one `prefix`-token sequence vs prefilling it; KV bytes before/after."""
+def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> str:
+    """Fork `children` rows from one `prefix`-token sequence vs prefilling it (medians of `repeats`), and KV
+    pages in use before the fork, after it, and after `new` decode steps of every child."""
     device = model.device
     decoder = Decoder(model.config.to_dict(), device=device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
     engine = Engine(decoder)
     prompt = torch.randint(3, model.config.vocab_size, (prefix,)).tolist()
-    engine.start([prompt[:8]], 4)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    engine.start([prompt], 16)
-    sync(device)
-    prefill = time.perf_counter() - t0
-    kv_before = sum(k.numel() * k.element_size() * 2 for k, _ in engine.kv)
-    t0 = time.perf_counter()
+    engine.start([prompt], new)  # warm-up, and the pool reaches its working size
+    prefills, forks = [], []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        engine.start([prompt], new)
+        sync(device)
+        t1 = time.perf_counter()
+        engine.select(torch.zeros(children, dtype=torch.long))
+        sync(device)
+        prefills.append(t1 - t0)
+        forks.append(time.perf_counter() - t1)
+    prefill, fork = sorted(prefills)[repeats // 2], sorted(forks)[repeats // 2]
+    engine.start([prompt], new)
+    mib = engine.kv.page_bytes / 2**20
+    before = engine.kv.pages_in_use * mib
     engine.select(torch.zeros(children, dtype=torch.long))
-    sync(device)
-    fork = time.perf_counter() - t0
-    kv_after = sum(k.numel() * k.element_size() * 2 for k, _ in engine.kv)
-    return (f"fork {children} from {prefix} tokens: {fork * 1e3:.2f} ms = {100 * fork / prefill:.1f}% of the "
-            f"{prefill * 1e3:.1f} ms prefill; KV {kv_before / 2**20:.1f} MiB -> {kv_after / 2**20:.1f} MiB "
-            f"(rows are copied, not shared)")
+    after = engine.kv.pages_in_use * mib
+    for _ in range(new):
+        engine.step(torch.randint(3, model.config.vocab_size, (children,)))
+    decoded = engine.kv.pages_in_use * mib
+    return (f"fork {children} from {prefix} tokens: {fork * 1e3:.3f} ms = {100 * fork / prefill:.2f}% of the "
+            f"{prefill * 1e3:.1f} ms prefill; KV in use {before:.2f} MiB -> {after:.2f} MiB after the fork -> "
+            f"{decoded:.2f} MiB after {new} tokens per child (copying rows: {children * before:.2f} MiB); "
+            f"pool {engine.kv.kv.numel() * engine.kv.kv.element_size() / 2**20:.2f} MiB")
+
+
+def branched_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, int]:
+    """(tokens/s, leaves) of BranchSampler over batch // 8 prompts: 4 roots each, forked up to 8 leaves.
+    Random weights have high entropy, so forks happen as soon as min_prefix / min_gap allow; no EOS."""
+    decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
+    decoder.load_state_dict(model.state_dict())
+    settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
+    batch = [(f"p{i}", p) for i, p in enumerate(prompts[:max(1, len(prompts) // 8)].tolist())]
+    BranchSampler(Engine(decoder), -1, 4).run(batch, settings, 0)  # warm-up
+    sync(prompts.device)
+    t0 = time.perf_counter()
+    trees = BranchSampler(Engine(decoder), -1, new).run(batch, settings, 0)
+    sync(prompts.device)
+    tokens = sum(len(n.tokens) for t in trees for n in t.nodes)
+    return tokens / (time.perf_counter() - t0), sum(len(t.leaves()) for t in trees)
 
 
 def main() -> None:
@@ -127,6 +159,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64, help="generated tokens per row (forced)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
+                    help="throughput: engine vs generate; branched: BranchSampler tokens/s; fork: fork cost and KV")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -136,18 +170,23 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# {name}; {dtype}; bandwidth {bw / 1e9:.0f} GB/s; torch {torch.__version__}")
     for shape in args.shapes:
-        model = build(shape, args.prompt + args.new + 8, device, dtype)
+        model = build(shape, max(args.prompt + args.new, 2048), device, dtype)  # room for the fork prefix
         for batch in args.batches:
             prompts = torch.randint(3, model.config.vocab_size, (batch, args.prompt), device=device)
-            ours, prefill = engine_tokens_per_s(model, prompts, args.new)
-            theirs = generate_tokens_per_s(model, prompts, args.new)
-            floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
-            print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
-                  f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
-                  f"prefill {prefill * 1e3:.0f} ms")
-        print(f"{shape:14s} {fork_cost(model, 1024 if shape != 'tiny' else 512, 8)}")
+            if "throughput" in args.cases:
+                ours, prefill = engine_tokens_per_s(model, prompts, args.new)
+                theirs = generate_tokens_per_s(model, prompts, args.new)
+                floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
+                print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
+                      f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
+                      f"prefill {prefill * 1e3:.0f} ms")
+            if "branched" in args.cases:
+                rate, leaves = branched_tokens_per_s(model, prompts, args.new)
+                print(f"{shape:14s} branched, {batch // 8} prompts -> {leaves} leaves: {rate:10.0f} tok/s")
+        if "fork" in args.cases:
+            for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
+                print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")
         del model
-
 
 if __name__ == "__main__":
     main()

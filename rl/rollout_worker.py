@@ -1,7 +1,12 @@
 """The inference-group role: an engine + branching sampler that turns prompts into trees.
 
 A plain class (Ray wraps it in `branchrl.launch`). It takes token ids, not text, so it needs no
-tokenizer, and returns trees with per-token log-probs and entropies. It never verifies.
+tokenizer, and returns trees with per-token log-probs and entropies. It never verifies. Architectures
+the plain decoder lacks run on the slower HF fallback engine (`load_engine` logs which).
+
+Bad input: a prompt that does not fit the engine (prompt + max_new_tokens over its per-sequence
+limit) raises `PromptTooLong` naming the problem, before any compute; the worker stays usable. The
+driver already refuses such lengths for tiny models before launch (`loop.prepare`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import time
 import torch
 
 from .config import Config
-from .engine import Decoder, Engine
+from .engine import check_prompts, load_engine
 from .sampler import BranchSampler, BranchSettings
 from .tree import Tree
 from .weight_sync import Weights, state_checksum
@@ -22,8 +27,8 @@ class RolloutWorker:
         torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.cfg, self.eos_id = cfg, eos_id
-        self.decoder = Decoder(model_config, device=device, dtype=getattr(torch, cfg.model.dtype))
-        self.engine = Engine(self.decoder, pad_id=pad_id)
+        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id)
+        self.decoder = self.engine.decoder
         self.seed = cfg.run.seed * 1000 + rank
         self.version = -1
         self.checksum = ""
@@ -32,7 +37,8 @@ class RolloutWorker:
         """Load a new policy version; returns the version and the checksum of what was loaded."""
         self.decoder.load_state_dict(weights.state)
         self.version = weights.version
-        self.checksum = state_checksum({k: self.decoder.w[k] for k in weights.state})  # what the engine holds
+        held = self.decoder.w  # HFDecoder builds this dict on each access
+        self.checksum = state_checksum({k: held[k] for k in weights.state})  # what the engine holds
         return {"version": self.version, "checksum": self.checksum}
 
     def rollout(self, prompts: list[tuple[str, list[int]]], step: int, settings: BranchSettings,
@@ -40,6 +46,7 @@ class RolloutWorker:
         """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval).
         `step` seeds the sampler, so every call of a run needs its own step number."""
         r = self.cfg.rollout
+        check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
         sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, r.temperature, self.seed * 100003 + step)
         t0 = time.perf_counter()
         trees = sampler.run(prompts, settings, self.version, greedy=greedy)

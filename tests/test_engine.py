@@ -1,11 +1,15 @@
 """Engine and decoder: logits equal transformers' full forward over left-padded batches, forks
-continue like their parent, greedy decoding equals `generate`, unsupported checkpoints say why."""
+continue like their parent, greedy decoding equals `generate`, unsupported checkpoints say why; the
+same for the HF fallback engine, which unsupported architectures get with one log line."""
+
+import logging
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-from branchrl.engine import Decoder, Engine, UnsupportedModel
+from branchrl.engine import (Decoder, Engine, HFEngine, PromptTooLong, UnsupportedModel, check_prompts, load_checkpoint,
+                             load_engine)
 
 VOCAB = 40
 PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: left padding matters
@@ -69,7 +73,8 @@ def test_forked_row_continues_exactly_like_its_parent_and_like_transformers():
     engine.select(torch.tensor([2, 1, 1]))  # drop row 0, keep 2, fork 1
     assert engine.batch_size == 3
     same = engine.step(torch.tensor([23, 24, 24]))
-    assert torch.equal(same[1], same[2])
+    # equal to an ulp, not bitwise: CPU elementwise kernels (silu) run a tensor's tail through other code
+    torch.testing.assert_close(same[1], same[2], atol=1e-6, rtol=1e-6)
     diverged = engine.step(torch.tensor([25, 26, 27]))
     seqs = [PROMPTS[2] + [22, 23, 25], PROMPTS[1] + [21, 24, 26], PROMPTS[1] + [21, 24, 27]]
     torch.testing.assert_close(diverged, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
@@ -143,3 +148,229 @@ def test_rope_theta_from_transformers_4_style_config():
     torch.testing.assert_close(engine.start(PROMPTS, 1), hf_next_logits(model, PROMPTS), atol=1e-4, rtol=1e-4)
     with pytest.raises(UnsupportedModel, match="RoPE type 'linear'"):
         Decoder(config | {"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 2.0}})
+
+
+def test_prompt_over_the_limit_is_refused_in_one_line_before_any_compute():
+    model = tiny_hf("llama")  # max_position_embeddings=64
+    engine = engine_for(model)
+    with pytest.raises(PromptTooLong) as err:
+        engine.start([[3] * 10, [4] * 60], max_new_tokens=8)
+    assert str(err.value) == ("prompt 1 has 60 tokens; with max_new_tokens=8 that is 68, over the engine's limit "
+                              "of 64 tokens per sequence")
+    assert isinstance(err.value, ValueError) and engine.batch_size == 0  # nothing was started
+    with pytest.raises(PromptTooLong, match="prompt 0 has 40 tokens.* limit of 32 tokens"):
+        Engine(engine.decoder, max_seq_len=32).start([[3] * 40], max_new_tokens=1)
+    with pytest.raises(ValueError, match="prompt 'b' is empty"):
+        check_prompts([[3], []], 4, 64, names=["a", "b"])
+    assert engine.start([[3] * 56], max_new_tokens=8).shape == (1, VOCAB)  # exactly at the limit is fine
+
+
+# The generic fallback: any transformers causal LM behind the same interface.
+
+def tiny_fallback(arch: str, seed: int = 0):
+    """Architectures the plain decoder lacks: GPT-2 (learned positions, tied head), GPT-NeoX (partial RoPE)."""
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, eos_token_id=2,
+                            bos_token_id=1, pad_token_id=0)
+    else:
+        config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.5, eos_token_id=2,
+                               bos_token_id=1, pad_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.3 * torch.randn_like(p) if ("ln" in name or "norm" in name) and name.endswith("weight")
+                    else 0.25 * torch.randn_like(p))
+    return model
+
+
+def fallback_for(model) -> HFEngine:
+    engine = load_engine(model.config.to_dict())
+    engine.decoder.load_state_dict(model.state_dict())
+    return engine
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_fallback_logits_match_transformers_over_prefill_decode_and_fork(arch):
+    model = tiny_fallback(arch)
+    engine = fallback_for(model)
+    assert isinstance(engine, HFEngine)
+    logits = engine.start(PROMPTS, max_new_tokens=6)
+    seqs = [list(p) for p in PROMPTS]
+    for tokens in ([20, 21, 22], [23, 24, 25]):
+        ref = hf_next_logits(model, seqs)
+        assert ref.std() > 0.5
+        torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+        seqs = [s + [t] for s, t in zip(seqs, tokens)]
+        logits = engine.step(torch.tensor(tokens))
+    engine.select(torch.tensor([2, 1, 1]))  # drop row 0, keep 2, fork 1
+    same = engine.step(torch.tensor([26, 27, 27]))
+    # equal to an ulp, not bitwise: CPU elementwise kernels (silu) run a tensor's tail through other code
+    torch.testing.assert_close(same[1], same[2], atol=1e-6, rtol=1e-6)
+    out = engine.step(torch.tensor([28, 29, 30]))
+    seqs = [seqs[2] + [26, 28], seqs[1] + [27, 29], seqs[1] + [27, 30]]
+    torch.testing.assert_close(out, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+    assert engine.batch_size == 3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_fallback_greedy_decoding_equals_generate(arch):
+    model = tiny_fallback(arch, seed=3)
+    new = 10
+    engine = fallback_for(model)
+    logits = engine.start(PROMPTS, max_new_tokens=new)
+    tokens = []
+    for i in range(new):
+        tokens.append(logits.argmax(-1))
+        if i < new - 1:
+            logits = engine.step(tokens[-1])
+    for prompt, mine in zip(PROMPTS, torch.stack(tokens, 1).tolist()):
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=new)
+        theirs = out[0, len(prompt):].tolist()
+        assert len(theirs) == new or theirs[-1] == model.config.eos_token_id
+        assert mine[:len(theirs)] == theirs
+
+
+def test_fallback_refuses_long_prompts_and_a_full_cache():
+    engine = fallback_for(tiny_fallback("gpt2"))  # n_positions=64: a hard limit for learned positions
+    with pytest.raises(PromptTooLong, match="prompt 0 has 60 tokens; .* limit of 64 tokens per sequence"):
+        engine.start([[3] * 60], max_new_tokens=5)
+    engine.start([[3, 4]], max_new_tokens=1)
+    engine.step(torch.tensor([5]))
+    with pytest.raises(RuntimeError, match="cache full"):
+        engine.step(torch.tensor([6]))
+
+
+def test_unsupported_checkpoint_falls_back_with_exactly_one_log_line(tmp_path, caplog):
+    gpt2, llama = tiny_fallback("gpt2"), tiny_hf("llama")
+    gpt2.save_pretrained(tmp_path / "gpt2")  # tied head: the checkpoint has no lm_head.weight
+    llama.save_pretrained(tmp_path / "llama")
+    with caplog.at_level(logging.DEBUG, logger="branchrl.engine"):
+        plain = load_checkpoint(tmp_path / "llama")
+    assert isinstance(plain, Engine) and caplog.records == []
+    with caplog.at_level(logging.DEBUG, logger="branchrl.engine"):
+        fallback = load_checkpoint(tmp_path / "gpt2")
+    assert isinstance(fallback, HFEngine)
+    assert [r.getMessage() for r in caplog.records] == [
+        "model_type 'gpt2' not supported (have ['llama', 'qwen2', 'qwen3']); using the generic transformers "
+        "engine instead (slower)"]
+    for engine, model in ((plain, llama), (fallback, gpt2)):
+        torch.testing.assert_close(engine.start(PROMPTS, 2), hf_next_logits(model, PROMPTS), atol=1e-4, rtol=1e-4)
+
+
+def test_fallback_state_dict_must_fit():
+    engine = fallback_for(tiny_fallback("gpt2"))
+    state = tiny_fallback("gpt2").state_dict()
+    with pytest.raises(ValueError, match=r"missing \['transformer.h.0.attn.c_attn.weight'\]"):
+        engine.decoder.load_state_dict({k: v for k, v in state.items() if k != "transformer.h.0.attn.c_attn.weight"})
+
+
+# Paged KV: forks share pages, rows join mid-flight, the pool grows; always equal to a full forward.
+
+def test_fork_shares_full_pages_and_copies_only_a_partial_last_page():
+    engine = Engine(engine_for(tiny_hf("llama")).decoder, page_size=4)
+    kv = engine.kv
+    engine.start([list(range(3, 13))], max_new_tokens=8)       # 10 tokens: pages of 4, 4, 2
+    assert kv.pages_in_use == 3
+    engine.select(torch.tensor([0, 0, 0]))                     # two children copy the partial page
+    assert kv.pages_in_use == 5
+    assert [t[:2] for t in kv.tables] == [kv.tables[0][:2]] * 3 and len({t[2] for t in kv.tables}) == 3
+    assert [kv.refs[p] for p in kv.tables[0]] == [3, 3, 1]
+    engine.step(torch.tensor([20, 21, 22]))
+    engine.step(torch.tensor([20, 21, 22]))                    # 12 tokens: every last page full now
+    engine.select(torch.tensor([1, 1, 2]))                     # a fork at a page boundary copies nothing
+    assert kv.pages_in_use == 4 and kv.refs[kv.tables[0][2]] == 2
+    engine.step(torch.tensor([23, 24, 25]))                    # each row starts its own page
+    assert kv.pages_in_use == 7
+    engine.select(torch.tensor([], dtype=torch.long))
+    assert kv.pages_in_use == 0 and sorted(kv.free) == list(range(len(kv.refs)))
+
+
+def test_fork_memory_grows_with_new_tokens_not_with_children():
+    engine = Engine(engine_for(tiny_hf("llama")).decoder, page_size=16)
+    engine.start([[5] * 48], max_new_tokens=8)
+    engine.select(torch.zeros(8, dtype=torch.long))
+    assert engine.kv.pages_in_use == 3                         # 8 rows, one copy of the 48-token prefix
+    engine.step(torch.arange(8) + 3)
+    assert engine.kv.pages_in_use == 3 + 8
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 16])
+def test_random_forks_drops_and_admissions_match_a_full_forward(page_size):
+    """Rows of different lengths cross page boundaries, fork at full and partial pages, get dropped, and
+    new prompts join mid-flight; every step's logits equal transformers on each row's whole sequence."""
+    model = tiny_hf("qwen3", kv_heads=2)
+    engine = Engine(engine_for(model).decoder, page_size=page_size)
+    gen = torch.Generator().manual_seed(page_size)
+    seqs = [list(p) for p in PROMPTS]
+    logits = engine.start(seqs, max_new_tokens=12)
+    for i in range(8):
+        torch.testing.assert_close(logits, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+        if i == 3:                                             # continuous batching: two prompts join
+            new = [[7, 8, 9, 10, 11], [12]]
+            logits = torch.cat([logits, engine.admit(new, max_new_tokens=12)])
+            seqs += [list(p) for p in new]
+            torch.testing.assert_close(logits, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+        rows = torch.randint(0, len(seqs), (int(torch.randint(2, 6, (), generator=gen)),), generator=gen)
+        engine.select(rows)
+        seqs = [list(seqs[r]) for r in rows.tolist()]
+        tokens = torch.randint(3, VOCAB, (len(seqs),), generator=gen)
+        seqs = [s + [t] for s, t in zip(seqs, tokens.tolist())]
+        logits = engine.step(tokens)
+    torch.testing.assert_close(logits, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+
+
+def test_pool_grows_mid_decode_and_keeps_every_row():
+    model = tiny_hf("llama")
+    engine = Engine(engine_for(model).decoder, page_size=1)
+    engine.start(PROMPTS, max_new_tokens=4)                    # 12 tokens in a first pool of 16 pages
+    assert engine.kv.kv.shape[2] == 16
+    engine.select(torch.tensor([0, 1, 2, 0, 1, 2]))
+    seqs = [list(PROMPTS[r]) for r in [0, 1, 2, 0, 1, 2]]
+    for t in range(3):                                         # 18 more pages: the pool doubles on the way
+        tokens = torch.arange(6) + 3 + t
+        seqs = [s + [x] for s, x in zip(seqs, tokens.tolist())]
+        logits = engine.step(tokens)
+    assert engine.kv.kv.shape[2] == 32 and engine.kv.pages_in_use == 30
+    torch.testing.assert_close(logits, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
+
+
+def greedy(engine, logits, n):
+    """n greedy tokens for every current row: ([B, n] tokens, [B, n] log-probs of them)."""
+    tokens, logps = [], []
+    for i in range(n):
+        logp = torch.log_softmax(logits, -1)
+        tokens.append(logits.argmax(-1))
+        logps.append(logp.gather(1, tokens[-1][:, None])[:, 0])
+        if i < n - 1:
+            logits = engine.step(tokens[-1])
+    return torch.stack(tokens, 1), torch.stack(logps, 1)
+
+
+def test_sequence_admitted_mid_flight_decodes_as_when_run_alone():
+    model = tiny_hf("qwen2", seed=5)
+    alone = engine_for(model)
+    want_tokens, want_logps = greedy(alone, alone.start([PROMPTS[0]], max_new_tokens=8), 8)
+    engine = engine_for(model)
+    logits = engine.start(PROMPTS[1:], max_new_tokens=12)
+    for _ in range(3):                                         # the running rows are mid-decode
+        logits = engine.step(logits.argmax(-1))
+    engine.select(torch.tensor([1]))                           # one finishes and leaves
+    logits = torch.cat([logits[1:], engine.admit([PROMPTS[0]], max_new_tokens=8)])
+    tokens, logps = greedy(engine, logits, 8)
+    assert tokens[1].tolist() == want_tokens[0].tolist()
+    torch.testing.assert_close(logps[1], want_logps[0], atol=1e-5, rtol=1e-5)
+
+
+def test_admit_checks_prompts_and_keeps_each_rows_limit():
+    engine = engine_for(tiny_hf("llama"))
+    engine.start([[3, 4]], max_new_tokens=1)
+    with pytest.raises(PromptTooLong, match="prompt 0 has 64 tokens"):
+        engine.admit([[3] * 64], max_new_tokens=1)
+    assert engine.batch_size == 1                              # the refused prompt left no row behind
+    engine.admit([[5]], max_new_tokens=3)
+    engine.step(torch.tensor([6, 7]))
+    with pytest.raises(RuntimeError, match="cache full: row 0 holds 3 tokens"):
+        engine.step(torch.tensor([8, 9]))

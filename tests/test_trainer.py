@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
 from branchrl.config import load_config
+from branchrl.engine import PromptTooLong
 from branchrl.ledger import causal_context_sum
 from branchrl.losses import pack_batch, sft_loss
 from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
@@ -85,6 +86,34 @@ def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
         for (_, ids), tree in zip(prompts, trees):
             out = trainer.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                          do_sample=False, max_new_tokens=cfg.rollout.max_new_tokens)
+            assert tree.completion_ids(tree.leaves()[0]) == out[0, len(ids):].tolist()
+
+
+def test_rollout_worker_refuses_a_too_long_prompt_by_name_and_stays_usable(trained):
+    trainer, _, _ = trained
+    info = trainer.describe()
+    worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker.set_weights(trainer.weights())
+    ok = ("ok", trainer.tokenizer.encode("1+1="))
+    with pytest.raises(PromptTooLong, match=r"^prompt 'long' has 60 tokens; with max_new_tokens=6 that is 66, over "
+                                            r"the engine's limit of 64 tokens per sequence$"):
+        worker.rollout([ok, ("long", [5] * 60)], step=1, settings=BranchSettings())
+    trees, _ = worker.rollout([ok], step=1, settings=BranchSettings(), greedy=True)
+    assert len(trees) == 1 and trees[0].leaves()
+
+
+def test_rollout_worker_runs_an_unsupported_architecture_on_the_fallback_engine():
+    config = GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=64, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    worker = RolloutWorker(tiny_cfg(), config.to_dict(), eos_id=2, pad_id=0, rank=0)
+    weights = pack_weights(model, version=3)
+    assert worker.set_weights(weights) == {"version": 3, "checksum": weights.checksum}
+    trees, _ = worker.rollout([("a", [5, 6, 7]), ("b", [8, 9])], step=1, settings=BranchSettings(), greedy=True)
+    with torch.no_grad():
+        for ids, tree in zip([[5, 6, 7], [8, 9]], trees):
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=6)
             assert tree.completion_ids(tree.leaves()[0]) == out[0, len(ids):].tolist()
 
 

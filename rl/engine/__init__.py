@@ -1,10 +1,20 @@
-"""Generation engine: a plain-PyTorch decoder with its own KV cache and a row `select` that forks.
+"""Generation engine: a plain-PyTorch decoder over a paged KV cache, with a row `select` that forks
+(sharing pages) and `admit` for rows joining mid-flight.
 
-Imports torch and safetensors only (no transformers, ray, verifiers or envs), so it is usable as a
-library on its own. Sampling policy (temperature, branching) lives in `branchrl.sampler`.
+`load_engine` / `load_checkpoint` pick it, or the slower HF fallback for other architectures. Imports
+torch and safetensors only (transformers only once a fallback is built; never ray, verifiers or
+envs), so it is usable as a library on its own. Token sampling (temperature, top-k, top-p) and stop
+strings are pure helpers here; the branching policy that drives the engine lives in `branchrl.sampler`.
 """
 
 from .decoder import Decoder, UnsupportedModel
-from .engine import Engine
+from .engine import Engine, PromptTooLong, check_prompts
+from .hf_engine import HFDecoder, HFEngine
+from .loading import load_checkpoint, load_engine
+from .paged_kv import Layout, PagedKV
+from .sampling import Sample, SamplingParams, entropy, sample, sampling_logprobs
+from .stop import find_stop
 
-__all__ = ["Decoder", "Engine", "UnsupportedModel"]
+__all__ = ["Decoder", "Engine", "HFDecoder", "HFEngine", "Layout", "PagedKV", "PromptTooLong", "Sample",
+           "SamplingParams", "UnsupportedModel", "check_prompts", "entropy", "find_stop", "load_checkpoint",
+           "load_engine", "sample", "sampling_logprobs"]

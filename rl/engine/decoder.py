@@ -1,4 +1,4 @@
-"""Llama / Qwen2 / Qwen3 decoder forward over an explicit KV cache, from an HF config dict and state dict.
+"""Llama / Qwen2 / Qwen3 decoder forward over a paged KV cache, from an HF config dict and state dict.
 
 Weights keep their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), so a trainer's
 `state_dict()` or a checkpoint's safetensors load directly. Deliberately not here: sampling,
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .paged_kv import Layout, PagedKV
 
 SUPPORTED = {"llama", "qwen2", "qwen3"}
 
@@ -31,14 +33,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, H, S, D]; cos/sin: [B, 1, S, D]
+    # x: [B, S, H, D]; cos/sin: [B, S, 1, D]
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
 
 class Decoder:
-    """Holds weights; `forward` runs S new tokens per row against caches it appends to."""
+    """Holds weights; `forward` runs new tokens per row against a paged KV cache it appends to."""
 
     def __init__(self, config: dict, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         if config.get("model_type") not in SUPPORTED:
@@ -61,20 +63,21 @@ class Decoder:
                 raise UnsupportedModel("state dict has no lm_head.weight and embeddings are not tied")
             self.w["lm_head.weight"] = self.w["model.embed_tokens.weight"]
 
+    def empty_cache(self, page_size: int = 16) -> PagedKV:
+        return PagedKV(self.layers, self.kv_heads, self.head_dim, page_size, self.device, self.dtype)
+
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, self.w[name + ".weight"], self.w.get(name + ".bias"))
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
-                start: int, mask: torch.Tensor) -> torch.Tensor:
-        """tokens, positions: [B, S]; kv[l] = (K, V) each [B, Hkv, Tcap, D], written at [start, start+S);
-        mask: [B, S, start+S] bool, True where a query may attend. Returns last-position logits [B, V]."""
+    def forward(self, tokens: torch.Tensor, kv: PagedKV, at: Layout) -> torch.Tensor:
+        """tokens: [B, S], right-padded as `at` (from `kv.layout`) says. Returns logits [B, V] after each
+        row's last real token."""
         B, S = tokens.shape
         x = F.embedding(tokens, self.w["model.embed_tokens.weight"])
-        freqs = positions.float()[..., None] * self.inv_freq                   # [B, S, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]                       # [B, 1, S, D]
+        freqs = at.positions.float()[..., None] * self.inv_freq                # [B, S, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]                    # [B, S, 1, D]
         cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-        attn_mask = mask[:, None]                                              # [B, 1, S, T]
         for i in range(self.layers):
             p = f"model.layers.{i}."
             h = rms_norm(x, self.w[p + "input_layernorm.weight"], self.eps)
@@ -83,21 +86,13 @@ class Decoder:
             if p + "self_attn.q_norm.weight" in self.w:  # Qwen3: RMSNorm over each head before RoPE
                 q = rms_norm(q, self.w[p + "self_attn.q_norm.weight"], self.eps)
                 k = rms_norm(k, self.w[p + "self_attn.k_norm.weight"], self.eps)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-            v = self._linear(h, p + "self_attn.v_proj").view(B, S, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            K, V = kv[i]
-            K[:, :, start:start + S], V[:, :, start:start + S] = k, v
-            a = F.scaled_dot_product_attention(q, K[:, :, :start + S], V[:, :, :start + S], attn_mask=attn_mask,
-                                               enable_gqa=self.kv_heads != self.heads)
+            v = self._linear(h, p + "self_attn.v_proj").view(B, S, self.kv_heads, self.head_dim)
+            K, V = kv.update(i, apply_rope(k, cos, sin), v, at)                # [B, Hkv, T, D]
+            a = F.scaled_dot_product_attention(apply_rope(q, cos, sin).transpose(1, 2), K, V, attn_mask=at.mask,
+                                               enable_gqa=self.kv_heads != self.heads)  # [B, H, S, D]
             x = x + self._linear(a.transpose(1, 2).reshape(B, S, -1), p + "self_attn.o_proj")
             h = rms_norm(x, self.w[p + "post_attention_layernorm.weight"], self.eps)
             gate, up = self._linear(h, p + "mlp.gate_proj"), self._linear(h, p + "mlp.up_proj")
             x = x + self._linear(F.silu(gate) * up, p + "mlp.down_proj")
-        x = rms_norm(x[:, -1], self.w["model.norm.weight"], self.eps)
+        x = rms_norm(x[torch.arange(B, device=x.device), at.last], self.w["model.norm.weight"], self.eps)
         return F.linear(x, self.w["lm_head.weight"]).float()
-
-    def empty_cache(self, batch: int, capacity: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        shape = (batch, self.kv_heads, capacity, self.head_dim)
-        return [(torch.zeros(shape, device=self.device, dtype=self.dtype),
-                 torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in range(self.layers)]

@@ -1,8 +1,9 @@
-"""Lock-step batched decoding over left-padded prompts, with `select` to drop, keep or fork rows.
+"""Batched decoding over a paged KV cache, with `select` to drop, keep or fork rows and `admit` to add them.
 
-Every row shares one time index, so a fork (a duplicated row index in `select`) copies the parent's
-KV rows and keeps decoding at the same step: the shared prefix is never recomputed. Continuous
-batching (rows joining mid-flight) is not done here.
+Each row has its own length and positions, so rows can join a running batch (`admit`: continuous
+batching) and a fork (a repeated row index in `select`) shares the parent's KV pages: the prefix is
+never recomputed nor copied, only a partially filled last page is. Deliberately not here: sampling,
+scheduling which prompts to admit when, and stop conditions (the caller's).
 """
 
 from __future__ import annotations
@@ -12,49 +13,68 @@ import torch
 from .decoder import Decoder
 
 
+class PromptTooLong(ValueError):
+    """A prompt plus its new tokens does not fit the engine's per-sequence limit."""
+
+
+def check_prompts(prompts: list[list[int]], max_new_tokens: int, limit: int, names: list[str] | None = None) -> None:
+    """Raise before any compute: PromptTooLong past `limit`, ValueError for an empty batch or prompt.
+    `names` label the prompts in the message (default: their index)."""
+    if not prompts:
+        raise ValueError("no prompts to start")
+    for i, p in enumerate(prompts):
+        name = repr(names[i]) if names else str(i)
+        if not p:
+            raise ValueError(f"prompt {name} is empty; every prompt needs at least one token (e.g. BOS)")
+        if len(p) + max_new_tokens > limit:
+            raise PromptTooLong(f"prompt {name} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that is "
+                                f"{len(p) + max_new_tokens}, over the engine's limit of {limit} tokens per sequence")
+
+
 class Engine:
-    def __init__(self, decoder: Decoder, pad_id: int = 0):
+    def __init__(self, decoder: Decoder, pad_id: int = 0, max_seq_len: int | None = None, page_size: int = 16):
+        """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings."""
         self.decoder, self.pad_id = decoder, pad_id
-        self.kv: list = []
-        self.valid = torch.zeros(0, 0, dtype=torch.bool)   # [B, Tcap] which cache slots hold real tokens
-        self.t = 0                                          # slots used so far (same for every row)
+        self.max_seq_len = max_seq_len or decoder.config["max_position_embeddings"]
+        self.kv = decoder.empty_cache(page_size)
+        self.limits: list[int] = []  # per row: prompt + max_new_tokens, the most tokens it may hold
 
     @property
     def batch_size(self) -> int:
-        return self.valid.shape[0]
+        return len(self.limits)
 
     def start(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
-        """Prefill a new batch; returns next-token logits [B, V]."""
-        dev = self.decoder.device
+        """Drop every row and prefill new ones; returns next-token logits [B, V]. Bad prompts raise first."""
+        check_prompts(prompts, max_new_tokens, self.max_seq_len)
+        self.kv.reset()
+        self.limits = []
+        return self.admit(prompts, max_new_tokens)
+
+    def admit(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
+        """Prefill prompts as new rows after the current ones; returns their next-token logits [N, V].
+        The next `step` takes a token for every row, old and new."""
+        check_prompts(prompts, max_new_tokens, self.max_seq_len)
         width = max(len(p) for p in prompts)
-        capacity = width + max_new_tokens
         tokens = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        self.valid = torch.zeros(len(prompts), capacity, dtype=torch.bool)
         for i, p in enumerate(prompts):
-            tokens[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            self.valid[i, width - len(p):width] = True
-        self.valid = self.valid.to(dev)
-        positions = (self.valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)           # [B, S]
-        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
-        mask = causal[None] & self.valid[:, None, :width]                               # [B, S, S]
-        mask |= torch.eye(width, dtype=torch.bool, device=dev)[None]  # pad rows attend to themselves: no NaN
-        self.kv = self.decoder.empty_cache(len(prompts), capacity)
-        self.t = width
-        return self.decoder.forward(tokens.to(dev), positions, self.kv, 0, mask)
+            tokens[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+        rows = list(range(self.batch_size, self.batch_size + len(prompts)))
+        self.kv.add_rows(len(prompts))
+        self.limits += [len(p) + max_new_tokens for p in prompts]
+        at = self.kv.layout(rows, [len(p) for p in prompts])
+        return self.decoder.forward(tokens.to(self.decoder.device), self.kv, at)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row ([B]); returns next-token logits [B, V]."""
-        if self.t >= self.valid.shape[1]:
-            raise RuntimeError(f"engine cache full at {self.t} slots; raise max_new_tokens")
-        positions = self.valid[:, :self.t].sum(-1, keepdim=True)                       # [B, 1]
-        self.valid[:, self.t] = True
-        mask = self.valid[:, None, :self.t + 1]                                          # [B, 1, T]
-        logits = self.decoder.forward(tokens.to(self.decoder.device)[:, None], positions, self.kv, self.t, mask)
-        self.t += 1
-        return logits
+        full = [i for i, (n, cap) in enumerate(zip(self.kv.lengths, self.limits)) if n >= cap]
+        if full:
+            raise RuntimeError(f"engine cache full: row {full[0]} holds {self.limits[full[0]]} tokens "
+                               f"(prompt + max_new_tokens); raise max_new_tokens")
+        at = self.kv.layout(list(range(self.batch_size)), [1] * self.batch_size)
+        return self.decoder.forward(tokens.to(self.decoder.device)[:, None], self.kv, at)
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep rows in this order; a repeated index forks that row (KV copied, prefix not recomputed)."""
-        rows = rows.to(self.decoder.device)
-        self.kv = [(K.index_select(0, rows), V.index_select(0, rows)) for K, V in self.kv]
-        self.valid = self.valid.index_select(0, rows)
+        """Keep rows in this order; a repeated index forks that row (its KV pages shared, not recomputed)."""
+        rows = rows.tolist()
+        self.kv.select(rows)
+        self.limits = [self.limits[r] for r in rows]
