@@ -129,7 +129,7 @@ class BranchSampler:
             tree.reprefill_context += len(ids) * (len(ids) + 1) // 2
             starts.append((t, node, len(ids) - len(tree.prompt_ids)))
             prefixes.append(ids)
-        logits = self.engine.start(prefixes, self.max_new_tokens - min(s[2] for s in starts))
+        logits = self.engine.start(prefixes, [self.max_new_tokens - length for _, _, length in starts])
         logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)            # [P, V]
         entropy = -(logp.exp() * logp).sum(-1)                                         # [P]
         rows, toks, src = [], [], []

@@ -374,3 +374,11 @@ def test_admit_checks_prompts_and_keeps_each_rows_limit():
     engine.step(torch.tensor([6, 7]))
     with pytest.raises(RuntimeError, match="cache full: row 0 holds 3 tokens"):
         engine.step(torch.tensor([8, 9]))
+
+
+def test_per_prompt_new_token_budgets_set_each_rows_limit():
+    check_prompts([[1] * 10, [1] * 30], [54, 34], limit=64)          # each fits exactly
+    with pytest.raises(PromptTooLong, match="prompt 1 has 30 tokens; with max_new_tokens=35"):
+        check_prompts([[1] * 10, [1] * 30], [54, 35], limit=64)
+    with pytest.raises(ValueError, match="2 entries for 1 prompts"):
+        check_prompts([[1]], [1, 2], limit=64)

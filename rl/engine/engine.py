@@ -17,18 +17,27 @@ class PromptTooLong(ValueError):
     """A prompt plus its new tokens does not fit the engine's per-sequence limit."""
 
 
-def check_prompts(prompts: list[list[int]], max_new_tokens: int, limit: int, names: list[str] | None = None) -> None:
+def check_prompts(prompts: list[list[int]], max_new_tokens: int | list[int], limit: int,
+                  names: list[str] | None = None) -> None:
     """Raise before any compute: PromptTooLong past `limit`, ValueError for an empty batch or prompt.
-    `names` label the prompts in the message (default: their index)."""
+    max_new_tokens: one for all prompts or one per prompt. `names` label the prompts (default: index)."""
     if not prompts:
         raise ValueError("no prompts to start")
-    for i, p in enumerate(prompts):
+    for i, (p, max_new_tokens) in enumerate(zip(prompts, per_prompt(max_new_tokens, len(prompts)))):
         name = repr(names[i]) if names else str(i)
         if not p:
             raise ValueError(f"prompt {name} is empty; every prompt needs at least one token (e.g. BOS)")
         if len(p) + max_new_tokens > limit:
             raise PromptTooLong(f"prompt {name} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that is "
                                 f"{len(p) + max_new_tokens}, over the engine's limit of {limit} tokens per sequence")
+
+
+def per_prompt(max_new_tokens: int | list[int], n: int) -> list[int]:
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * n
+    if len(max_new_tokens) != n:
+        raise ValueError(f"max_new_tokens has {len(max_new_tokens)} entries for {n} prompts")
+    return list(max_new_tokens)
 
 
 class Engine:
@@ -43,16 +52,16 @@ class Engine:
     def batch_size(self) -> int:
         return len(self.limits)
 
-    def start(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
+    def start(self, prompts: list[list[int]], max_new_tokens: int | list[int]) -> torch.Tensor:
         """Drop every row and prefill new ones; returns next-token logits [B, V]. Bad prompts raise first."""
         check_prompts(prompts, max_new_tokens, self.max_seq_len)
         self.kv.reset()
         self.limits = []
         return self.admit(prompts, max_new_tokens)
 
-    def admit(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
+    def admit(self, prompts: list[list[int]], max_new_tokens: int | list[int]) -> torch.Tensor:
         """Prefill prompts as new rows after the current ones; returns their next-token logits [N, V].
-        The next `step` takes a token for every row, old and new."""
+        max_new_tokens: one for all or one per prompt. The next `step` takes a token for every row."""
         check_prompts(prompts, max_new_tokens, self.max_seq_len)
         width = max(len(p) for p in prompts)
         tokens = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -60,7 +69,7 @@ class Engine:
             tokens[i, :len(p)] = torch.tensor(p, dtype=torch.long)
         rows = list(range(self.batch_size, self.batch_size + len(prompts)))
         self.kv.add_rows(len(prompts))
-        self.limits += [len(p) + max_new_tokens for p in prompts]
+        self.limits += [len(p) + n for p, n in zip(prompts, per_prompt(max_new_tokens, len(prompts)))]
         at = self.kv.layout(rows, [len(p) for p in prompts])
         return self.decoder.forward(tokens.to(self.decoder.device), self.kv, at)
 

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .engine import check_prompts
+from .engine import check_prompts, per_prompt
 
 
 class HFDecoder:
@@ -59,7 +59,7 @@ class HFEngine:
         return self.mask.shape[0]
 
     @torch.inference_mode()
-    def start(self, prompts: list[list[int]], max_new_tokens: int) -> torch.Tensor:
+    def start(self, prompts: list[list[int]], max_new_tokens: int | list[int]) -> torch.Tensor:
         """Prefill a new batch; returns next-token logits [B, V]. Bad prompts raise before any compute."""
         from transformers import DynamicCache
 
@@ -72,7 +72,7 @@ class HFEngine:
             self.mask[i, width - len(p):] = 1
         self.mask = self.mask.to(self.decoder.device)
         self.cache = DynamicCache(config=self.decoder.hf_config)
-        self.capacity = width + max_new_tokens
+        self.capacity = width + max(per_prompt(max_new_tokens, len(prompts)))   # lock-step: the longest need
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)                              # [B, S]
         return self._forward(tokens.to(self.decoder.device), positions)
 
