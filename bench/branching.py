@@ -10,7 +10,9 @@ summary.json exists is reused, so an interrupted experiment continues where it s
 Extra key=value overrides apply to every run (e.g. env.name=countdown). Metrics per run:
 - distinct verified chains per 1,000 generated tokens (distinct passing signatures per problem, before the cap);
 - held-out greedy pass@1 after the last step (and before RL, the same for every policy of a seed);
-- generated tokens per verified token (tokens on at least one passing path: the pruning ratio).
+- generated tokens per verified token (tokens on at least one passing path: the pruning ratio);
+- for `arithmetic`, the share of stored samples whose chain of thought is the exact worked solution:
+  the verifier checks only the final answer, so a distinct chain may be a wrong one that got lucky.
 Not a test: it asserts nothing; docs/EXPERIMENTS.md records what it printed.
 """
 
@@ -65,7 +67,21 @@ def run_one(out: Path, policy: str, seed: int, steps: int, extra: list[str]) -> 
             "leaves_per_problem": sum(s["leaves"] for s in steps_) / sum(s["prompts"] for s in steps_),
             "pass_rate": statistics.mean(s["pass_rate"] for s in steps_),
             "eval_before": summary["eval_before"], "eval_after": summary["eval_after"],
+            "canonical_share": canonical_share(run_dir / "data"),
             "rollout_seconds": summary["rollout_seconds"], "wall_seconds": summary["wall_seconds"]}
+
+
+def canonical_share(data_dir: Path) -> float | None:
+    """Arithmetic only: the fraction of stored completions equal to the worked column-by-column solution."""
+    import datasets
+
+    from branchrl.envs.arithmetic import worked_solution
+
+    rows = datasets.load_dataset("parquet", data_dir=str(data_dir), split="train")
+    if not len(rows) or set(rows["env"]) != {"arithmetic"}:
+        return None
+    return sum(c.strip() == worked_solution(*map(int, p.split("+")))
+               for p, c in zip(rows["problem_id"], rows["completion"])) / len(rows)
 
 
 def spread(values: list[float]) -> str:
@@ -77,8 +93,8 @@ def table(rows: list[dict]) -> str:
     base = statistics.mean(r["distinct_per_1k"] for r in rows if r["policy"] == "independent") if any(
         r["policy"] == "independent" for r in rows) else None
     lines = ["| policy | distinct verified / 1k tokens | vs independent | pass@1 before → after | "
-             "generated / verified tokens | leaves per problem | generated tokens |",
-             "|---|---|---|---|---|---|---|"]
+             "generated / verified tokens | canonical chains in the data | leaves per problem | generated tokens |",
+             "|---|---|---|---|---|---|---|---|"]
     for policy in POLICIES:
         rs = [r for r in rows if r["policy"] == policy]
         if not rs:
@@ -86,7 +102,9 @@ def table(rows: list[dict]) -> str:
         ratio = f"{statistics.mean(r['distinct_per_1k'] for r in rs) / base:.2f}×" if base else "-"
         lines.append(f"| {policy} | {spread([r['distinct_per_1k'] for r in rs])} | {ratio} | "
                      f"{spread([r['eval_before'] for r in rs])} → {spread([r['eval_after'] for r in rs])} | "
-                     f"{spread([r['gen_per_verified'] for r in rs])} | {spread([r['leaves_per_problem'] for r in rs])} | "
+                     f"{spread([r['gen_per_verified'] for r in rs])} | "
+                     f"{spread([r['canonical_share'] for r in rs]) if None not in [r['canonical_share'] for r in rs] else '-'} | "
+                     f"{spread([r['leaves_per_problem'] for r in rs])} | "
                      f"{statistics.mean(r['generated_tokens'] for r in rs):,.0f} |")
     return "\n".join(lines)
 
