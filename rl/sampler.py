@@ -141,7 +141,9 @@ class BranchSampler:
                 row = Row(t, trees[t].add_child(node), length, since_fork=0, depth=1)
                 self._append(trees[t], row, tok, logp[i, tok].item(), entropy[i].item())
                 if not self._finished(trees, row, tok):
-                    rows.append(row), toks.append(tok), src.append(i)
+                    rows.append(row)
+                    toks.append(tok)
+                    src.append(i)
         if rows:
             self.engine.select(torch.tensor(src, dtype=torch.long))
             self.grow(trees, rows, self.engine.step(torch.tensor(toks, dtype=torch.long)))
