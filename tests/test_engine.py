@@ -91,24 +91,26 @@ def test_fork_does_not_alias_the_parent_cache():
                                atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-def test_greedy_engine_decoding_equals_generate(arch):
-    model = tiny_hf(arch, seed=3)
-    new = 10
-    engine = engine_for(model)
+def assert_greedy_equals_generate(model, engine, new: int = 10) -> None:
+    """Argmax decoding on the engine gives transformers' greedy `generate` tokens for every prompt."""
     logits = engine.start(PROMPTS, max_new_tokens=new)
     tokens = []
     for i in range(new):
         tokens.append(logits.argmax(-1))
         if i < new - 1:
             logits = engine.step(tokens[-1])
-    ours = torch.stack(tokens, 1).tolist()  # [B, new]
-    for prompt, mine in zip(PROMPTS, ours):
+    for prompt, mine in zip(PROMPTS, torch.stack(tokens, 1).tolist()):   # [B, new]
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                              do_sample=False, max_new_tokens=new)
         theirs = out[0, len(prompt):].tolist()  # generate stops early only at eos
         assert len(theirs) == new or theirs[-1] == model.config.eos_token_id
         assert mine[:len(theirs)] == theirs
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_greedy_engine_decoding_equals_generate(arch):
+    model = tiny_hf(arch, seed=3)
+    assert_greedy_equals_generate(model, engine_for(model))
 
 
 def test_full_cache_raises_instead_of_overwriting():
@@ -217,20 +219,7 @@ def test_fallback_logits_match_transformers_over_prefill_decode_and_fork(arch):
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
 def test_fallback_greedy_decoding_equals_generate(arch):
     model = tiny_fallback(arch, seed=3)
-    new = 10
-    engine = fallback_for(model)
-    logits = engine.start(PROMPTS, max_new_tokens=new)
-    tokens = []
-    for i in range(new):
-        tokens.append(logits.argmax(-1))
-        if i < new - 1:
-            logits = engine.step(tokens[-1])
-    for prompt, mine in zip(PROMPTS, torch.stack(tokens, 1).tolist()):
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=new)
-        theirs = out[0, len(prompt):].tolist()
-        assert len(theirs) == new or theirs[-1] == model.config.eos_token_id
-        assert mine[:len(theirs)] == theirs
+    assert_greedy_equals_generate(model, fallback_for(model))
 
 
 def test_fallback_refuses_long_prompts_and_a_full_cache():

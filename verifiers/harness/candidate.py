@@ -125,7 +125,7 @@ def _run_io(code, stdin_text, output_bytes):
         failure = _describe(e)
     try:
         sys.stdout.flush()
-    except BaseException:
+    except BaseException:  # the candidate broke its own stdout; what it printed so far is still returned
         pass
     if failure is not None:
         return {"raise": ["ProgramError", failure]}
