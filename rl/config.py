@@ -64,6 +64,8 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rollout worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs reserved per rollout worker")
     threads_per_worker: int = Field(1, gt=0, description="torch CPU threads in each rollout worker")
+    node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking inference nodes (e.g. inference_node): "
+                                                        "rollout workers run only on nodes that have it; null = any node")
     prompts_per_step: int = Field(64, gt=0, description="problems sampled per RL step")
     max_new_tokens: int = Field(64, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
@@ -100,6 +102,7 @@ class VerifyConfig(Section):
     workers: int = Field(1, gt=0, description="verifier actors")
     cpus_per_worker: float = Field(0.5, gt=0, description="Ray CPUs reserved per verifier actor")
     timeout_s: float = Field(5.0, gt=0, description="per-sample verification deadline")
+    node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking the nodes verifiers run on; null = any node")
 
 
 class TrainConfig(Section):
@@ -109,6 +112,8 @@ class TrainConfig(Section):
     cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the trainer actor")
     gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved for the trainer actor")
     threads: int = Field(2, gt=0, description="torch CPU threads in the trainer actor")
+    node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking training nodes (e.g. training_node): "
+                                                        "trainers run only on nodes that have it; null = any node")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(32, gt=0, description="sequences per optimizer step")

@@ -38,6 +38,12 @@ class Roles:
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
 
+    def placement(self) -> dict[str, list[str]]:
+        """The Ray node id each actor runs on, by group (recorded in summary.json)."""
+        node = lambda a: a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())  # noqa: E731
+        groups = {"training": [self.trainer], "inference": self.rollout, "verifier": self.verifiers}
+        return {name: ray.get([node(a) for a in actors]) for name, actors in groups.items()}
+
     def shutdown(self) -> None:
         for actor in [self.trainer, *self.rollout, *self.verifiers]:
             if actor is not None:
@@ -59,13 +65,26 @@ def start_ray(cfg: Config, address: str | None) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **quiet)
 
 
+NODE_SHARE = 0.001   # of a node's marker resource per actor: the marker picks nodes, it is not a capacity
+
+
+def wanted_bundles(cfg: Config) -> dict[str, list[dict[str, float]]]:
+    """One resource bundle per actor, by group; a group's node_resource marker is in each of its bundles."""
+    r, t, v = cfg.rollout, cfg.train, cfg.verify
+
+    def bundle(cpu: float, gpu: float, marker: str | None) -> dict[str, float]:
+        return {k: n for k, n in {"CPU": cpu, "GPU": gpu, marker: NODE_SHARE}.items() if k and n > 0}
+
+    return {"training": [bundle(t.cpus, t.gpus, t.node_resource)],
+            "inference": [bundle(r.cpus_per_worker, r.gpus_per_worker, r.node_resource)] * r.workers,
+            "verifier": [bundle(v.cpus_per_worker, 0, v.node_resource)] * v.workers}
+
+
 def launch(cfg: Config) -> Roles:
     """Place the training group, then the inference group, then the verifier pool; returns their handles."""
     r, t = cfg.rollout, cfg.train
-    wanted = {"training": [{"CPU": t.cpus, "GPU": t.gpus}],
-              "inference": [{"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}] * r.workers}
-    for name, bundles in wanted.items():  # before placing anything: nothing to undo, no waiting
-        _check_cluster_can_hold(name, bundles)
+    wanted = wanted_bundles(cfg)
+    check_cluster(wanted, [n["Resources"] for n in ray.nodes() if n["Alive"]])  # before placing anything
     roles = Roles(None, [], [])
     try:
         train_group = _group("training", wanted["training"])
@@ -84,8 +103,10 @@ def launch(cfg: Config) -> Roles:
             ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i)
             for i in range(r.workers)
         ]
-        roles.verifiers = [ray.remote(VerifierWorker).options(num_cpus=cfg.verify.cpus_per_worker).remote()
-                           for _ in range(cfg.verify.workers)]
+        marker = cfg.verify.node_resource
+        roles.verifiers = [ray.remote(VerifierWorker).options(
+            num_cpus=cfg.verify.cpus_per_worker, resources={marker: NODE_SHARE} if marker else None).remote()
+            for _ in range(cfg.verify.workers)]
     except BaseException:
         roles.shutdown()  # nothing half-launched stays on the cluster
         raise
@@ -93,21 +114,46 @@ def launch(cfg: Config) -> Roles:
 
 
 def _totals(bundles: list[dict]) -> dict[str, float]:
-    return {k: sum(b.get(k, 0) for b in bundles) for k in sorted({k for b in bundles for k, v in b.items() if v > 0})}
+    return {k: sum(b.get(k, 0) for b in bundles) for k in sorted({k for b in bundles for k in b})}
 
 
-def _check_cluster_can_hold(name: str, bundles: list[dict]) -> None:
-    want, total = _totals(bundles), ray.cluster_resources()
-    missing = {k: total.get(k, 0) for k, v in want.items() if total.get(k, 0) < v}
-    if missing:
-        raise LaunchError(f"the {name} group needs {want} but the whole cluster has only {missing}; "
-                          f"lower the request or add nodes")
+def check_cluster(wanted: dict[str, list[dict]], nodes: list[dict[str, float]]) -> None:
+    """Fail before placing anything when the nodes (their total resources) cannot hold every group:
+    a node marker no node has, a group larger than the whole cluster, or bundles that fit no node once
+    the groups before them are packed (first fit, in launch order). Busy resources are not counted:
+    those make `_group` wait, up to PLACEMENT_TIMEOUT_S."""
+    have = _totals(nodes)
+    for name, bundles in wanted.items():
+        want = _totals(bundles)
+        for marker in sorted(k for k in want if k not in ("CPU", "GPU") and not have.get(k)):
+            raise LaunchError(f"the {name} group is pinned to nodes with the custom resource {marker!r}, but no node "
+                              f"has it; start those nodes with `ray start --resources='{{\"{marker}\": 1}}'` or "
+                              f"clear the group's node_resource")
+        missing = {k: have.get(k, 0) for k, v in want.items() if have.get(k, 0) < v}
+        if missing:
+            raise LaunchError(f"the {name} group needs {want} but the whole cluster has only {missing}; "
+                              f"lower the request or add nodes")
+    free = [dict(n) for n in nodes]
+    for name, bundles in wanted.items():
+        for b in bundles:
+            node = next((n for n in free if all(n.get(k, 0) >= v for k, v in b.items())), None)
+            if node is None:
+                raise LaunchError(f"the {name} group needs {len(bundles)} x {b} on nodes that have each key, but "
+                                  f"no node has room for another after placing the groups before it (nodes: "
+                                  f"{[_shown(n) for n in nodes]}); lower the request or add nodes")
+            for k, v in b.items():
+                node[k] -= v
+
+
+def _shown(node: dict[str, float]) -> dict[str, float]:
+    """A node's resources without Ray's own bookkeeping keys (memory, node:<ip>, ...)."""
+    return {k: v for k, v in node.items() if k in ("CPU", "GPU") or not (k.startswith("node:") or "memory" in k
+                                                                         or k.startswith("accelerator_type"))}
 
 
 def _group(name: str, bundles: list[dict]) -> PlacementGroup:
     """A PACKed placement group, ready; waits at most PLACEMENT_TIMEOUT_S for busy resources to free up."""
     want = _totals(bundles)
-    bundles = [{k: v for k, v in b.items() if v > 0} for b in bundles]
     group = placement_group(bundles, strategy="PACK", name=f"branchrl-{name}-{uuid.uuid4().hex[:8]}")
     try:
         ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)

@@ -72,6 +72,7 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
         ctx = Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
                       run_dir, progress, branch_settings(cfg, env, tokenizer))
         summary = train_and_evaluate(ctx, eval_set, warm_set)
+        summary["placement"] = roles.placement()
     finally:
         roles.shutdown()
     summary["wall_seconds"] = time.perf_counter() - t0

@@ -14,10 +14,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+LOCAL_RAY = {"num_cpus": 4, "include_dashboard": False, "logging_level": "WARNING"}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    if not ray.is_initialized():
+        ray.init(**LOCAL_RAY)
     yield ray
     ray.shutdown()
