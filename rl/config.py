@@ -71,6 +71,10 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
     tokens_per_step: int = Field(0, ge=0, description="sample more batches of prompts_per_step problems until this many "
                                                       "tokens were generated (0 = one batch); equal budgets across policies")
+    max_staleness: int = Field(0, ge=0, description="0 = synchronous: each step's rollouts start after the last update's "
+                                                    "weights (on-policy); k >= 1 = async: the workers keep k batches in "
+                                                    "flight while the trainer trains, and a batch more than k policy "
+                                                    "versions behind the update it would feed is dropped and counted")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
 

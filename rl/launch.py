@@ -20,6 +20,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .config import Config
+from .dispatch import Faults
 from .rollout_worker import RolloutWorker
 from .trainer import Trainer
 from .verifier_pool import VerifierWorker
@@ -37,6 +38,8 @@ class Roles:
     rollout: list[ray.actor.ActorHandle]
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
+    published: dict | None = None   # the last weights the trainer published (a revived worker loads them)
+    faults: Faults = field(default_factory=Faults)
 
     def placement(self) -> dict[str, list[str]]:
         """The Ray node id each actor runs on, by group (recorded in summary.json)."""
@@ -98,14 +101,14 @@ def launch(cfg: Config) -> Roles:
         roles.groups.append(infer_group)
         roles.rollout = [
             ray.remote(RolloutWorker).options(
-                num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker,
+                num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=-1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
             ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i)
             for i in range(r.workers)
         ]
         marker = cfg.verify.node_resource
         roles.verifiers = [ray.remote(VerifierWorker).options(
-            num_cpus=cfg.verify.cpus_per_worker, resources={marker: NODE_SHARE} if marker else None).remote()
+            num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1, resources={marker: NODE_SHARE} if marker else None).remote()
             for _ in range(cfg.verify.workers)]
     except BaseException:
         roles.shutdown()  # nothing half-launched stays on the cluster

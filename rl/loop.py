@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import ray
@@ -20,10 +20,12 @@ import ray
 from branchrl.envs import Environment, Problem, load_env
 from branchrl.verifiers import verifier_version
 
+from . import dispatch
 from .advantages import informative
 from .algos import ALGOS, pg_batch
 from .config import Config, ConfigError, dump_config
 from .datastore import DataStore
+from .feed import Feed
 from .launch import Roles, launch, start_ray
 from .ledger import Ledger
 from .models import load_tokenizer
@@ -54,6 +56,9 @@ class Rollouts:
     rollout_seconds: float = 0.0
     verify_seconds: float = 0.0
     batches: int = 0
+    staleness: int = 0         # most policy versions a kept batch lags behind the update it feeds
+    stale_batches: int = 0     # batches dropped for lagging more than rollout.max_staleness
+    stale_tokens: int = 0
 
     def generated_tokens(self) -> int:
         return sum(t.generated_tokens() for t in self.trees)
@@ -123,93 +128,113 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     eval_before = evaluate(ctx, eval_set, step=0)
     ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
     store = DataStore(ctx.run_dir / "data")
-    with open(ctx.run_dir / "metrics.jsonl", "w") as metrics:
-        for step in range(1, cfg.run.steps + 1):
-            record = rl_step(ctx, store, step)
-            if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.run.steps:
-                record["eval"] = evaluate(ctx, eval_set, step)
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            ctx.progress.step(record)
+    rl = train_steps(ctx, store, eval_set)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
     ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "final")))
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows_written, "seed": cfg.run.seed,
-            **ctx.ledger.totals()}
+            **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
 
 
-def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
-    """sample -> verify -> prune -> store -> advantages -> update -> sync; returns the step's metrics record."""
+def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem]) -> dict:
+    """The RL steps. Step s sends its update to the trainer and, when rollouts run ahead (max_staleness >= 1),
+    goes on to step s+1's batches while it trains; the update is finished (and the weights synced) at the
+    start of step s+1. Returns how busy each group was."""
+    cfg, pending = ctx.cfg, None
+    feed = Feed(ctx, depth=cfg.rollout.max_staleness)
+    t0, trainer_busy, eval_seconds = time.perf_counter(), 0.0, 0.0
+    with open(ctx.run_dir / "metrics.jsonl", "w") as metrics:
+        for step in range(1, cfg.run.steps + 2):
+            if pending:  # the previous step's update: wait, sync, then its record
+                record = finish_update(ctx, *pending)
+                trainer_busy += record["train_seconds"]
+                if cfg.eval.every and record["step"] % cfg.eval.every == 0 and record["step"] < cfg.run.steps:
+                    t_eval = time.perf_counter()
+                    record["eval"] = evaluate(ctx, eval_set, record["step"])
+                    eval_seconds += time.perf_counter() - t_eval
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                ctx.progress.step(record)
+                pending = None
+            if step > cfg.run.steps:
+                break
+            feed.top_up()
+            pending = rl_step(ctx, store, feed, step)
+    unused = feed.drain()
+    wall = time.perf_counter() - t0 - eval_seconds
+    return {"trainer_idle_fraction": 1 - trainer_busy / wall,
+            "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
+
+
+def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict, object, float]:
+    """sample -> verify -> prune -> store -> advantages -> send the update; returns the step's metrics record
+    so far, the pending update and the step's start time (`finish_update` completes the record)."""
     t_step, cfg = time.perf_counter(), ctx.cfg
-    got = gather(ctx, step)
+    got = gather(ctx, feed)
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
     store.write(step, provenance(ctx, chosen, step))
     algo = ALGOS[cfg.train.algo]
     batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
                       if algo.policy_gradient else (chosen.sequences, 0))
-    update = ray.get(ctx.roles.trainer.train.remote(batch)) if batch else None
-    version, sync_s = sync(ctx.roles)
-    led, generated = ctx.ledger, got.generated_tokens()
+    update = ctx.roles.trainer.train.remote(batch) if batch else None
+    led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
     led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
                     sum(t.context_sum() for t in got.trees), got.rollout_seconds)
     led.verified_tokens += chosen.verified_tokens
     led.verify_seconds += got.verify_seconds
-    if update:
-        led.add_train(update["trained_tokens"], update["processed_tokens"], update["context_sum"], update["seconds"])
+    record = {"step": step, "prompts": len(got.problems), "batches": got.batches,
+              "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
+              "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
+              "distinct_verified": chosen.distinct, "dropped_trees": dropped, "staleness": got.staleness,
+              "stale_batches": got.stale_batches, "generated_tokens": generated,
+              "verified_tokens": chosen.verified_tokens,
+              "tokens_per_s": got.generated_tokens() / got.rollout_seconds if got.rollout_seconds else 0.0,
+              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds}
+    return record, update, t_step
+
+
+def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
+    """Wait for a step's update, sync the new weights, and complete the step's metrics record."""
+    stats = ray.get(update) if update is not None else None
+    version, sync_s = sync(ctx.roles)
+    led = ctx.ledger
+    if stats:
+        led.add_train(stats["trained_tokens"], stats["processed_tokens"], stats["context_sum"], stats["seconds"])
     led.sync_seconds += sync_s
-    return {"step": step, "policy_version": version, "prompts": len(got.problems), "batches": got.batches,
-            "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
-            "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
-            "distinct_verified": chosen.distinct,
-            "dropped_trees": dropped, "generated_tokens": generated, "verified_tokens": chosen.verified_tokens,
-            "trained_tokens": update["trained_tokens"] if update else 0, "loss": update["loss"] if update else None,
-            "clip_fraction": update.get("clip_fraction") if update else None,
-            "tokens_per_s": generated / got.rollout_seconds if got.rollout_seconds else 0.0,
-            "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds,
-            "train_seconds": update["seconds"] if update else 0.0,
-            "sync_seconds": sync_s, "step_seconds": time.perf_counter() - t_step,
-            "rollout_train_flop_ratio": led.ratio}
+    return {**record, "policy_version": version, "trained_tokens": stats["trained_tokens"] if stats else 0,
+            "loss": stats["loss"] if stats else None, "clip_fraction": stats.get("clip_fraction") if stats else None,
+            "train_seconds": stats["seconds"] if stats else 0.0, "sync_seconds": sync_s,
+            "step_seconds": time.perf_counter() - t_step, "rollout_train_flop_ratio": led.ratio,
+            "rollout_restarts": ctx.roles.faults.rollout_restarts}
 
 
-def gather(ctx: Context, step: int) -> Rollouts:
-    """Sample and verify batches of prompts_per_step problems until the step has enough: the token budget
+def gather(ctx: Context, feed: Feed) -> Rollouts:
+    """Take and verify batches of prompts_per_step problems until the step has enough: the token budget
     (rollout.tokens_per_step) and, for policy-gradient objectives, prompts_per_step informative trees
-    (dynamic sampling); at most rollout.max_batches_per_step batches."""
+    (dynamic sampling); at most rollout.max_batches_per_step batches. A batch from a policy more than
+    rollout.max_staleness versions behind the one this step's update starts from is dropped unverified."""
     cfg, got = ctx.cfg, Rollouts()
     pg = ALGOS[cfg.train.algo].policy_gradient
     while got.batches < cfg.rollout.max_batches_per_step:
-        key = step + 10_000_000 * got.batches   # seeds this batch's problems and sampler; distinct in a run
-        problems = ctx.env.train_problems(cfg.rollout.prompts_per_step, seed=cfg.run.seed * 1_000_003 + key)
-        trees, rollout_s = sample(ctx, problems, step, key=key, first=len(got.trees))
-        leaves, verify_s = verify_leaves(ctx, problems, trees)
-        got.problems += problems
+        batch, trees, seconds = feed.take()
+        feed.top_up()  # the workers start the next batch while this one is verified
+        got.batches += 1
+        got.rollout_seconds += seconds
+        lag = ctx.roles.published["version"] - min(t.policy_version for t in trees)
+        if lag > cfg.rollout.max_staleness:
+            got.stale_batches += 1
+            got.stale_tokens += sum(t.generated_tokens() for t in trees)
+            continue
+        got.staleness = max(got.staleness, lag)
+        leaves, verify_s = verify_leaves(ctx, batch.problems, trees)
+        got.problems += batch.problems
         got.trees += trees
         got.leaves += leaves
-        got.rollout_seconds += rollout_s
         got.verify_seconds += verify_s
-        got.batches += 1
         budget_met = got.generated_tokens() >= cfg.rollout.tokens_per_step
         if budget_met and (not pg or sum(map(informative, got.trees)) >= cfg.rollout.prompts_per_step):
             break
     return got
-
-
-def sample(ctx: Context, problems: list[Problem], step: int, greedy: bool = False, key: int | None = None,
-           first: int = 0) -> tuple[list[Tree], float]:
-    """Split the prompts over the rollout workers; returns trees in problem order and the phase's wall time.
-    key seeds the samplers (default: step); first numbers the trees after those already sampled this step."""
-    t0 = time.perf_counter()
-    prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
-    workers = ctx.roles.rollout
-    shards = [prompts[i::len(workers)] for i in range(len(workers))]
-    seed_key = step if key is None else key
-    results = ray.get([w.rollout.remote(s, seed_key, ctx.settings, greedy) for w, s in zip(workers, shards) if s])
-    trees: list[Tree] = [None] * len(prompts)
-    for i, (shard_trees, _) in enumerate(results):
-        trees[i::len(workers)] = shard_trees
-    for i, tree in enumerate(trees, start=first):  # workers number trees within their shard; make ids run-unique
-        tree.tree_id = f"{tree.problem_id}#s{step}{'e' if greedy else ''}#{i}"
-    return trees, time.perf_counter() - t0
 
 
 def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> tuple[list[dict], float]:
@@ -222,13 +247,10 @@ def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> t
             text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
             leaves.append({"tree": tree, "leaf": leaf, "ids": ids, "text": text,
                            "record": {**ctx.env.verifier_record(p, text), "timeout_s": ctx.cfg.verify.timeout_s}})
-    pool = ctx.roles.verifiers
-    records = [leaf["record"] for leaf in leaves]
-    shards = ray.get([v.verify_batch.remote(records[i::len(pool)]) for i, v in enumerate(pool)])
-    for i, (results, _) in enumerate(shards):
-        for leaf, result in zip(leaves[i::len(pool)], results):
-            leaf["result"] = result
-            leaf["tree"].nodes[leaf["leaf"]].reward = result["score"] if result["verdict"] == "pass" else 0.0
+    results = dispatch.verify(ctx.roles, [leaf["record"] for leaf in leaves])
+    for leaf, result in zip(leaves, results):
+        leaf["result"] = result
+        leaf["tree"].nodes[leaf["leaf"]].reward = result["score"] if result["verdict"] == "pass" else 0.0
     return leaves, time.perf_counter() - t0
 
 
@@ -250,7 +272,7 @@ def sync(roles: Roles) -> tuple[int, float]:
     Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
     t0 = time.perf_counter()
     published = ray.get(roles.trainer.publish.remote())
-    loaded = ray.get([w.set_weights.remote(published["ref"]) for w in roles.rollout])
+    loaded = dispatch.load_weights(roles, published)
     for i, got in enumerate(loaded):
         if (got["version"], got["checksum"]) != (published["version"], published["checksum"]):
             raise RuntimeError(f"weight sync failed: rollout worker {i} holds version {got['version']} "
@@ -261,7 +283,11 @@ def sync(roles: Roles) -> tuple[int, float]:
 
 def evaluate(ctx: Context, problems: list[Problem], step: int) -> float:
     """Held-out pass@1: one greedy chain per problem, verified like any other leaf."""
-    trees, _ = sample(ctx, problems, step, greedy=True)
+    prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
+    trees, _ = dispatch.collect(ctx.roles, ctx.settings, dispatch.submit(ctx.roles, ctx.settings, problems, prompts,
+                                                                         key=step, greedy=True))
+    for i, tree in enumerate(trees):
+        tree.tree_id = f"{tree.problem_id}#e{step}#{i}"
     leaves, _ = verify_leaves(ctx, problems, trees)
     ctx.ledger.add_eval(sum(t.generated_tokens() + len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees))
     return sum(leaf["result"]["verdict"] == "pass" for leaf in leaves) / len(problems)

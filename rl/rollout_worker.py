@@ -11,6 +11,7 @@ driver already refuses such lengths for tiny models before launch (`loop.prepare
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -20,6 +21,10 @@ from .engine import check_prompts, load_engine
 from .sampler import BranchSampler, BranchSettings
 from .tree import Tree
 from .weight_sync import Weights, state_checksum
+
+
+class NoWeights(RuntimeError):
+    """The worker holds no policy yet (it was just started or restarted): sync weights first."""
 
 
 class RolloutWorker:
@@ -34,17 +39,20 @@ class RolloutWorker:
         self.checksum = ""
 
     def set_weights(self, weights: Weights) -> dict:
-        """Load a new policy version; returns the version and the checksum of what was loaded."""
+        """Load a new policy version; returns the version and checksum of what was loaded, and this process's
+        pid (a new pid after a sync means Ray restarted the worker in between)."""
         self.decoder.load_state_dict(weights.state)
         self.version = weights.version
         held = self.decoder.w  # HFDecoder builds this dict on each access
         self.checksum = state_checksum({k: held[k] for k in weights.state})  # what the engine holds
-        return {"version": self.version, "checksum": self.checksum}
+        return {"version": self.version, "checksum": self.checksum, "pid": os.getpid()}
 
     def rollout(self, prompts: list[tuple[str, list[int]]], step: int, settings: BranchSettings,
                 greedy: bool = False) -> tuple[list[Tree], float]:
         """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval).
         `step` seeds the sampler, so every call of a run needs its own step number."""
+        if self.version < 0:
+            raise NoWeights("this rollout worker holds no weights yet; call set_weights first")
         r = self.cfg.rollout
         check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
         sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, r.temperature, self.seed * 100003 + step)

@@ -148,9 +148,13 @@ def small(*overrides):
     return load_config(DEMO, ["eval.problems=20", "warm_start.problems=10", *overrides])
 
 
-def test_prepare_rejects_bad_input_without_starting_ray(prepare, tmp_path, full_dir):
+def test_prepare_rejects_bad_input_without_starting_ray(prepare, tmp_path, full_dir, monkeypatch):
     import ray
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("prepare started Ray")
+
+    monkeypatch.setattr(ray, "init", no_ray)  # holds whatever other tests of this session started already
     with pytest.raises(ConfigError, match="is not empty; pass another --out"):
         prepare(small(), full_dir)
     with pytest.raises(EnvError, match="unknown env 'arithmatic'"):
@@ -159,7 +163,6 @@ def test_prepare_rejects_bad_input_without_starting_ray(prepare, tmp_path, full_
         prepare(small("env.kwargs.digits=1", "eval.problems=500"), tmp_path / "b")
     with pytest.raises(ConfigError, match="exceeds model.tiny.max_position=32"):
         prepare(small("model.tiny.max_position=32", "rollout.max_new_tokens=30"), tmp_path / "c")
-    assert not ray.is_initialized()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"] and [p.name for p in full_dir.iterdir()] == ["old.txt"]
 
 

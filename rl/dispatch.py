@@ -1,0 +1,145 @@
+"""Work on the actor pools: rollout batches in flight on the inference group, leaf records on the verifier
+pool, and what happens when an actor dies.
+
+Actors are started with `max_restarts` (launch.py), so Ray brings a killed one back in its bundle. A
+restarted rollout worker holds no weights (it refuses work with `NoWeights`), so it is first given the
+last published version (`revive`); the shard it had in flight is then sent again with the same seed.
+A verifier that dies is replaced the same way; one that keeps dying on a shard has that shard checked
+record by record, and a record that kills it even alone gets an `error` verdict: the run goes on, and
+nothing is counted as verified that was not. Neither pool retries forever: a rollout shard whose worker
+dies `RETRIES` + 1 times stops the run with the worker named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from branchrl.envs import Problem
+
+from .rollout_worker import NoWeights
+from .tree import Tree
+
+RETRIES = 3
+REVIVE_TIMEOUT_S = 300.0   # a restarted actor re-imports torch and rebuilds its engine; a busy cluster takes a while
+
+
+@dataclass
+class Faults:
+    rollout_restarts: int = 0     # rollout workers found running in a new process (Ray restarted them)
+    rollout_resent: int = 0       # rollout shards sent again after their worker died
+    verifier_resent: int = 0      # verifier shards sent again after their actor died
+    verifier_errors: int = 0      # records that killed a verifier even alone: `error` verdicts
+    pids: dict[int, int] = field(default_factory=dict, repr=False)   # rollout worker -> its last known pid
+
+    def loaded(self, worker: int, result: dict) -> dict:
+        """Note a worker's set_weights result; a pid other than the last one seen is a restart."""
+        if self.pids.get(worker, result["pid"]) != result["pid"]:
+            self.rollout_restarts += 1
+        self.pids[worker] = result["pid"]
+        return result
+
+
+@dataclass
+class Batch:
+    """One batch of problems on the rollout workers: prompt shards per worker and their pending results."""
+    key: int
+    problems: list[Problem]
+    prompts: list[tuple[str, list[int]]]
+    greedy: bool
+    refs: list = field(default_factory=list)      # per worker (None: no prompts for it)
+
+    def shard(self, worker: int, workers: int) -> list[tuple[str, list[int]]]:
+        return self.prompts[worker::workers]
+
+
+def submit(roles, settings, problems: list[Problem], prompts: list[tuple[str, list[int]]], key: int,
+           greedy: bool = False) -> Batch:
+    """Send a batch to the rollout workers (round-robin shards); returns at once. `key` seeds the samplers."""
+    batch = Batch(key, problems, prompts, greedy)
+    workers = roles.rollout
+    batch.refs = [w.rollout.remote(s, key, settings, greedy) if (s := batch.shard(i, len(workers))) else None
+                  for i, w in enumerate(workers)]
+    return batch
+
+
+def collect(roles, settings, batch: Batch) -> tuple[list[Tree], list[float]]:
+    """Wait for a batch: its trees in problem order and each worker's busy seconds. A worker that died (or
+    came back without weights) is revived and its shard sent again, at most RETRIES times in a row."""
+    workers = roles.rollout
+    trees: list[Tree | None] = [None] * len(batch.prompts)
+    busy = [0.0] * len(workers)
+    for i, ref in enumerate(batch.refs):
+        if ref is None:
+            continue
+        for attempt in range(RETRIES + 1):
+            try:
+                shard_trees, busy[i] = ray.get(ref)
+                break
+            except (RayActorError, NoWeights) as e:
+                if attempt == RETRIES:
+                    raise RuntimeError(f"rollout worker {i} died {RETRIES + 1} times on one batch; giving up: "
+                                       f"{type(e).__name__}") from e
+                roles.faults.rollout_resent += 1
+                revive(roles, i)
+                ref = workers[i].rollout.remote(batch.shard(i, len(workers)), batch.key, settings, batch.greedy)
+        trees[i::len(workers)] = shard_trees
+    return trees, busy
+
+
+def load_weights(roles, published: dict) -> list[dict]:
+    """Every rollout worker loads the published weights; one that dies meanwhile loads them once it is back.
+    Returns each worker's {version, checksum} of what it now holds."""
+    roles.published = published  # first: a revived worker loads exactly this copy
+    loaded = []
+    for i, ref in enumerate([w.set_weights.remote(published["ref"]) for w in roles.rollout]):
+        try:
+            loaded.append(roles.faults.loaded(i, ray.get(ref)))
+        except RayActorError:
+            loaded.append(revive(roles, i))
+    return loaded
+
+
+def revive(roles, worker: int) -> dict:
+    """Give a (restarted) rollout worker the last published weights; waits for Ray to bring it back."""
+    for attempt in range(RETRIES + 1):
+        try:
+            result = ray.get(roles.rollout[worker].set_weights.remote(roles.published["ref"]), timeout=REVIVE_TIMEOUT_S)
+            return roles.faults.loaded(worker, result)
+        except RayActorError:
+            if attempt == RETRIES:
+                raise RuntimeError(f"rollout worker {worker} died {RETRIES + 1} times while loading weights") from None
+        except GetTimeoutError:
+            raise RuntimeError(f"rollout worker {worker} did not come back within {REVIVE_TIMEOUT_S:.0f}s") from None
+
+
+def verify(roles, records: list[dict]) -> list[dict]:
+    """One verdict dict per record, in order, spread over the verifier pool."""
+    pool = roles.verifiers
+    refs = [(i, v.verify_batch.remote(records[i::len(pool)])) for i, v in enumerate(pool) if records[i::len(pool)]]
+    results: list[dict | None] = [None] * len(records)
+    for i, ref in refs:
+        results[i::len(pool)] = verified(pool[i], records[i::len(pool)], ref, roles.faults)
+    return results
+
+
+def verified(actor, records: list[dict], ref, faults: Faults) -> list[dict]:
+    """The shard's verdicts; if the actor dies, once more whole, then record by record (one try each)."""
+    for attempt in range(2):
+        try:
+            return ray.get(ref)[0]
+        except RayActorError:
+            faults.verifier_resent += 1
+            if attempt == 0:
+                ref = actor.verify_batch.remote(records)
+    out = []
+    for record in records:
+        try:
+            out += ray.get(actor.verify_batch.remote([record]))[0]
+        except RayActorError as e:
+            faults.verifier_errors += 1
+            out.append({"verdict": "error", "score": 0.0, "seconds": 0.0,
+                        "details": f"the verifier process died on this record ({type(e).__name__})"})
+    return out

@@ -1,0 +1,54 @@
+"""The stream of rollout batches a run trains on, synchronous or ahead of the trainer.
+
+Batches are numbered in the order they are sent; batch n's problems and sampler seeds come from n, so
+a run is reproducible whatever the timing. With `depth` 0 a batch is sent only when the loop asks for
+one (on-policy: it starts after the last weight sync). With depth k >= 1 the loop keeps k batches in
+flight (`top_up`) while it verifies, stores and trains, so the rollout workers never wait for the
+trainer; a batch sent after sync v is trained on at most k updates later, which is what bounds the
+staleness (`rollout.max_staleness`). The loop still checks every batch's real version and drops stale
+ones. It does not verify anything.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .dispatch import Batch, collect, submit
+from .tree import Tree
+
+
+class Feed:
+    def __init__(self, ctx, depth: int, next_key: int = 1, tag: str = ""):
+        self.ctx, self.depth, self.next_key, self.tag = ctx, depth, next_key, tag
+        self.queue: deque[Batch] = deque()
+        self.busy = [0.0] * len(ctx.roles.rollout)   # each rollout worker's seconds of work on training batches
+
+    def top_up(self) -> None:
+        """Keep `depth` batches in flight (nothing when synchronous)."""
+        while len(self.queue) < self.depth:
+            self.queue.append(self._send())
+
+    def take(self) -> tuple[Batch, list[Tree], float]:
+        """The oldest batch in flight (sending one first if none is), with its finished trees and the seconds
+        its slowest worker spent sampling it (time queued behind other batches not counted)."""
+        batch = self.queue.popleft() if self.queue else self._send()
+        trees, busy = collect(self.ctx.roles, self.ctx.settings, batch)
+        self.busy = [a + b for a, b in zip(self.busy, busy)]
+        for i, tree in enumerate(trees):  # workers number trees within their shard; ids must be run-unique
+            tree.tree_id = f"{tree.problem_id}#b{batch.key}{self.tag}#{i}"
+        return batch, trees, max(busy)
+
+    def drain(self) -> int:
+        """Wait for the batches still in flight at the end of a run and discard them; returns their tokens."""
+        unused = 0
+        while self.queue:
+            _, trees, _ = self.take()
+            unused += sum(t.generated_tokens() for t in trees)
+        return unused
+
+    def _send(self) -> Batch:
+        ctx, key = self.ctx, self.next_key
+        self.next_key += 1
+        problems = ctx.env.train_problems(ctx.cfg.rollout.prompts_per_step, seed=ctx.cfg.run.seed * 1_000_003 + key)
+        prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
+        return submit(ctx.roles, ctx.settings, problems, prompts, key)
