@@ -140,6 +140,8 @@ class RunConfig(Section):
     name: str = Field("run", description="run name, used for the default output dir")
     seed: int = Field(0, description="seed for data sampling, model init and sampling")
     steps: int = Field(10, gt=0, description="RL steps (sample -> verify -> update -> sync)")
+    checkpoint_every: int = Field(0, ge=0, description="write a step checkpoint every N steps, which "
+                                                        "`branchrl run --resume RUN_DIR` continues from (0 = only the final one)")
     ray_address: str | None = Field(None, description="null = embedded local Ray; 'auto' joins a running cluster")
 
 

@@ -38,6 +38,10 @@ class Feed:
             tree.tree_id = f"{tree.problem_id}#b{batch.key}{self.tag}#{i}"
         return batch, trees, max(busy)
 
+    def oldest_key(self) -> int:
+        """The first batch not yet taken: where a resumed run starts sending again."""
+        return self.queue[0].key if self.queue else self.next_key
+
     def drain(self) -> int:
         """Wait for the batches still in flight at the end of a run and discard them; returns their tokens."""
         unused = 0

@@ -47,6 +47,10 @@ class Ledger:
     def ratio(self) -> float | None:
         return self.rollout_flops / self.train_flops if self.train_flops else None
 
+    def state(self) -> dict:
+        """Everything, for a checkpoint; `Ledger(**state)` continues counting from it."""
+        return asdict(self)
+
     def totals(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("flop_params", "layers", "hidden")}
         out["rollout_train_flop_ratio"] = self.ratio

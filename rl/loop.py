@@ -20,10 +20,10 @@ import ray
 from branchrl.envs import Environment, Problem, load_env
 from branchrl.verifiers import verifier_version
 
-from . import dispatch
+from . import checkpoints, dispatch
 from .advantages import informative
 from .algos import ALGOS, pg_batch
-from .config import Config, ConfigError, dump_config
+from .config import Config, ConfigError, dump_config, load_config
 from .datastore import DataStore
 from .feed import Feed
 from .launch import Roles, launch, start_ray
@@ -45,6 +45,7 @@ class Context:
     run_dir: Path
     progress: Progress
     settings: BranchSettings   # the branch policy's settings, with the env's answer-start tokens
+    attempt: int = 0           # 0 for a fresh run, k for its k-th resume
 
 
 @dataclass
@@ -66,17 +67,35 @@ class Rollouts:
 
 def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     """Run the whole pipeline; returns the summary (also written to run_dir/summary.json)."""
-    t0 = time.perf_counter()
     env, tokenizer, eval_set, warm_set = prepare(cfg, run_dir)
+    return drive(cfg, run_dir, address, env, tokenizer, eval_set, warm_set)
+
+
+def resume(run_dir: Path, address: str | None = None) -> dict:
+    """Continue a killed run from its last step checkpoint (checkpoints.py says what carries over)."""
+    point = checkpoints.resume_point(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    cfg.model.path = str(point.checkpoint)  # weights, Adam moments and tokenizer as they were at the checkpoint
+    cfg.warm_start.problems = 0
+    checkpoints.begin_attempt(run_dir, point)
+    return drive(cfg, run_dir, address or cfg.run.ray_address, env, load_tokenizer(cfg.model),
+                 env.eval_problems(cfg.eval.problems), [], point)
+
+
+def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tokenizer, eval_set: list[Problem],
+          warm_set: list[Problem], point: checkpoints.ResumePoint | None = None) -> dict:
+    t0 = time.perf_counter()
     progress = Progress(cfg.run.steps)
-    progress.note(f"run dir {run_dir}; starting Ray")
+    progress.note(f"run dir {run_dir}; starting Ray" + (f"; resuming after step {point.step}" if point else ""))
     start_ray(cfg, address)
     roles = launch(cfg)
     try:
         info = ray.get(roles.trainer.describe.remote())
-        ctx = Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
-                      run_dir, progress, branch_settings(cfg, env, tokenizer))
-        summary = train_and_evaluate(ctx, eval_set, warm_set)
+        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
+        ctx = Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, branch_settings(cfg, env, tokenizer),
+                      attempt=point.attempt if point else 0)
+        summary = train_and_evaluate(ctx, eval_set, warm_set, point)
         summary["placement"] = roles.placement()
     finally:
         roles.shutdown()
@@ -117,44 +136,57 @@ def branch_settings(cfg: Config, env: Environment, tokenizer) -> BranchSettings:
     return BranchSettings.from_config(cfg.branch, tuple(sorted(ids)))
 
 
-def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Problem]) -> dict:
+def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Problem],
+                       point: checkpoints.ResumePoint | None = None) -> dict:
     trainer, cfg = ctx.roles.trainer, ctx.cfg
     if warm_set:
         ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
         stats = ray.get(trainer.warm_start.remote([(p.prompt, p.solution) for p in warm_set]))
         ctx.progress.note(f"warm start done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
         ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "warm_start")))
+    if point:
+        ray.get(trainer.resume.remote(str(point.checkpoint)))
     sync(ctx.roles)
-    eval_before = evaluate(ctx, eval_set, step=0)
-    ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
-    store = DataStore(ctx.run_dir / "data")
-    rl = train_steps(ctx, store, eval_set)
+    if point:
+        eval_before = point.eval_before
+    else:
+        eval_before = evaluate(ctx, eval_set, step=0)
+        ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
+    store = DataStore(ctx.run_dir / "data", attempt=ctx.attempt)
+    rl = train_steps(ctx, store, eval_set, eval_before, point)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
     ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "final")))
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows_written, "seed": cfg.run.seed,
+            "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
             **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
 
 
-def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem]) -> dict:
+def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_before: float,
+                point: checkpoints.ResumePoint | None) -> dict:
     """The RL steps. Step s sends its update to the trainer and, when rollouts run ahead (max_staleness >= 1),
     goes on to step s+1's batches while it trains; the update is finished (and the weights synced) at the
-    start of step s+1. Returns how busy each group was."""
+    start of step s+1, then the step's record is written and, every run.checkpoint_every steps, a step
+    checkpoint. Returns how busy each group was."""
     cfg, pending = ctx.cfg, None
-    feed = Feed(ctx, depth=cfg.rollout.max_staleness)
+    feed = Feed(ctx, depth=cfg.rollout.max_staleness, next_key=point.next_key if point else 1,
+                tag=f"a{ctx.attempt}" if ctx.attempt else "")
     t0, trainer_busy, eval_seconds = time.perf_counter(), 0.0, 0.0
-    with open(ctx.run_dir / "metrics.jsonl", "w") as metrics:
-        for step in range(1, cfg.run.steps + 2):
+    with open(ctx.run_dir / "metrics.jsonl", "a" if point else "w") as metrics:
+        for step in range((point.step if point else 0) + 1, cfg.run.steps + 2):
             if pending:  # the previous step's update: wait, sync, then its record
                 record = finish_update(ctx, *pending)
                 trainer_busy += record["train_seconds"]
-                if cfg.eval.every and record["step"] % cfg.eval.every == 0 and record["step"] < cfg.run.steps:
+                done = record["step"]
+                if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.run.steps:
                     t_eval = time.perf_counter()
-                    record["eval"] = evaluate(ctx, eval_set, record["step"])
+                    record["eval"] = evaluate(ctx, eval_set, done)
                     eval_seconds += time.perf_counter() - t_eval
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 ctx.progress.step(record)
+                if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0 and done < cfg.run.steps:
+                    checkpoints.save(ctx, done, feed.oldest_key(), eval_before)
                 pending = None
             if step > cfg.run.steps:
                 break
@@ -162,7 +194,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem]) -> dict
             pending = rl_step(ctx, store, feed, step)
     unused = feed.drain()
     wall = time.perf_counter() - t0 - eval_seconds
-    return {"trainer_idle_fraction": 1 - trainer_busy / wall,
+    return {"rl_seconds": wall, "trainer_idle_fraction": 1 - trainer_busy / wall,
             "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
 
 

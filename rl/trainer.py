@@ -7,6 +7,7 @@ the engine; weights leave as a versioned CPU state dict with a checksum, which `
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import time
@@ -22,6 +23,7 @@ from .models import count_flop_params, load_policy
 from .weight_sync import Weights, pack_weights
 
 OPTIMIZER_FILE = "optimizer.pt"   # beside the HF files of every checkpoint
+STATE_FILE = "trainer.json"       # policy version and shuffling state, for `resume`
 
 
 class Trainer:
@@ -149,4 +151,14 @@ class Trainer:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         torch.save(self.optimizer.state_dict(), Path(path) / OPTIMIZER_FILE)
+        (Path(path) / STATE_FILE).write_text(json.dumps({"version": self.version, "rng": self.rng.getstate()}))
         return path
+
+    def resume(self, path: str) -> int:
+        """Continue a killed run from a checkpoint this trainer saved (weights and Adam moments are loaded at
+        construction from model.path): the same policy version and minibatch shuffling. Returns the version."""
+        state = json.loads((Path(path) / STATE_FILE).read_text())
+        self.version = state["version"]
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        return self.version
