@@ -23,7 +23,7 @@ from branchrl.verifiers import verifier_version
 from .advantages import informative
 from .algos import ALGOS, pg_batch
 from .config import Config, ConfigError, dump_config
-from .datastore import DataStore
+from .datastore import DataStore, sample_id
 from .launch import Roles, launch, start_ray
 from .ledger import Ledger
 from .models import load_tokenizer
@@ -142,7 +142,7 @@ def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
     t_step, cfg = time.perf_counter(), ctx.cfg
     got = gather(ctx, step)
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
-    store.write(step, provenance(ctx, chosen, step))
+    store.write(step, provenance(ctx, chosen, step, store.attempt))
     algo = ALGOS[cfg.train.algo]
     batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
                       if algo.policy_gradient else (chosen.sequences, 0))
@@ -231,16 +231,18 @@ def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> t
     return leaves, time.perf_counter() - t0
 
 
-def provenance(ctx: Context, chosen: Selection, step: int) -> list[dict]:
+def provenance(ctx: Context, chosen: Selection, step: int, attempt: int = 0) -> list[dict]:
+    """The data-set rows of a step's chosen samples; attempt: which (re)start of the run sampled them."""
     env, seed = ctx.env, ctx.cfg.run.seed
     version = verifier_version(env.verifier)
     trees = {leaf["tree"].tree_id: leaf["tree"] for _, leaf in chosen.samples}
     tree_value = {tree_id: tree.values()[0] for tree_id, tree in trees.items()}  # once per tree, not per row
-    return [{"env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
+    return [{"sample_id": sample_id(leaf["tree"].tree_id, leaf["tree"].branch_path(leaf["leaf"]), attempt),
+             "env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
              "policy_version": leaf["tree"].policy_version, "verifier": env.verifier, "verifier_version": version,
              "verdict": leaf["result"]["verdict"], "score": leaf["result"]["score"], "tree_id": leaf["tree"].tree_id,
              "branch_path": leaf["tree"].branch_path(leaf["leaf"]), "tree_value": tree_value[leaf["tree"].tree_id],
-             "num_tokens": len(leaf["ids"]), "seed": seed, "step": step}
+             "num_tokens": len(leaf["ids"]), "seed": seed, "step": step, "attempt": attempt}
             for p, leaf in chosen.samples]
 
 
