@@ -1,8 +1,9 @@
-"""`branchrl` command line: `run` a config, `verify` a JSONL file.
+"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
-(bad config, unknown env, missing file, a cluster that cannot host the run) becomes one line on
-stderr and exit code 2; our own bugs still raise with a traceback.
+(bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
+cluster that cannot host the run) becomes one line on stderr and exit code 2; our own bugs still
+raise with a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too (`run demo.yaml --out d run.steps=3`): collect them here
-    if extra and (args.command != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
     run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
     run.set_defaults(handler=_run)
+    train = sub.add_parser("train", help="fine-tune the configured policy on a stored verified data set (no sampling)",
+                           description="SFT on every stored (prompt, completion) for train.epochs passes at train.lr; "
+                                       "held-out pass@1 before and after, as `run` measures it.")
+    train.add_argument("config", help="YAML run config: model, env (for eval), train.epochs/lr/batch_size")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
+    train.add_argument("--from-data", required=True, metavar="DIR", help="a run directory or its data/ directory")
+    train.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
+    train.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    train.set_defaults(handler=_train)
     verify = sub.add_parser("verify", help="verify JSONL records (the branchrl verify format); results on stdout",
                             description="Verify one JSON record per line ('-' = stdin).")
     verify.add_argument("file", help="JSONL file of records, or - for stdin")
@@ -67,8 +77,19 @@ def _run(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    cfg, out = resolve_run(args)
+    from .datastore import find_data_dir
+
+    data = find_data_dir(Path(args.from_data))
+    from .from_data import train_from_data  # torch and ray load only once config and data dir are known good
+
+    train_from_data(cfg, data, out, address=cfg.run.ray_address)
+    return 0
+
+
 def resolve_run(args):
-    """(config, run dir) for `branchrl run`, with --address folded into the config the run saves."""
+    """(config, run dir) for `branchrl run` and `train`, with --address folded into the config the run saves."""
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -118,6 +139,8 @@ def _is_user_error(e: Exception) -> bool:
     if "branchrl.launch" in sys.modules and isinstance(e, sys.modules["branchrl.launch"].LaunchError):
         return True
     if "branchrl.envs" in sys.modules and isinstance(e, sys.modules["branchrl.envs"].EnvError):
+        return True
+    if "branchrl.datastore" in sys.modules and isinstance(e, sys.modules["branchrl.datastore"].DataSetError):
         return True
     return False
 

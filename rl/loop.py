@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,20 +67,27 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     env, tokenizer, eval_set, warm_set = prepare(cfg, run_dir)
     progress = Progress(cfg.run.steps)
     progress.note(f"run dir {run_dir}; starting Ray")
-    start_ray(cfg, address)
-    roles = launch(cfg)
-    try:
-        info = ray.get(roles.trainer.describe.remote())
-        ctx = Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
-                      run_dir, progress, branch_settings(cfg, env, tokenizer))
+    with launched(cfg, env, tokenizer, run_dir, progress, address) as ctx:
         summary = train_and_evaluate(ctx, eval_set, warm_set)
-    finally:
-        roles.shutdown()
     summary["wall_seconds"] = time.perf_counter() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
                   f"summary in {run_dir / 'summary.json'}")
     return summary
+
+
+@contextmanager
+def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: Progress,
+             address: str | None) -> Iterator[Context]:
+    """Ray started or joined, the roles launched, the driver's Context; the roles go down on the way out."""
+    start_ray(cfg, address)
+    roles = launch(cfg)
+    try:
+        info = ray.get(roles.trainer.describe.remote())
+        yield Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
+                      run_dir, progress, branch_settings(cfg, env, tokenizer))
+    finally:
+        roles.shutdown()
 
 
 def prepare(cfg: Config, run_dir: Path):
