@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-
 from .config import ConfigError
 
 PREFIX = "step-"
@@ -43,6 +41,8 @@ def save(ctx, step: int, next_key: int, eval_before: float) -> Path:
     root = ctx.run_dir / "checkpoints"
     final, partial = root / f"{PREFIX}{step:06d}", root / f"{PREFIX}{step:06d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
+    import ray  # here, so `--resume` checks its run dir before ray is imported
+
     ray.get(ctx.roles.trainer.save.remote(str(partial)))
     state = {"step": step, "version": ctx.roles.published["version"], "next_key": next_key,
              "eval_before": eval_before, "ledger": ctx.ledger.state(), "attempt": ctx.attempt}

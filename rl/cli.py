@@ -1,8 +1,9 @@
-"""`branchrl` command line: `run` a config, `verify` a JSONL file.
+"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
-(bad config, unknown env, missing file, a cluster that cannot host the run) becomes one line on
-stderr and exit code 2; our own bugs still raise with a traceback.
+(bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
+cluster that cannot host the run) becomes one line on stderr and exit code 2; our own bugs still
+raise with a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too (`run demo.yaml --out d run.steps=3`): collect them here
-    if extra and (args.command != "run" or any(x.startswith("-") or "=" not in x for x in extra)):
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
@@ -41,12 +42,24 @@ def _parser() -> argparse.ArgumentParser:
         prog="branchrl", description="Branched, verified RL synthetic data for reasoning models, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="generate, branch, verify, prune and train, as a config says",
-                         description="Run a config end to end; overrides look like section.key=value.")
-    run.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
+                         description="Run a config end to end; overrides look like section.key=value. "
+                                     "`run --resume RUN_DIR` continues a killed run from its last step checkpoint.")
+    run.add_argument("config", nargs="?", help="YAML run config, e.g. configs/demo.yaml")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
     run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
     run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue this killed run (its own config.yaml) from its "
+                                                         "last step checkpoint (run.checkpoint_every)")
     run.set_defaults(handler=_run)
+    train = sub.add_parser("train", help="fine-tune the configured policy on a stored verified data set (no sampling)",
+                           description="SFT on every stored (prompt, completion) for train.epochs passes at train.lr; "
+                                       "held-out pass@1 before and after, as `run` measures it.")
+    train.add_argument("config", help="YAML run config: model, env (for eval), train.epochs/lr/batch_size")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
+    train.add_argument("--from-data", required=True, metavar="DIR", help="a run directory or its data/ directory")
+    train.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
+    train.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    train.set_defaults(handler=_train)
     verify = sub.add_parser("verify", help="verify JSONL records (the branchrl verify format); results on stdout",
                             description="Verify one JSON record per line ('-' = stdin).")
     verify.add_argument("file", help="JSONL file of records, or - for stdin")
@@ -60,6 +73,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    from .config import ConfigError
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise ConfigError("--resume RUN_DIR takes no config, overrides or --out: the run continues with its "
+                              "own config.yaml, in its own directory")
+        from .checkpoints import resume_point
+        from .loop import resume
+
+        resume_point(Path(args.resume))  # a run dir with a checkpoint, or a one-line error before Ray starts
+        resume(Path(args.resume), address=args.address)
+        return 0
+    if not args.config:
+        raise ConfigError("branchrl run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     cfg, out = resolve_run(args)
     from .loop import run  # torch and ray load only once the config is known to be good
 
@@ -67,8 +94,19 @@ def _run(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    cfg, out = resolve_run(args)
+    from .datastore import find_data_dir
+
+    data = find_data_dir(Path(args.from_data))
+    from .from_data import train_from_data  # torch and ray load only once config and data dir are known good
+
+    train_from_data(cfg, data, out, address=cfg.run.ray_address)
+    return 0
+
+
 def resolve_run(args):
-    """(config, run dir) for `branchrl run`, with --address folded into the config the run saves."""
+    """(config, run dir) for `branchrl run` and `train`, with --address folded into the config the run saves."""
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -118,6 +156,8 @@ def _is_user_error(e: Exception) -> bool:
     if "branchrl.launch" in sys.modules and isinstance(e, sys.modules["branchrl.launch"].LaunchError):
         return True
     if "branchrl.envs" in sys.modules and isinstance(e, sys.modules["branchrl.envs"].EnvError):
+        return True
+    if "branchrl.datastore" in sys.modules and isinstance(e, sys.modules["branchrl.datastore"].DataSetError):
         return True
     return False
 

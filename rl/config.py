@@ -121,7 +121,8 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(32, gt=0, description="sequences per optimizer step")
-    epochs: int = Field(1, gt=0, description="passes over each step's verified samples")
+    epochs: int = Field(1, gt=0, description="passes over each step's verified samples (`train --from-data`: "
+                                             "over the whole stored data set)")
     max_per_problem: int = Field(4, gt=0, description="distinct verified completions kept per problem")
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     clip_low: float = Field(0.2, ge=0, lt=1, description="grpo/tree: ratio clip below 1 (1 - clip_low)")

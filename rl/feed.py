@@ -18,8 +18,8 @@ from .tree import Tree
 
 
 class Feed:
-    def __init__(self, ctx, depth: int, next_key: int = 1, tag: str = ""):
-        self.ctx, self.depth, self.next_key, self.tag = ctx, depth, next_key, tag
+    def __init__(self, ctx, depth: int, next_key: int = 1):
+        self.ctx, self.depth, self.next_key = ctx, depth, next_key
         self.queue: deque[Batch] = deque()
         self.busy = [0.0] * len(ctx.roles.rollout)   # each rollout worker's seconds of work on training batches
 
@@ -35,7 +35,7 @@ class Feed:
         trees, busy = collect(self.ctx.roles, self.ctx.settings, batch)
         self.busy = [a + b for a, b in zip(self.busy, busy)]
         for i, tree in enumerate(trees):  # workers number trees within their shard; ids must be run-unique
-            tree.tree_id = f"{tree.problem_id}#b{batch.key}{self.tag}#{i}"
+            tree.tree_id = f"{tree.problem_id}#b{batch.key}#{i}"
         return batch, trees, max(busy)
 
     def oldest_key(self) -> int:

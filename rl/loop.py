@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from . import checkpoints, dispatch
 from .advantages import informative
 from .algos import ALGOS, pg_batch
 from .config import Config, ConfigError, dump_config, load_config
-from .datastore import DataStore
+from .datastore import DataStore, sample_id
 from .feed import Feed
 from .launch import Roles, launch, start_ray
 from .ledger import Ledger
@@ -88,22 +90,30 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
     t0 = time.perf_counter()
     progress = Progress(cfg.run.steps)
     progress.note(f"run dir {run_dir}; starting Ray" + (f"; resuming after step {point.step}" if point else ""))
-    start_ray(cfg, address)
-    roles = launch(cfg)
-    try:
-        info = ray.get(roles.trainer.describe.remote())
-        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
-        ctx = Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, branch_settings(cfg, env, tokenizer),
-                      attempt=point.attempt if point else 0)
+    with launched(cfg, env, tokenizer, run_dir, progress, address, point) as ctx:
         summary = train_and_evaluate(ctx, eval_set, warm_set, point)
-        summary["placement"] = roles.placement()
-    finally:
-        roles.shutdown()
+        summary["placement"] = ctx.roles.placement()
     summary["wall_seconds"] = time.perf_counter() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
                   f"summary in {run_dir / 'summary.json'}")
     return summary
+
+
+@contextmanager
+def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: Progress, address: str | None,
+             point: checkpoints.ResumePoint | None = None) -> Iterator[Context]:
+    """Ray started or joined, the roles launched, the driver's Context (its ledger continued from the resume
+    point, if any); the roles go down on the way out."""
+    start_ray(cfg, address)
+    roles = launch(cfg)
+    try:
+        info = ray.get(roles.trainer.describe.remote())
+        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
+        yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, branch_settings(cfg, env, tokenizer),
+                      attempt=point.attempt if point else 0)
+    finally:
+        roles.shutdown()
 
 
 def prepare(cfg: Config, run_dir: Path):
@@ -157,7 +167,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
     ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "final")))
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
-            "steps": cfg.run.steps, "verified_samples": store.rows_written, "seed": cfg.run.seed,
+            "steps": cfg.run.steps, "verified_samples": store.rows, "seed": cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
             **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
 
@@ -169,8 +179,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
     start of step s+1, then the step's record is written and, every run.checkpoint_every steps, a step
     checkpoint. Returns how busy each group was."""
     cfg, pending = ctx.cfg, None
-    feed = Feed(ctx, depth=cfg.rollout.max_staleness, next_key=point.next_key if point else 1,
-                tag=f"a{ctx.attempt}" if ctx.attempt else "")
+    feed = Feed(ctx, depth=cfg.rollout.max_staleness, next_key=point.next_key if point else 1)
     t0, trainer_busy, eval_seconds = time.perf_counter(), 0.0, 0.0
     with open(ctx.run_dir / "metrics.jsonl", "a" if point else "w") as metrics:
         for step in range((point.step if point else 0) + 1, cfg.run.steps + 2):
@@ -204,7 +213,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     t_step, cfg = time.perf_counter(), ctx.cfg
     got = gather(ctx, feed)
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
-    store.write(step, provenance(ctx, chosen, step))
+    store.write(step, provenance(ctx, chosen, step, store.attempt))
     algo = ALGOS[cfg.train.algo]
     batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
                       if algo.policy_gradient else (chosen.sequences, 0))
@@ -286,16 +295,18 @@ def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> t
     return leaves, time.perf_counter() - t0
 
 
-def provenance(ctx: Context, chosen: Selection, step: int) -> list[dict]:
+def provenance(ctx: Context, chosen: Selection, step: int, attempt: int = 0) -> list[dict]:
+    """The data-set rows of a step's chosen samples; attempt: which (re)start of the run sampled them."""
     env, seed = ctx.env, ctx.cfg.run.seed
     version = verifier_version(env.verifier)
     trees = {leaf["tree"].tree_id: leaf["tree"] for _, leaf in chosen.samples}
     tree_value = {tree_id: tree.values()[0] for tree_id, tree in trees.items()}  # once per tree, not per row
-    return [{"env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
+    return [{"sample_id": sample_id(leaf["tree"].tree_id, leaf["tree"].branch_path(leaf["leaf"]), attempt),
+             "env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
              "policy_version": leaf["tree"].policy_version, "verifier": env.verifier, "verifier_version": version,
              "verdict": leaf["result"]["verdict"], "score": leaf["result"]["score"], "tree_id": leaf["tree"].tree_id,
              "branch_path": leaf["tree"].branch_path(leaf["leaf"]), "tree_value": tree_value[leaf["tree"].tree_id],
-             "num_tokens": len(leaf["ids"]), "seed": seed, "step": step}
+             "num_tokens": len(leaf["ids"]), "seed": seed, "step": step, "attempt": attempt}
             for p, leaf in chosen.samples]
 
 

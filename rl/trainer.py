@@ -58,17 +58,22 @@ class Trainer:
                 "flop_params": count_flop_params(self.model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
 
     def warm_start(self, texts: list[tuple[str, str]]) -> dict:
-        """Short SFT on worked (prompt, solution) pairs before RL, with warm-up and cosine decay."""
+        """Short SFT on worked (prompt, solution) pairs before RL."""
         ws = self.cfg.warm_start
+        return self.sft(texts, ws.epochs, ws.lr, ws.batch_size)
+
+    def sft(self, texts: list[tuple[str, str]], epochs: int, lr: float, batch_size: int) -> dict:
+        """SFT on (prompt, completion) text pairs, loss on the completion + EOS, with linear warm-up and cosine
+        decay from lr; the policy version stays (not an RL update) and the optimizer ends at train.lr."""
         eos = self.tokenizer.eos_token_id
         seqs = [(self.tokenizer.encode(p), self.tokenizer.encode(s) + [eos]) for p, s in texts]
-        total = ws.epochs * -(-len(seqs) // ws.batch_size)
+        total = epochs * -(-len(seqs) // batch_size)
         warmup = max(1, total // 20)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] = ws.lr
+            group["lr"] = group["initial_lr"] = lr
         schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
             self.optimizer, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(i, total) / total)))
-        stats = self.fit(seqs, ws.epochs, ws.batch_size, schedule=schedule)
+        stats = self.fit(seqs, epochs, batch_size, schedule=schedule)
         for group in self.optimizer.param_groups:  # RL continues with the same Adam moments
             group["lr"] = self.cfg.train.lr
         return stats

@@ -44,6 +44,8 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
     bad_yaml.write_text("run:\n  steps: [3\n")
     a_file = tmp_path / "a_file"
     a_file.write_text("")
+    no_samples = tmp_path / "no_samples"
+    (no_samples / "data").mkdir(parents=True, exist_ok=True)
     return {
         "missing config": (["run", tmp_path / "nope.yaml"], f"config file not found: {tmp_path / 'nope.yaml'}"),
         "unknown key": (["run", DEMO, "rollout.worker=3"],
@@ -63,13 +65,21 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
                                    "train.algo=tree needs a branching policy"),
         "unknown policy": (["run", DEMO, "branch.policy=beam"],
                            "branch.policy: Input should be 'independent', 'entropy' or 'eptree' (got 'beam')"),
+        "train missing data": (["train", DEMO, "--from-data", tmp_path / "nope"],
+                               f"data dir {tmp_path / 'nope'} not found; pass a run directory or its data/ directory"),
+        "train empty data": (["train", DEMO, "--from-data", no_samples],
+                             f"{no_samples / 'data'} holds no parquet shards (no verified samples)"),
+        "train data is a file": (["train", DEMO, "--from-data", a_file], f"data dir {a_file} is not a directory"),
+        "train override": (["train", DEMO, "--from-data", no_samples, "train.epoch=2"],
+                           "unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing config", "unknown key", "wrong type", "zero workers", "leaves < roots",
                                   "invalid yaml", "out not empty", "out is a file", "unknown env", "bad env kwargs",
                                   "override after --out", "verify missing file", "tree without branching",
-                                  "unknown policy"])
+                                  "unknown policy", "train missing data", "train empty data", "train data is a file",
+                                  "train override"])
 def test_user_errors_are_one_line_and_exit_2(case, tmp_path, full_dir):
     argv, expected = error_cases(tmp_path, full_dir)[case]
     line = one_error_line(branchrl(*argv, cwd=tmp_path))
@@ -85,7 +95,7 @@ def test_errors_and_help_never_import_torch_or_ray(tmp_path, full_dir):
         import json, sys
         from branchrl.cli import main
         codes = []
-        for argv in (["--help"], ["run", "--help"], ["verify", "--help"]):
+        for argv in (["--help"], ["run", "--help"], ["verify", "--help"], ["train", "--help"]):
             try:
                 main(argv)
             except SystemExit as e:
@@ -97,8 +107,9 @@ def test_errors_and_help_never_import_torch_or_ray(tmp_path, full_dir):
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.splitlines()[-1])
-    assert report == {"codes": [0, 0, 0] + [2] * len(cases), "loaded": []}
-    assert all(f"usage: branchrl {c}" in proc.stdout for c in ("[-h] COMMAND", "run [-h] [--out OUT]", "verify [-h]"))
+    assert report == {"codes": [0, 0, 0, 0] + [2] * len(cases), "loaded": []}
+    assert all(f"usage: branchrl {c}" in proc.stdout for c in ("[-h] COMMAND", "run [-h] [--out OUT]", "verify [-h]",
+                                                               "train [-h] --from-data DIR"))
 
 
 def test_console_script_help_exits_0(tmp_path):
@@ -109,7 +120,8 @@ def test_console_script_help_exits_0(tmp_path):
 
 
 def test_usage_mistakes_exit_2(tmp_path):
-    for argv in ([], ["nope"], ["run"], ["run", DEMO, "--nope"], ["verify", "a.jsonl", "x=1"]):
+    for argv in ([], ["nope"], ["run"], ["run", DEMO, "--nope"], ["verify", "a.jsonl", "x=1"], ["train", DEMO],
+                 ["train", DEMO, "--from-data", "x", "--epochs", "2"]):
         proc = branchrl(*argv, cwd=tmp_path)
         assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -173,3 +185,36 @@ def test_prepare_saves_the_resolved_config(prepare, tmp_path):
     assert len(eval_set) == 20 and len(warm_set) == 10 and env.name == "arithmetic"
     assert warm_set == env.warm_start_problems(10, 3)
     assert tokenizer.decode(tokenizer.encode(eval_set[0].prompt), skip_special_tokens=True) == eval_set[0].prompt
+
+
+# ------------------------------------------------------------------ train --from-data: the checks before Ray
+@pytest.fixture
+def stored(tmp_path):
+    """A run dir whose data set holds two verified arithmetic samples."""
+    from branchrl.datastore import DataStore, sample_id
+
+    rows = [{"sample_id": sample_id(f"1+{i}#s1#{i}", "0", 0), "env": "arithmetic", "problem_id": f"1+{i}",
+             "prompt": f"1+{i}=", "completion": f"#### {1 + i}", "answer": str(1 + i), "policy_version": 0,
+             "verifier": "math", "verifier_version": "v", "verdict": "pass", "score": 1.0, "tree_id": f"1+{i}#s1#{i}",
+             "branch_path": "0", "tree_value": 1.0, "num_tokens": 6, "seed": 0, "step": 1, "attempt": 0}
+            for i in range(2)]
+    DataStore(tmp_path / "src" / "data").write(1, rows)
+    return tmp_path / "src"
+
+
+def test_train_from_data_refuses_a_data_set_that_does_not_fit_before_ray(stored, tmp_path):
+    from branchrl.datastore import DataSetError
+    from branchrl.from_data import train_from_data  # imports ray and torch; starts nothing
+
+    cases = [(small("env.name=countdown", "env.kwargs={}"), ConfigError,
+              "the data set holds samples of env 'arithmetic', but the config evaluates on 'countdown'"),
+             (small("model.tiny.max_position=8", "rollout.max_new_tokens=1", "eval.problems=1"), ConfigError,
+              "a stored sample is 11 tokens, over model.tiny.max_position=8")]
+    for cfg, error, message in cases:
+        with pytest.raises(error, match=message):
+            train_from_data(cfg, stored, tmp_path / "out")
+    shard = stored / "data" / "step-000001.parquet"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"X")
+    with pytest.raises(DataSetError, match="does not match data_manifest.json"):
+        train_from_data(small(), stored, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -94,3 +94,45 @@ def test_report_writes_markdown_and_three_plots(finished_run):
     assert "3 steps recorded" in text and "| rollout_train_flop_ratio |" in text
     for name in ("learning", "compute", "trees"):
         assert (run_dir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ branchrl train --from-data
+@pytest.fixture(scope="module")
+def trained_from_data(finished_run, tmp_path_factory):
+    """`branchrl train RUN/config.yaml --from-data RUN` from the run's warm-start checkpoint, in this process."""
+    from branchrl.cli import main
+
+    _, run_dir, _ = finished_run
+    out = tmp_path_factory.mktemp("sft") / "out"
+    argv = ["train", str(run_dir / "config.yaml"), "--from-data", str(run_dir), "--out", str(out),
+            f"model.path={run_dir / 'checkpoints' / 'warm_start'}", "train.epochs=2", "train.lr=0.003"]
+    assert main(argv) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_train_from_data_evaluates_like_the_run_and_trains_every_stored_row(finished_run, trained_from_data):
+    import datasets
+
+    cfg, run_dir, run_summary = finished_run
+    out, summary = trained_from_data
+    rows = datasets.load_dataset("parquet", data_dir=str(run_dir / "data"), split="train")
+    assert summary["rows"] == len(rows) == run_summary["verified_samples"]
+    assert summary["problems"] == len(set(rows["problem_id"])) and summary["source"] == str(run_dir / "data")
+    assert summary["eval_before"] == run_summary["eval_before"]  # the same weights, evaluated the run's way
+    assert 0 <= summary["eval_after"] <= 1 and summary["eval_problems"] == cfg.eval.problems
+    assert math.isfinite(summary["loss"]) and summary["trained_tokens"] > 0 and summary["epochs"] == 2
+    saved = load_config(out / "config.yaml")
+    assert (saved.train.epochs, saved.model.path) == (2, str(run_dir / "checkpoints" / "warm_start"))
+
+
+def test_train_from_data_checkpoint_loads_and_its_parameters_changed(finished_run, trained_from_data):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _, run_dir, _ = finished_run
+    out, _ = trained_from_data
+    start = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "warm_start").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "final").state_dict()
+    assert (out / "checkpoints" / "final" / "optimizer.pt").is_file()
+    assert final.keys() == start.keys()
+    assert [k for k in final if torch.equal(final[k], start[k])] == []
