@@ -1,7 +1,8 @@
 """Wires the roles onto Ray: the inference group, the training group and the verifier pool.
 
-The rollout workers live in one placement group (the inference group) and the trainer in another
-(the training group), so on a real cluster they can sit on different machines. Without an address
+The rollout workers live in one placement group (the inference group) and the trainers, one bundle
+each, in another (the training group), so on a real cluster they can sit on different machines. The
+trainers then rendezvous into one data-parallel job (`TrainerGroup.connect`). Without an address
 Ray starts embedded on this machine. The role classes stay plain Python; `ray.remote` is applied
 only here. A group the cluster cannot place fails fast with what is missing instead of hanging.
 """
@@ -22,6 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from .config import Config
 from .rollout_worker import RolloutWorker
 from .trainer import Trainer
+from .trainer_group import TrainerGroup
 from .verifier_pool import VerifierWorker
 
 PLACEMENT_TIMEOUT_S = 60.0
@@ -33,15 +35,15 @@ class LaunchError(RuntimeError):
 
 @dataclass
 class Roles:
-    trainer: ray.actor.ActorHandle | None
+    trainer: TrainerGroup | None
     rollout: list[ray.actor.ActorHandle]
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
 
     def shutdown(self) -> None:
-        for actor in [self.trainer, *self.rollout, *self.verifiers]:
-            if actor is not None:
-                ray.kill(actor)
+        trainers = self.trainer.actors if self.trainer is not None else []
+        for actor in [*trainers, *self.rollout, *self.verifiers]:
+            ray.kill(actor)
         for group in self.groups:
             remove_placement_group(group)
 
@@ -54,7 +56,7 @@ def start_ray(cfg: Config, address: str | None) -> None:
     if address:
         ray.init(address=address, **quiet)
         return
-    need = cfg.rollout.workers * cfg.rollout.cpus_per_worker + cfg.train.cpus + cfg.verify.workers * cfg.verify.cpus_per_worker
+    need = cfg.rollout.workers * cfg.rollout.cpus_per_worker + cfg.train.workers * cfg.train.cpus + cfg.verify.workers * cfg.verify.cpus_per_worker
     # Ray CPUs are reservations, not cores: the loop alternates phases, so the roles share the cores.
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **quiet)
 
@@ -62,7 +64,7 @@ def start_ray(cfg: Config, address: str | None) -> None:
 def launch(cfg: Config) -> Roles:
     """Place the training group, then the inference group, then the verifier pool; returns their handles."""
     r, t = cfg.rollout, cfg.train
-    wanted = {"training": [{"CPU": t.cpus, "GPU": t.gpus}],
+    wanted = {"training": [{"CPU": t.cpus, "GPU": t.gpus}] * t.workers,
               "inference": [{"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}] * r.workers}
     for name, bundles in wanted.items():  # before placing anything: nothing to undo, no waiting
         _check_cluster_can_hold(name, bundles)
@@ -70,11 +72,15 @@ def launch(cfg: Config) -> Roles:
     try:
         train_group = _group("training", wanted["training"])
         roles.groups.append(train_group)
-        roles.trainer = ray.remote(Trainer).options(
-            num_cpus=t.cpus, num_gpus=t.gpus,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=0),
-        ).remote(cfg)
-        info = ray.get(roles.trainer.describe.remote())
+        roles.trainer = TrainerGroup([
+            ray.remote(Trainer).options(
+                num_cpus=t.cpus, num_gpus=t.gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=i),
+            ).remote(cfg)
+            for i in range(t.workers)
+        ])
+        roles.trainer.connect()
+        info = roles.trainer.describe()
         infer_group = _group("inference", wanted["inference"])
         roles.groups.append(infer_group)
         roles.rollout = [

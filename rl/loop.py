@@ -68,7 +68,7 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     start_ray(cfg, address)
     roles = launch(cfg)
     try:
-        info = ray.get(roles.trainer.describe.remote())
+        info = roles.trainer.describe()
         ctx = Context(cfg, env, tokenizer, roles, Ledger(info["flop_params"], info["layers"], info["hidden"]),
                       run_dir, progress, branch_settings(cfg, env, tokenizer))
         summary = train_and_evaluate(ctx, eval_set, warm_set)
@@ -115,9 +115,9 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     trainer, cfg = ctx.roles.trainer, ctx.cfg
     if warm_set:
         ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
-        stats = ray.get(trainer.warm_start.remote([(p.prompt, p.solution) for p in warm_set]))
+        stats = trainer.warm_start([(p.prompt, p.solution) for p in warm_set])
         ctx.progress.note(f"warm start done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
-        ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "warm_start")))
+        trainer.save(str(ctx.run_dir / "checkpoints" / "warm_start"))
     sync(ctx.roles)
     eval_before = evaluate(ctx, eval_set, step=0)
     ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
@@ -131,7 +131,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
             metrics.flush()
             ctx.progress.step(record)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
-    ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "final")))
+    trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows_written, "seed": cfg.run.seed,
             **ctx.ledger.totals()}
@@ -146,7 +146,7 @@ def rl_step(ctx: Context, store: DataStore, step: int) -> dict:
     algo = ALGOS[cfg.train.algo]
     batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
                       if algo.policy_gradient else (chosen.sequences, 0))
-    update = ray.get(ctx.roles.trainer.train.remote(batch)) if batch else None
+    update = ctx.roles.trainer.train(batch) if batch else None
     version, sync_s = sync(ctx.roles)
     led, generated = ctx.ledger, got.generated_tokens()
     led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
@@ -248,7 +248,7 @@ def sync(roles: Roles) -> tuple[int, float]:
     """Publish the trainer's weights once to the object store; every rollout worker loads that copy.
     Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
     t0 = time.perf_counter()
-    published = ray.get(roles.trainer.publish.remote())
+    published = roles.trainer.publish()
     loaded = ray.get([w.set_weights.remote(published["ref"]) for w in roles.rollout])
     for i, got in enumerate(loaded):
         if (got["version"], got["checksum"]) != (published["version"], published["checksum"]):

@@ -288,3 +288,30 @@ def test_a_trainer_started_from_a_saved_checkpoint_continues_its_optimizer(tmp_p
     first.train(seqs), second.train(seqs)
     for k, v in first.model.state_dict().items():
         torch.testing.assert_close(second.model.state_dict()[k], v)
+
+
+def pg_samples(trainer):
+    """PGSamples on PAIRS with uneven advantages and token weights; old log-probs near a fresh model's (1/100)."""
+    from branchrl.advantages import PGSample
+
+    return [PGSample(p, c, advantages=[(-1.0) ** i * (1 + i / 4)] * len(c), weights=[1.0 / (1 + i % 3)] * len(c),
+                     old_logprobs=[-4.6] * len(c)) for i, (p, c) in enumerate(sequences(trainer))]
+
+
+@pytest.mark.parametrize("algo", ["sft", "grpo"])
+def test_gradient_accumulation_takes_the_same_step_as_the_whole_minibatch(algo):
+    """One minibatch of 6 in micro-batches of 4 and 2 against all 6 at once: the same gradient and update.
+    grad_clip never clips here, so a wrongly weighted micro-batch cannot hide behind it."""
+    cfg = ["train.batch_size=6", "train.kl_coef=0.1", "train.grad_clip=1000", f"train.algo={algo}"]
+    whole, accumulated = Trainer(tiny_cfg(*cfg)), Trainer(tiny_cfg(*cfg, "train.micro_batch_size=4"))
+    batch = pg_samples(whole) if algo == "grpo" else sequences(whole)
+    before = whole.weights()
+    expected, got = whole.train(batch), accumulated.train(batch)
+    assert math.isfinite(got["loss"]) and got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-7)
+    assert {k: got[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")} == \
+           {k: expected[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")}
+    after = accumulated.model.state_dict()
+    assert all(not torch.equal(v, after[k]) for k, v in before.state.items() if "embed" not in k)
+    for (k, p), q in zip(whole.model.named_parameters(), accumulated.model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+        torch.testing.assert_close(after[k], p)
