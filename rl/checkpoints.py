@@ -41,9 +41,7 @@ def save(ctx, step: int, next_key: int, eval_before: float) -> Path:
     root = ctx.run_dir / "checkpoints"
     final, partial = root / f"{PREFIX}{step:06d}", root / f"{PREFIX}{step:06d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    import ray  # here, so `--resume` checks its run dir before ray is imported
-
-    ray.get(ctx.roles.trainer.save.remote(str(partial)))
+    ctx.roles.trainer.save(str(partial))
     state = {"step": step, "version": ctx.roles.published["version"], "next_key": next_key,
              "eval_before": eval_before, "ledger": ctx.ledger.state(), "attempt": ctx.attempt}
     (partial / "driver.json").write_text(json.dumps(state, indent=1) + "\n")

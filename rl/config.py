@@ -113,14 +113,18 @@ class TrainConfig(Section):
     algo: Literal["sft", "grpo", "tree"] = Field(
         "sft", description="objective: sft = fine-tune on distinct verified paths, grpo = policy gradient with group "
                            "advantages on leaves, tree = policy gradient with TreeRL span advantages")
-    cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved for the trainer actor")
-    gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved for the trainer actor")
-    threads: int = Field(2, gt=0, description="torch CPU threads in the trainer actor")
+    workers: int = Field(1, gt=0, description="trainer actors forming one data-parallel torch.distributed job "
+                                              "(gloo on CPU, nccl on GPUs)")
+    cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per trainer actor")
+    gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per trainer actor")
+    threads: int = Field(2, gt=0, description="torch CPU threads in each trainer actor")
     node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking training nodes (e.g. training_node): "
                                                         "trainers run only on nodes that have it; null = any node")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    batch_size: int = Field(32, gt=0, description="sequences per optimizer step")
+    batch_size: int = Field(32, gt=0, description="sequences per optimizer step, over all trainers")
+    micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward in each trainer; more are "
+                                                       "accumulated (0 = a trainer's whole share at once)")
     epochs: int = Field(1, gt=0, description="passes over each step's verified samples (`train --from-data`: "
                                              "over the whole stored data set)")
     max_per_problem: int = Field(4, gt=0, description="distinct verified completions kept per problem")
@@ -130,6 +134,20 @@ class TrainConfig(Section):
     kl_coef: float = Field(0.0, ge=0, description="grpo/tree: weight of the k3 KL to the policy at the first update (0 = off)")
     shared_spans: Literal["once", "per_leaf"] = Field(
         "once", description="grpo/tree: a span shared by L leaves counts once (weight 1/L per leaf) or once per leaf")
+
+    @model_validator(mode="after")
+    def _data_parallel(self) -> "TrainConfig":
+        share = -(-self.batch_size // self.workers)  # the most sequences one trainer gets per step
+        if self.batch_size < self.workers:
+            raise ValueError(f"batch_size ({self.batch_size}) counts sequences per step over all {self.workers} "
+                             f"workers; raise it to at least {self.workers} so every trainer gets one")
+        if self.micro_batch_size > share:
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) is over one worker's share of batch_size "
+                             f"({self.batch_size} / {self.workers} workers = {share}); lower it, or 0 for no accumulation")
+        if self.workers > 1 and 0 < self.gpus < 1:
+            raise ValueError(f"workers={self.workers} with gpus={self.gpus}: NCCL needs a whole GPU per trainer; "
+                             f"set gpus to 1 or workers to 1")
+        return self
 
 
 class EvalConfig(Section):
@@ -162,6 +180,9 @@ class Config(Section):
         if self.train.algo == "tree" and self.branch.policy == "independent":
             raise ValueError("train.algo=tree needs a branching policy (branch.policy=entropy or eptree); "
                              "with independent chains use train.algo=grpo")
+        if self.warm_start.problems and self.warm_start.batch_size < self.train.workers:
+            raise ValueError(f"warm_start.batch_size ({self.warm_start.batch_size}) is below train.workers "
+                             f"({self.train.workers}); every trainer needs a sequence per warm-start step")
         return self
 
 

@@ -1,7 +1,8 @@
 """Wires the roles onto Ray: the inference group, the training group and the verifier pool.
 
-The rollout workers live in one placement group (the inference group) and the trainer in another
-(the training group), so on a real cluster they can sit on different machines. Without an address
+The rollout workers live in one placement group (the inference group) and the trainers, one bundle
+each, in another (the training group), so on a real cluster they can sit on different machines. The
+trainers then rendezvous into one data-parallel job (`TrainerGroup.connect`). Without an address
 Ray starts embedded on this machine. The role classes stay plain Python; `ray.remote` is applied
 only here. A group the cluster cannot place fails fast with what is missing instead of hanging.
 """
@@ -23,6 +24,7 @@ from .config import Config
 from .dispatch import Faults
 from .rollout_worker import RolloutWorker
 from .trainer import Trainer
+from .trainer_group import TrainerGroup
 from .verifier_pool import VerifierWorker
 
 PLACEMENT_TIMEOUT_S = 60.0
@@ -34,7 +36,7 @@ class LaunchError(RuntimeError):
 
 @dataclass
 class Roles:
-    trainer: ray.actor.ActorHandle | None
+    trainer: TrainerGroup | None
     rollout: list[ray.actor.ActorHandle]
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
@@ -44,26 +46,28 @@ class Roles:
     def placement(self) -> dict[str, list[str]]:
         """The Ray node id each actor runs on, by group (recorded in summary.json)."""
         node = lambda a: a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())  # noqa: E731
-        groups = {"training": [self.trainer], "inference": self.rollout, "verifier": self.verifiers}
+        groups = {"training": self.trainer.actors, "inference": self.rollout, "verifier": self.verifiers}
         return {name: ray.get([node(a) for a in actors]) for name, actors in groups.items()}
 
     def shutdown(self) -> None:
-        for actor in [self.trainer, *self.rollout, *self.verifiers]:
-            if actor is not None:
-                ray.kill(actor)
+        trainers = self.trainer.actors if self.trainer is not None else []
+        for actor in [*trainers, *self.rollout, *self.verifiers]:
+            ray.kill(actor)
         for group in self.groups:
             remove_placement_group(group)
 
 
 def start_ray(cfg: Config, address: str | None) -> None:
-    """Join `address` ('auto' = the running cluster), or start an embedded one sized for the config."""
+    """Join `address` ('auto' = the running cluster; RAY_ADDRESS, which `ray job submit` sets, counts as one),
+    or start an embedded one sized for the config."""
     if ray.is_initialized():
         return
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True, "include_dashboard": False}
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)
         return
-    need = cfg.rollout.workers * cfg.rollout.cpus_per_worker + cfg.train.cpus + cfg.verify.workers * cfg.verify.cpus_per_worker
+    need = sum(len(bundles) * bundles[0]["CPU"] for bundles in wanted_bundles(cfg).values())
     # Ray CPUs are reservations, not cores: the loop alternates phases, so the roles share the cores.
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **quiet)
 
@@ -78,7 +82,7 @@ def wanted_bundles(cfg: Config) -> dict[str, list[dict[str, float]]]:
     def bundle(cpu: float, gpu: float, marker: str | None) -> dict[str, float]:
         return {k: n for k, n in {"CPU": cpu, "GPU": gpu, marker: NODE_SHARE}.items() if k and n > 0}
 
-    return {"training": [bundle(t.cpus, t.gpus, t.node_resource)],
+    return {"training": [bundle(t.cpus, t.gpus, t.node_resource)] * t.workers,
             "inference": [bundle(r.cpus_per_worker, r.gpus_per_worker, r.node_resource)] * r.workers,
             "verifier": [bundle(v.cpus_per_worker, 0, v.node_resource)] * v.workers}
 
@@ -92,11 +96,15 @@ def launch(cfg: Config) -> Roles:
     try:
         train_group = _group("training", wanted["training"])
         roles.groups.append(train_group)
-        roles.trainer = ray.remote(Trainer).options(
-            num_cpus=t.cpus, num_gpus=t.gpus,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=0),
-        ).remote(cfg)
-        info = ray.get(roles.trainer.describe.remote())
+        roles.trainer = TrainerGroup([
+            ray.remote(Trainer).options(
+                num_cpus=t.cpus, num_gpus=t.gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=i),
+            ).remote(cfg)
+            for i in range(t.workers)
+        ])
+        roles.trainer.connect()
+        info = roles.trainer.describe()
         infer_group = _group("inference", wanted["inference"])
         roles.groups.append(infer_group)
         roles.rollout = [

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import ray
 
 from branchrl.envs import Environment, Problem, load_env
 from branchrl.verifiers import verifier_version
@@ -108,7 +107,7 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     start_ray(cfg, address)
     roles = launch(cfg)
     try:
-        info = ray.get(roles.trainer.describe.remote())
+        info = roles.trainer.describe()
         ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, branch_settings(cfg, env, tokenizer),
                       attempt=point.attempt if point else 0)
@@ -151,11 +150,11 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     trainer, cfg = ctx.roles.trainer, ctx.cfg
     if warm_set:
         ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
-        stats = ray.get(trainer.warm_start.remote([(p.prompt, p.solution) for p in warm_set]))
+        stats = trainer.warm_start([(p.prompt, p.solution) for p in warm_set])
         ctx.progress.note(f"warm start done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
-        ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "warm_start")))
+        trainer.save(str(ctx.run_dir / "checkpoints" / "warm_start"))
     if point:
-        ray.get(trainer.resume.remote(str(point.checkpoint)))
+        trainer.resume(str(point.checkpoint))
     sync(ctx.roles)
     if point:
         eval_before = point.eval_before
@@ -165,7 +164,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     store = DataStore(ctx.run_dir / "data", attempt=ctx.attempt)
     rl = train_steps(ctx, store, eval_set, eval_before, point)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
-    ray.get(trainer.save.remote(str(ctx.run_dir / "checkpoints" / "final")))
+    trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows, "seed": cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
@@ -217,7 +216,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     algo = ALGOS[cfg.train.algo]
     batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
                       if algo.policy_gradient else (chosen.sequences, 0))
-    update = ctx.roles.trainer.train.remote(batch) if batch else None
+    update = ctx.roles.trainer.start_train(batch) if batch else None
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
     led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
                     sum(t.context_sum() for t in got.trees), got.rollout_seconds)
@@ -236,7 +235,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
 
 def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     """Wait for a step's update, sync the new weights, and complete the step's metrics record."""
-    stats = ray.get(update) if update is not None else None
+    stats = ctx.roles.trainer.finish_train(update) if update is not None else None
     version, sync_s = sync(ctx.roles)
     led = ctx.ledger
     if stats:
@@ -314,7 +313,7 @@ def sync(roles: Roles) -> tuple[int, float]:
     """Publish the trainer's weights once to the object store; every rollout worker loads that copy.
     Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
     t0 = time.perf_counter()
-    published = ray.get(roles.trainer.publish.remote())
+    published = roles.trainer.publish()
     loaded = dispatch.load_weights(roles, published)
     for i, got in enumerate(loaded):
         if (got["version"], got["checksum"]) != (published["version"], published["checksum"]):

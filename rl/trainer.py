@@ -2,28 +2,53 @@
 
 A plain class (Ray wraps it in `branchrl.launch`), so it runs in-process in tests. It never imports
 the engine; weights leave as a versioned CPU state dict with a checksum, which `weight_sync` moves.
+
+Data parallel: `train.workers` trainers `join` one torch.distributed job (gloo on CPU, nccl on GPUs)
+and wrap the policy in DistributedDataParallel. Every rank gets the whole batch and walks the same
+minibatches; each takes its slice, and the loss weighting makes the all-reduced gradient exactly the
+one a lone trainer computes on the minibatch, so the ranks stay bitwise identical. A trainer that never
+joins is a group of one and needs no torch.distributed. It does not shard parameters or optimizer
+state (no FSDP/ZeRO): every rank holds the whole model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import random
+import socket
 import time
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .config import Config
 from .advantages import PGSample
 from .algos import ALGOS
-from .losses import completion_logprobs, pack_batch, policy_loss, sft_loss
+from .losses import completion_logprobs, pack_batch, policy_loss
 from .models import count_flop_params, load_policy
-from .weight_sync import Weights, pack_weights
+from .weight_sync import Weights, pack_weights, state_checksum
 
 OPTIMIZER_FILE = "optimizer.pt"   # beside the HF files of every checkpoint
 STATE_FILE = "trainer.json"       # policy version and shuffling state, for `resume`
+COUNTS = ("trained_tokens", "processed_tokens", "context_sum")   # the ledger's FLOP inputs, summed over ranks
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)   # rendezvous, and how long a rank waits for the others in a collective
+
+
+class CompletionLogprobs(torch.nn.Module):
+    """`completion_logprobs` of a causal LM as a module's forward, the call DistributedDataParallel hooks."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, attn, loss_mask, temperature: float = 1.0) -> torch.Tensor:
+        return completion_logprobs(self.model, ids, attn, loss_mask, temperature)
 
 
 class Trainer:
@@ -33,6 +58,8 @@ class Trainer:
         self.model, self.tokenizer = load_policy(cfg.model, cfg.run.seed)
         self.device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
         self.model.to(self.device).train()
+        self.logprobs = CompletionLogprobs(self.model)   # wrapped in DDP by join()
+        self.rank, self.world = 0, 1
         self.optimizer = self._optimizer(cfg.train.lr)
         self._load_optimizer_state()
         self.version = 0
@@ -50,6 +77,27 @@ class Trainer:
             self.optimizer.load_state_dict(torch.load(path, map_location=self.device))
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.train.lr
+
+    def address(self) -> str:
+        """Where the group's rendezvous will listen: this node's IP and a port free right now (ask rank 0)."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return f"tcp://{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+
+    def join(self, address: str, rank: int, world: int) -> None:
+        """Become rank `rank` of a `world`-trainer job; every rank must call this at the same time. DDP's
+        constructor copies rank 0's parameters to every rank, so the group starts identical."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend, init_method=address, rank=rank, world_size=world,
+                                             timeout=COLLECTIVE_TIMEOUT)
+        self.rank, self.world = rank, world
+        self.logprobs = DistributedDataParallel(self.logprobs)
+
+    def checksum(self) -> str:
+        """sha256 of this rank's parameters and buffers (`weight_sync.state_checksum`)."""
+        return state_checksum(self.model.state_dict())
 
     def describe(self) -> dict:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
@@ -83,7 +131,8 @@ class Trainer:
         a likelihood objective (`sft`), PGSamples for a policy-gradient one (`grpo`, `tree`)."""
         t = self.cfg.train
         if ALGOS[t.algo].policy_gradient:
-            stats = self.fit(batch, t.epochs, t.batch_size, self._pg_loss, pairs=lambda x: (x.prompt_ids, x.completion_ids))
+            stats = self.fit(batch, t.epochs, t.batch_size, self._pg_loss, pairs=lambda x: (x.prompt_ids, x.completion_ids),
+                             weight=lambda x: sum(x.weights))
         else:
             stats = self.fit(batch, t.epochs, t.batch_size)
         self.version += 1
@@ -94,7 +143,7 @@ class Trainer:
         matches a full forward to 1e-4 in fp32), so no extra forward pass is spent recomputing them."""
         t = self.cfg.train
         flat = lambda field: torch.tensor([v for x in items for v in getattr(x, field)], device=self.device)  # noqa: E731
-        logp = completion_logprobs(self.model, ids, attn, mask, self.cfg.rollout.temperature)
+        logp = self.logprobs(ids, attn, mask, self.cfg.rollout.temperature)
         ref = None
         if t.kl_coef > 0:
             with torch.no_grad():
@@ -102,39 +151,84 @@ class Trainer:
         return policy_loss(logp, flat("old_logprobs"), flat("advantages"), flat("weights"),
                            t.clip_low, t.clip_high, ref, t.kl_coef)
 
+    def _sft_loss(self, items: list, ids, attn, mask):
+        """Mean negative log-likelihood over completion tokens (losses.sft_loss through the DDP wrapper)."""
+        return -self.logprobs(ids, attn, mask).mean(), {}
+
     def _reference(self):
         """The frozen policy the KL term pulls towards: the weights at the first RL update (after warm start)."""
         if self.ref_model is None:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         return self.ref_model
 
-    def fit(self, items, epochs: int, batch_size: int, loss_fn=None, schedule=None, pairs=lambda x: x) -> dict:
-        """Minibatch passes over items; loss_fn(items, ids, attn, mask) -> (loss, stats) (default: SFT NLL)."""
-        t0, losses, tokens, processed, context, extra = time.perf_counter(), [], 0, 0, 0, {}
+    def fit(self, items, epochs: int, batch_size: int, loss_fn=None, schedule=None, pairs=lambda x: x,
+            weight=None) -> dict:
+        """Minibatch passes over items, one optimizer step per batch_size items (over all ranks).
+        loss_fn(items, ids, attn, mask) -> (loss, stats) is a mean weighted by weight(item) per item (default:
+        SFT NLL, a mean over completion tokens). Every rank holds all items and shuffles with the same seed,
+        so all ranks walk the same minibatches. Returns totals over ranks, equal on every rank."""
+        loss_fn = loss_fn or self._sft_loss
+        weight = weight or (lambda x: len(pairs(x)[1]))
+        t0, sums, steps = time.perf_counter(), Counter(dict.fromkeys(COUNTS, 0)), 0
         for _ in range(epochs):
             order = list(range(len(items)))
             self.rng.shuffle(order)
             for s in range(0, len(order), batch_size):
-                batch = [items[i] for i in order[s:s + batch_size]]
-                packed = pack_batch([pairs(x) for x in batch], self.tokenizer.pad_token_id)
-                ids, attn, mask = (x.to(self.device) for x in packed)
-                loss, step_stats = loss_fn(batch, ids, attn, mask) if loss_fn else (sft_loss(self.model, ids, attn, mask), {})
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-                self.optimizer.step()
+                sums.update(self._step([items[i] for i in order[s:s + batch_size]], loss_fn, pairs, weight))
+                steps += 1
                 if schedule is not None:
                     schedule.step()
-                losses.append(loss.item())
-                for k, v in step_stats.items():
-                    extra.setdefault(k, []).append(v)
+        sums = self._sum_over_ranks(sums)
+        counts = {k: int(sums.pop(k)) for k in COUNTS}
+        return {"loss": sums.pop("loss", 0.0) / max(steps, 1), **counts, "seconds": time.perf_counter() - t0,
+                "sequences": len(items), **{k: v / steps for k, v in sums.items()}}
+
+    def _step(self, minibatch: list, loss_fn, pairs, weight) -> Counter:
+        """One optimizer step; returns this rank's share of the stats. Each micro-batch's loss is scaled by
+        W * its weight / the minibatch's weight, so DDP's average over the W ranks of the summed micro-batch
+        gradients is the gradient of the whole minibatch's weighted mean, as one trainer computes it."""
+        micros = self._micro_batches(minibatch, weight)
+        total = self._sum_over_ranks({"weight": sum(w for _, w, _ in micros)})["weight"]
+        sums = Counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (batch, w, real) in enumerate(micros):
+            share = w / total if total > 0 else 0.0
+            packed = pack_batch([pairs(x) for x in batch], self.tokenizer.pad_token_id)
+            ids, attn, mask = (x.to(self.device) for x in packed)
+            with self._sync_gradients(i == len(micros) - 1):
+                loss, stats = loss_fn(batch, ids, attn, mask)
+                (loss * (share * self.world)).backward()
+            sums.update({"loss": share * loss.item(), **{k: share * v for k, v in stats.items()}})
+            if real:
                 lengths = attn.sum(1)                                     # [B]
-                tokens += int(mask.sum())
-                processed += int(lengths.sum())
-                context += int((lengths * (lengths + 1) // 2).sum())      # causal attention positions
-        return {"loss": sum(losses) / max(len(losses), 1), "trained_tokens": tokens, "processed_tokens": processed,
-                "context_sum": context, "seconds": time.perf_counter() - t0, "sequences": len(items),
-                **{k: sum(v) / len(v) for k, v in extra.items()}}
+                sums.update({"trained_tokens": int(mask.sum()), "processed_tokens": int(lengths.sum()),
+                             "context_sum": int((lengths * (lengths + 1) // 2).sum())})  # causal attention positions
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        return sums
+
+    def _micro_batches(self, minibatch: list, weight) -> list[tuple[list, float, bool]]:
+        """This rank's items, minibatch[rank::W], as (items, weight, real) micro-batches. Every rank runs the
+        same number of them, padding with a zero-weight stand-in (minibatch[0], real=False), so every rank
+        makes the same collective calls in the same order and none waits forever."""
+        size = self.cfg.train.micro_batch_size or -(-len(minibatch) // self.world)
+        count = -(-len(minibatch) // (self.world * size))
+        mine = minibatch[self.rank::self.world]
+        chunks = [mine[k * size:(k + 1) * size] for k in range(count)]
+        return [(c, float(sum(map(weight, c))), True) if c else ([minibatch[0]], 0.0, False) for c in chunks]
+
+    def _sync_gradients(self, last: bool):
+        """DDP all-reduces the gradients in the backward of a rank's last micro-batch only."""
+        return self.logprobs.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+
+    def _sum_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the ranks (every rank passes the same keys); unchanged for a lone trainer."""
+        if self.world == 1:
+            return dict(values)
+        keys = sorted(values)
+        summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(summed)
+        return dict(zip(keys, summed.tolist()))
 
     def weights(self) -> Weights:
         return pack_weights(self.model, self.version)

@@ -129,6 +129,29 @@ def test_cross_field_rules_read_as_plain_sentences():
     assert "model.tiny: hidden_size must be divisible by heads" in message
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["train.workers=3", "train.batch_size=2"],
+     "invalid config value train: batch_size (2) counts sequences per step over all 3 workers; raise it to at least 3 "
+     "so every trainer gets one"),
+    (["train.workers=2", "train.batch_size=5", "train.micro_batch_size=4"],
+     "invalid config value train: micro_batch_size (4) is over one worker's share of batch_size (5 / 2 workers = 3); "
+     "lower it, or 0 for no accumulation"),
+    (["train.workers=2", "train.gpus=0.5"],
+     "invalid config value train: workers=2 with gpus=0.5: NCCL needs a whole GPU per trainer; set gpus to 1 or "
+     "workers to 1"),
+    (["train.workers=4", "warm_start.problems=8", "warm_start.batch_size=2"],
+     "invalid config: warm_start.batch_size (2) is below train.workers (4); every trainer needs a sequence per "
+     "warm-start step"),
+])
+def test_data_parallel_training_refuses_batches_the_trainers_cannot_share(overrides, expected):
+    assert error_of(overrides=overrides) == expected
+
+
+def test_data_parallel_batch_sizes_that_fit_load():
+    cfg = load_config(None, ["train.workers=2", "train.batch_size=5", "train.micro_batch_size=3", "train.gpus=1"])
+    assert (cfg.train.workers, cfg.train.micro_batch_size) == (2, 3)
+
+
 def test_tree_advantages_with_independent_chains_is_refused_by_name():
     message = error_of(overrides=["train.algo=tree", "branch.policy=independent"])
     assert message == ("invalid config: train.algo=tree needs a branching policy (branch.policy=entropy or eptree); "

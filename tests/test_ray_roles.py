@@ -1,24 +1,42 @@
-"""The roles on real Ray actors: placement groups, versioned weight sync, failing fast on missing resources."""
+"""The roles on real Ray actors: placement groups, versioned weight sync, failing fast on missing resources,
+and the training group as one data-parallel job of two trainers."""
 
+import math
 import os
 import shutil
 import time
 
 import pytest
+import torch
 
+from branchrl.algos import ALGOS, pg_batch
 from branchrl.config import load_config
 from branchrl.launch import LaunchError, launch
 from branchrl.loop import sync
+from branchrl.models import load_tokenizer
+from branchrl.sampler import BranchSettings
+from branchrl.trainer import Trainer
 from branchrl.verifier_pool import VerifierWorker
 from branchrl.verifiers import warm_sandbox
 
+# grad_clip high enough never to clip: clipping (like Adam) hides a wrongly scaled gradient, which the
+# gradients compared below must show
 TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=2", "model.tiny.kv_heads=2",
-        "model.tiny.intermediate_size=64", "rollout.workers=2", "train.threads=1"]
+        "model.tiny.intermediate_size=64", "rollout.workers=2", "train.threads=1", "train.batch_size=3",
+        "train.grad_clip=1000"]
+# two trainers of 0.5 CPU: with 2 rollout workers and a verifier the roles reserve 3.5 of the session's 4 CPUs.
+# batch_size 3 over 2 ranks with micro-batches of 1: no_sync accumulation, and a rank with an empty slice when a
+# minibatch holds one sequence
+GROUP = [*TINY, "train.workers=2", "train.cpus=0.5", "train.micro_batch_size=1", "warm_start.batch_size=4",
+         "warm_start.epochs=2"]
+PAIRS = [("12+30=", "42"), ("7*6=", "42"), ("9-4=", "5"), ("3+3=", "6"), ("10/2=", "5")]
+FORKING = ["branch.roots=2", "branch.max_leaves=4", "branch.entropy_threshold=0.0", "branch.min_prefix=1",
+           "branch.min_gap=1", "rollout.max_new_tokens=5"]
 
 
 @pytest.fixture(scope="module")
 def roles(ray_cluster):
-    roles = launch(load_config(None, TINY))
+    roles = launch(load_config(None, GROUP))
     yield roles
     roles.shutdown()
 
@@ -32,25 +50,103 @@ def _placement(actor):
 def test_rollout_workers_and_trainer_sit_in_separate_placement_groups(roles):
     training, inference = (g.id.hex() for g in roles.groups)
     assert training != inference
-    assert _placement(roles.trainer) == training
+    assert [_placement(t) for t in roles.trainer.actors] == [training, training]
     assert [_placement(w) for w in roles.rollout] == [inference, inference]
 
 
 def test_weights_reach_every_rollout_worker_with_the_trainers_checksum_and_next_version(ray_cluster, roles):
     ray = ray_cluster
     version, _ = sync(roles)
-    before = ray.get(roles.trainer.publish.remote())
+    before = roles.trainer.publish()
     states = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
     assert states == [(version, before["checksum"])] * 2
 
-    update = ray.get(roles.trainer.train.remote([([5, 6, 7], [8, 9, 2]), ([5, 7], [9, 9, 9, 2])]))
+    _set_algo(roles.trainer, "sft")
+    update = roles.trainer.train([([5, 6, 7], [8, 9, 2]), ([5, 7], [9, 9, 9, 2])])
     assert update["trained_tokens"] > 0
     new_version, _ = sync(roles)
-    after = ray.get(roles.trainer.publish.remote())
+    after = roles.trainer.publish()
     assert new_version == version + 1 == after["version"]
     assert after["checksum"] != before["checksum"]  # training changed the weights
     states = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
     assert states == [(version + 1, after["checksum"])] * 2
+
+
+def _set_algo(group, algo: str) -> None:
+    """The objective is read from each trainer's config at every update; switching it saves launching new groups."""
+    import ray
+
+    ray.get([a.__ray_call__.remote(lambda self: setattr(self.cfg.train, "algo", algo)) for a in group.actors])
+
+
+def _batch(roles, algo: str, step: int) -> list:
+    """sft: PAIRS as token ids. grpo/tree: the leaves of two trees a rollout worker samples with the current
+    policy, the first leaf of each rewarded, as the driver builds them (pg_batch)."""
+    import ray
+
+    cfg = load_config(None, [*GROUP, *FORKING])
+    tok = load_tokenizer(cfg.model)
+    if not ALGOS[algo].policy_gradient:
+        return [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
+    prompts = [(p, tok.encode(p)) for p, _ in PAIRS[:2]]
+    trees, _ = ray.get(roles.rollout[0].rollout.remote(prompts, step, BranchSettings.from_config(cfg.branch)))
+    for tree in trees:
+        for i, leaf in enumerate(tree.leaves()):
+            tree.nodes[leaf].reward = float(i == 0)
+    batch, dropped = pg_batch(ALGOS[algo], trees, "once", max_trees=2)
+    assert dropped == 0 and len(batch) >= 4
+    return batch
+
+
+def test_two_trainers_stay_bitwise_identical_through_warm_start_and_every_objective(ray_cluster, roles):
+    ray, group = ray_cluster, roles.trainer
+    stats = group.warm_start(PAIRS)
+    sums = group.checksums()
+    assert math.isfinite(stats["loss"]) and stats["sequences"] == len(PAIRS)
+    assert len(sums) == 2 and sums[0] == sums[1]
+    for algo in ("sft", "grpo", "tree"):
+        _set_algo(group, algo)
+        for step in range(1, 3):
+            sync(roles)  # the rollout workers sample with the policy the trainers hold
+            before = sums[0]
+            update = group.train(_batch(roles, algo, step))
+            sums = group.checksums()
+            assert math.isfinite(update["loss"]) and update["trained_tokens"] > 0
+            assert sums[0] == sums[1] != before, (algo, step)
+    version, _ = sync(roles)
+    published = group.publish()
+    assert (published["version"], published["checksum"]) == (version, sums[0])
+    held = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
+    assert held == [(version, sums[0])] * 2
+
+
+@pytest.mark.parametrize("algo", ["sft", "grpo"])
+def test_two_trainers_take_the_step_one_trainer_takes_on_the_same_batch(ray_cluster, roles, algo):
+    """The group (2 ranks, micro-batches of 1) and a lone in-process trainer (no accumulation) start from rank 0's
+    weights, Adam moments and shuffle state, and train on one batch: the same gradients and update up to float
+    reduction order. (The last minibatch of 2 or 1 sequences gives each rank one, or rank 1 none.)"""
+    ray, group = ray_cluster, roles.trainer
+    _set_algo(group, algo)
+    sync(roles)
+    batch = _batch(roles, algo, step=7)
+    lone = Trainer(load_config(None, [*TINY, f"train.algo={algo}"]))
+    model, optimizer, rng = ray.get(group.actors[0].__ray_call__.remote(
+        lambda self: (self.model.state_dict(), self.optimizer.state_dict(), self.rng.getstate())))
+    lone.model.load_state_dict(model)
+    lone.optimizer.load_state_dict(optimizer)
+    lone.rng.setstate(rng)
+    expected, got = lone.train(batch), group.train(batch)
+    assert {k: got[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")} == \
+           {k: expected[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")}
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-7)
+    state = ray.get(group.publish()["ref"]).state
+    assert all(not torch.equal(v, state[k]) for k, v in model.items())
+    for k, v in lone.model.state_dict().items():
+        torch.testing.assert_close(state[k], v)
+    grads = ray.get(group.actors[0].__ray_call__.remote(  # the last step's, all-reduced
+        lambda self: {k: p.grad for k, p in self.model.named_parameters()}))
+    for k, p in lone.model.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad)
 
 
 def test_a_group_the_cluster_cannot_hold_fails_at_once_naming_what_is_missing(ray_cluster):

@@ -136,3 +136,15 @@ def test_train_from_data_checkpoint_loads_and_its_parameters_changed(finished_ru
     assert (out / "checkpoints" / "final" / "optimizer.pt").is_file()
     assert final.keys() == start.keys()
     assert [k for k in final if torch.equal(final[k], start[k])] == []
+
+
+def test_a_run_with_two_data_parallel_trainers_completes(ray_cluster, tmp_path):
+    """train.workers=2 (0.5 CPU each, so the roles fit the session's 4 CPUs), with gradient accumulation."""
+    extra = ["train.workers=2", "train.cpus=0.5", "train.batch_size=8", "train.micro_batch_size=2", "run.steps=2",
+             "eval.every=0", "eval.problems=4"]
+    summary = run(load_config(None, SMALL_RUN + extra), tmp_path / "out")
+    steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and summary["trained_tokens"] == sum(s["trained_tokens"] for s in steps) > 0
+    assert all(s["loss"] is None or math.isfinite(s["loss"]) for s in steps)
+    assert steps[-1]["policy_version"] == sum(s["trained_tokens"] > 0 for s in steps)
+    assert (tmp_path / "out" / "checkpoints" / "final" / "optimizer.pt").is_file()

@@ -1,6 +1,7 @@
 """Trainer, tiny models, char tokenizer, weight packing and the rollout worker's weight load, in-process."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -78,7 +79,7 @@ def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
     cfg, info = trainer.cfg, trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
     weights = trainer.weights()
-    assert worker.set_weights(weights) == {"version": weights.version, "checksum": weights.checksum}
+    assert worker.set_weights(weights) == {"version": weights.version, "checksum": weights.checksum, "pid": os.getpid()}
     prompts = [("a", trainer.tokenizer.encode("12+30=")), ("b", trainer.tokenizer.encode("3+3="))]
     trees, seconds = worker.rollout(prompts, step=1, settings=BranchSettings(), greedy=True)
     assert seconds >= 0 and [t.policy_version for t in trees] == [1, 1]
@@ -108,7 +109,7 @@ def test_rollout_worker_runs_an_unsupported_architecture_on_the_fallback_engine(
     model = AutoModelForCausalLM.from_config(config).eval()
     worker = RolloutWorker(tiny_cfg(), config.to_dict(), eos_id=2, pad_id=0, rank=0)
     weights = pack_weights(model, version=3)
-    assert worker.set_weights(weights) == {"version": 3, "checksum": weights.checksum}
+    assert worker.set_weights(weights) == {"version": 3, "checksum": weights.checksum, "pid": os.getpid()}
     trees, _ = worker.rollout([("a", [5, 6, 7]), ("b", [8, 9])], step=1, settings=BranchSettings(), greedy=True)
     with torch.no_grad():
         for ids, tree in zip([[5, 6, 7], [8, 9]], trees):
@@ -288,3 +289,30 @@ def test_a_trainer_started_from_a_saved_checkpoint_continues_its_optimizer(tmp_p
     first.train(seqs), second.train(seqs)
     for k, v in first.model.state_dict().items():
         torch.testing.assert_close(second.model.state_dict()[k], v)
+
+
+def pg_samples(trainer):
+    """PGSamples on PAIRS with uneven advantages and token weights; old log-probs near a fresh model's (1/100)."""
+    from branchrl.advantages import PGSample
+
+    return [PGSample(p, c, advantages=[(-1.0) ** i * (1 + i / 4)] * len(c), weights=[1.0 / (1 + i % 3)] * len(c),
+                     old_logprobs=[-4.6] * len(c)) for i, (p, c) in enumerate(sequences(trainer))]
+
+
+@pytest.mark.parametrize("algo", ["sft", "grpo"])
+def test_gradient_accumulation_takes_the_same_step_as_the_whole_minibatch(algo):
+    """One minibatch of 6 in micro-batches of 4 and 2 against all 6 at once: the same gradient and update.
+    grad_clip never clips here, so a wrongly weighted micro-batch cannot hide behind it."""
+    cfg = ["train.batch_size=6", "train.kl_coef=0.1", "train.grad_clip=1000", f"train.algo={algo}"]
+    whole, accumulated = Trainer(tiny_cfg(*cfg)), Trainer(tiny_cfg(*cfg, "train.micro_batch_size=4"))
+    batch = pg_samples(whole) if algo == "grpo" else sequences(whole)
+    before = whole.weights()
+    expected, got = whole.train(batch), accumulated.train(batch)
+    assert math.isfinite(got["loss"]) and got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-7)
+    assert {k: got[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")} == \
+           {k: expected[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")}
+    after = accumulated.model.state_dict()
+    assert all(not torch.equal(v, after[k]) for k, v in before.state.items() if "embed" not in k)
+    for (k, p), q in zip(whole.model.named_parameters(), accumulated.model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+        torch.testing.assert_close(after[k], p)
