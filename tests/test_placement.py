@@ -1,5 +1,7 @@
 """Fail-fast placement checks on the cluster's node list (no Ray needed): what is missing is named."""
 
+from pathlib import Path
+
 import pytest
 
 from branchrl.config import load_config
@@ -55,3 +57,24 @@ def test_an_empty_marker_is_a_config_error():
 
     with pytest.raises(ConfigError, match="rollout.node_resource"):
         load_config(None, ["rollout.node_resource="])
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize("name, nodes", [
+    ("one-node-8gpu.yaml", [{"CPU": 64.0, "GPU": 8.0}]),
+    ("split-2node.yaml", [{"CPU": 16.0}, {"CPU": 32.0, "GPU": 8.0, "inference_node": 1.0},
+                          {"CPU": 32.0, "GPU": 8.0, "training_node": 1.0}]),
+])
+def test_the_cluster_configs_fit_the_clusters_their_comments_start(name, nodes):
+    cfg = load_config(ROOT / "configs" / "cluster" / name)
+    check_cluster(wanted_bundles(cfg), nodes)
+    with pytest.raises(LaunchError):  # and one GPU fewer does not
+        check_cluster(wanted_bundles(cfg), [{**n, "GPU": n.get("GPU", 0) - 1} if n.get("GPU") else n
+                                                     for n in nodes])
