@@ -2,11 +2,13 @@
 
 Random weights, forced length (no early EOS), same device and dtype for both. Prints decode tokens/s,
 the speed-up over `generate`, and the fraction of the memory-bandwidth floor (each decode step must
-read the weights once plus the live KV cache). Branched: the BranchSampler's tokens/s with forks.
+read the weights once plus the live KV cache). Branched: the BranchSampler's tokens/s with forks, for
+each row cap in --max-rows (0 = no cap; a cap admits prompts as trees finish, continuous batching).
 Fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, with the KV
 pages in use before and after.
 
     .venv/bin/python bench/engine.py                                   # CPU: tiny demo shape
+    .venv/bin/python bench/engine.py --cases branched --max-rows 0 64  # sampler with and without a row cap
     python bench/engine.py --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256   # GPU
 
 Record results in docs/BENCHMARKS.md with date, device and the exact command. Not a test.
@@ -20,7 +22,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from branchrl.engine import Decoder, Engine
+from branchrl.engine import Decoder, Engine, SamplingParams
 from branchrl.sampler import BranchSampler, BranchSettings
 
 SHAPES = {  # name: (config class, kwargs)
@@ -34,7 +36,8 @@ SHAPES = {  # name: (config class, kwargs)
                                        tie_word_embeddings=True)),
 }
 CASES = ("throughput", "branched", "fork")
-PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}  # bytes/s, by GPU name
+# bytes/s by GPU name, first match wins: the PCIe H100 has HBM2e at 2.0 TB/s, the SXM one HBM3 at 3.35
+PEAK_BANDWIDTH = {"H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 
 
 def sync(device: torch.device) -> None:
@@ -135,17 +138,18 @@ def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> 
             f"pool {engine.kv.kv.numel() * engine.kv.kv.element_size() / 2**20:.2f} MiB")
 
 
-def branched_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, int]:
-    """(tokens/s, leaves) of BranchSampler over batch // 8 prompts: 4 roots each, forked up to 8 leaves.
-    Random weights have high entropy, so forks happen as soon as min_prefix / min_gap allow; no EOS."""
+def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int = 0) -> tuple[float, int]:
+    """(tokens/s, leaves) of BranchSampler over batch // 8 prompts: 4 roots each, forked up to 8 leaves, at
+    most max_rows rows at once (0 = no cap). Random weights have high entropy, so forks happen as soon as
+    min_prefix / min_gap allow; no EOS, so every tree ends at the length limit and a cap runs in waves."""
     decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
     settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
     batch = [(f"p{i}", p) for i, p in enumerate(prompts[:max(1, len(prompts) // 8)].tolist())]
-    BranchSampler(Engine(decoder), -1, 4).run(batch, settings, 0)  # warm-up
+    BranchSampler(Engine(decoder), -1, 4, SamplingParams(), 0, max_rows).run(batch, settings, 0)  # warm-up
     sync(prompts.device)
     t0 = time.perf_counter()
-    trees = BranchSampler(Engine(decoder), -1, new).run(batch, settings, 0)
+    trees = BranchSampler(Engine(decoder), -1, new, SamplingParams(), 0, max_rows).run(batch, settings, 0)
     sync(prompts.device)
     tokens = sum(len(n.tokens) for t in trees for n in t.nodes)
     return tokens / (time.perf_counter() - t0), sum(len(t.leaves()) for t in trees)
@@ -159,6 +163,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64, help="generated tokens per row (forced)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--max-rows", nargs="+", type=int, default=[0], help="branched: row caps to run (0 = no cap)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
                     help="throughput: engine vs generate; branched: BranchSampler tokens/s; fork: fork cost and KV")
     args = ap.parse_args()
@@ -180,9 +185,10 @@ def main() -> None:
                 print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
                       f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
                       f"prefill {prefill * 1e3:.0f} ms")
-            if "branched" in args.cases:
-                rate, leaves = branched_tokens_per_s(model, prompts, args.new)
-                print(f"{shape:14s} branched, {batch // 8} prompts -> {leaves} leaves: {rate:10.0f} tok/s")
+            for max_rows in args.max_rows if "branched" in args.cases else []:
+                rate, leaves = branched_tokens_per_s(model, prompts, args.new, max_rows)
+                cap = f"max_rows {max_rows}" if max_rows else "no cap"
+                print(f"{shape:14s} branched, {batch // 8} prompts -> {leaves} leaves, {cap}: {rate:10.0f} tok/s")
         if "fork" in args.cases:
             for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
                 print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")

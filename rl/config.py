@@ -69,6 +69,13 @@ class RolloutConfig(Section):
     prompts_per_step: int = Field(64, gt=0, description="problems sampled per RL step")
     max_new_tokens: int = Field(64, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="training rollouts draw from the most likely tokens up to this "
+                                                      "mass (1 = all); below 1 only with train.algo=sft")
+    top_k: int = Field(0, ge=0, description="training rollouts draw from the k most likely tokens (0 = all); "
+                                            "above 0 only with train.algo=sft")
+    max_rows: int = Field(0, ge=0, description="most sequences a worker decodes at once (0 = no cap); more prompts wait "
+                                               "and join as rows finish; each tree's whole leaf budget is reserved "
+                                               "when it joins, so forks are never skipped; 0 or >= branch.max_leaves")
     tokens_per_step: int = Field(0, ge=0, description="sample more batches of prompts_per_step problems until this many "
                                                       "tokens were generated (0 = one batch); equal budgets across policies")
     max_staleness: int = Field(0, ge=0, description="0 = synchronous: each step's rollouts start after the last update's "
@@ -183,6 +190,14 @@ class Config(Section):
         if self.warm_start.problems and self.warm_start.batch_size < self.train.workers:
             raise ValueError(f"warm_start.batch_size ({self.warm_start.batch_size}) is below train.workers "
                              f"({self.train.workers}); every trainer needs a sequence per warm-start step")
+        r = self.rollout
+        if (r.top_p < 1 or r.top_k > 0) and self.train.algo != "sft":
+            raise ValueError(f"rollout.top_p={r.top_p} / rollout.top_k={r.top_k} truncate what rollouts sample from, but "
+                             f"train.algo={self.train.algo}'s loss compares against the untruncated policy at the "
+                             "temperature; use rollout.top_p=1 and rollout.top_k=0, or train.algo=sft")
+        if 0 < r.max_rows < self.branch.max_leaves:
+            raise ValueError(f"rollout.max_rows={r.max_rows} cannot hold one tree: branch.max_leaves="
+                             f"{self.branch.max_leaves} rows may decode at once; raise max_rows, or 0 for no cap")
         return self
 
 

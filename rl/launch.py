@@ -69,7 +69,8 @@ def start_ray(cfg: Config, address: str | None) -> None:
         return
     need = sum(len(bundles) * bundles[0]["CPU"] for bundles in wanted_bundles(cfg).values())
     # Ray CPUs are reservations, not cores: the loop alternates phases, so the roles share the cores.
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **quiet)
+    # address="local": embedded means our own Ray, even if `ray start` left a cluster's address on this machine
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **quiet)
 
 
 NODE_SHARE = 0.001   # of a node's marker resource per actor: the marker picks nodes, it is not a capacity

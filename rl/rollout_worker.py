@@ -1,8 +1,11 @@
 """The inference-group role: an engine + branching sampler that turns prompts into trees.
 
 A plain class (Ray wraps it in `branchrl.launch`). It takes token ids, not text, so it needs no
-tokenizer, and returns trees with per-token log-probs and entropies. It never verifies. Architectures
-the plain decoder lacks run on the slower HF fallback engine (`load_engine` logs which).
+tokenizer, and returns trees with per-token log-probs and entropies (of the distribution each token was
+drawn from: rollout.temperature, top_k, top_p). With rollout.max_rows it decodes at most that many
+sequences at once, admitting waiting prompts as rows finish (continuous batching). It never verifies.
+Architectures the plain decoder lacks run on the slower HF fallback engine (`load_engine` logs which),
+which admits waiting prompts only once its batch is done.
 
 Bad input: a prompt that does not fit the engine (prompt + max_new_tokens over its per-sequence
 limit) raises `PromptTooLong` naming the problem, before any compute; the worker stays usable. The
@@ -17,7 +20,7 @@ import time
 import torch
 
 from .config import Config
-from .engine import check_prompts, load_engine
+from .engine import SamplingParams, check_prompts, load_engine
 from .sampler import BranchSampler, BranchSettings
 from .tree import Tree
 from .weight_sync import Weights, state_checksum
@@ -55,7 +58,8 @@ class RolloutWorker:
             raise NoWeights("this rollout worker holds no weights yet; call set_weights first")
         r = self.cfg.rollout
         check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
-        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, r.temperature, self.seed * 100003 + step)
+        params = SamplingParams(r.temperature, r.top_k, r.top_p)
+        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, self.seed * 100003 + step, r.max_rows)
         t0 = time.perf_counter()
         trees = sampler.run(prompts, settings, self.version, greedy=greedy)
         return trees, time.perf_counter() - t0

@@ -1,21 +1,33 @@
 """The rollout sampler: turns prompts into trees by driving an `Engine`, with the branch policy deciding
 where trees fork (`branch.policy` -> rl/policies/<name>.py).
 
-This module holds the decoding primitives every policy shares: prefill the prompts once and repeat
-each as root chains (`start_roots`); decode rows in lock-step until each ends on EOS or the length
-limit, forking the rows a policy picks (`grow`); and re-open finished chains at chosen positions
-(`reopen`). A fork is a copy of the row's KV whose token is re-drawn with the parent's token excluded,
-so siblings always differ. It does not verify or score anything.
+Every token is drawn by the engine's sampling (`branchrl.engine.sample`: temperature, top-k, top-p, a
+seeded generator), and the log-prob and entropy stored with it are those of the distribution it was
+drawn from, truncation included. A fork's other children come from that same distribution with the
+parent's token removed, without replacement (`siblings`), so siblings always differ; a token drawn
+with probability 1 (truncation left it alone) has no sibling, so no fork happens there. Greedy runs
+(evaluation) draw at temperature 0: the argmax, stored with log-prob 0 and entropy 0.
+
+This module holds the decoding primitives every policy shares: each prompt prefilled once and
+continued by its root chains (`root_prefixes`); decoding rows in lock-step until each ends on EOS or
+the length limit, forking the rows a rule picks (`grow`); re-opening finished chains at chosen
+positions (`reopen`). With a row cap (`max_rows`) `grow` is continuous batching: it prefills only the
+prefixes whose rows fit and admits the next ones (`Engine.admit`) as rows finish. A prefix is admitted
+only when all the rows it may need at once fit (under a fork rule, its tree's whole leaf budget), so
+an online fork never finds the cap full: the cap changes when a tree is decoded, never where it forks.
+It does not verify or score anything.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
-from .engine import Engine
+from .engine import Engine, Sample, SamplingParams, sample, siblings
 from .tree import Tree
 
 
@@ -49,18 +61,33 @@ class Row:
     depth: int = 0           # forks on this path
     answered: bool = False   # the final answer has started on this path
     src: int = 0             # engine row this row's KV comes from at the next select
+    original: int = -1       # a re-opened fork point: the token already there, which this row only forks from
+    children: int = 0        # ... into this many siblings, and then ends
+
+    @property
+    def width(self) -> int:
+        """Rows this one may occupy at once: a re-opened point turns into its children."""
+        return max(1, self.children)
 
 
-ForkRule = Callable[[list[Row], torch.Tensor, list[int]], list[int]]  # rows, entropy [B], leaves per tree -> rows to fork
+class Prefix(NamedTuple):
+    ids: list[int]    # tokens to prefill: prompt + completion so far
+    rows: list[Row]   # rows that continue from it, all sharing its prefill
+
+
+ForkRule = Callable[[list[Row], torch.Tensor, list[bool], list[int]], list[int]]
+# rows, entropy [B], forkable (the drawn token's probability was below 1), leaves per tree -> rows to fork
+Children = list[tuple[int, float]]  # a fork's new children: (token, log-prob) each
 
 
 class BranchSampler:
-    def __init__(self, engine: Engine, eos_id: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0):
-        self.engine, self.eos_id = engine, eos_id
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+    def __init__(self, engine: Engine, eos_id: int, max_new_tokens: int, params: SamplingParams = SamplingParams(),
+                 seed: int = 0, max_rows: int = 0):
+        """params: how training rollouts draw tokens; max_rows: most rows decoding at once (0 = no cap)."""
+        self.engine, self.eos_id, self.max_new_tokens = engine, eos_id, max_new_tokens
+        self.sampling, self.params, self.max_rows = params, params, max_rows
         # on the engine's device: torch.multinomial refuses a generator on another device (CPU gen, CUDA probs)
         self.gen = torch.Generator(device=engine.decoder.device).manual_seed(seed)
-        self.greedy = False
         self.answer_ids: frozenset[int] = frozenset()
 
     def run(self, prompts: list[tuple[str, list[int]]], settings: BranchSettings, policy_version: int,
@@ -70,48 +97,45 @@ class BranchSampler:
         from .policies import POLICIES  # the policies import this module
 
         trees = [Tree(f"{pid}#{policy_version}#{i}", pid, ids, policy_version) for i, (pid, ids) in enumerate(prompts)]
-        self.greedy, self.answer_ids = greedy, frozenset(settings.answer_ids)
+        self.answer_ids = frozenset(settings.answer_ids)
+        self.params = SamplingParams(temperature=0.0) if greedy else self.sampling
         if greedy:
-            POLICIES["independent"].sample(self, trees, BranchSettings(policy="independent", roots=1, max_leaves=1))
-        else:
-            POLICIES[settings.policy].sample(self, trees, settings)
+            settings = BranchSettings(policy="independent", roots=1, max_leaves=1)
+        POLICIES[settings.policy].sample(self, trees, settings)
         return trees
 
     # ------------------------------------------------------------------ primitives for policies
-    def start_roots(self, trees: list[Tree], roots: int) -> tuple[list[Row], torch.Tensor]:
-        """Prefill every prompt once and repeat it as `roots` root chains; returns rows and their logits."""
-        logits = self.engine.start([t.prompt_ids for t in trees], self.max_new_tokens)
-        rows = [Row(i, trees[i].add_child(0)) for i in range(len(trees)) for _ in range(roots)]
-        self.engine.select(torch.arange(len(trees)).repeat_interleave(roots))  # roots share one prefill
-        return rows, logits.repeat_interleave(roots, dim=0)
+    def root_prefixes(self, trees: list[Tree], roots: int) -> list[Prefix]:
+        """Each prompt, continued by `roots` root chains that share its one prefill."""
+        return [Prefix(t.prompt_ids, [Row(i, t.add_child(0)) for _ in range(roots)]) for i, t in enumerate(trees)]
 
-    def grow(self, trees: list[Tree], rows: list[Row], logits: torch.Tensor, fork_rule: ForkRule | None = None) -> None:
-        """Decode rows (already in the engine, logits [B, V]) until every path ends; fork_rule picks forks."""
-        live = [len(t.leaves()) for t in trees]  # leaves (open or finished) per tree
-        for r in rows:
-            live[r.tree] += 1
-        while rows:
-            logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)        # [B, V]
-            entropy = -(logp.exp() * logp).sum(-1)                                     # [B]
-            tokens = logits.argmax(-1) if self.greedy else torch.multinomial(logp.exp(), 1, generator=self.gen)[:, 0]
-            forks = fork_rule(rows, entropy, live) if fork_rule and not self.greedy else []
-            fork_tokens = self.redraw(logp, tokens, forks)
-            rows, toks = self._advance(trees, rows, tokens, logp, entropy, dict(zip(forks, fork_tokens)))
-            keep = [i for i, r in enumerate(rows) if not self._finished(trees, r, toks[i])]
-            if not keep:
+    def grow(self, trees: list[Tree], prefixes: list[Prefix], fork_rule: ForkRule | None = None,
+             budget: int = 0) -> None:
+        """Prefill prefixes as the row cap allows and decode every row until its path ends. fork_rule picks
+        online forks and keeps each tree within `budget` leaves, which admission reserves."""
+        queue, live = deque(prefixes), [len(t.leaves()) for t in trees]  # live: leaves per tree, open or finished
+        budget = budget if fork_rule else 0
+        rows: list[Row] = []
+        logits = None
+        while True:
+            rows, logits = self._admit(queue, rows, logits, live, budget)
+            if not rows:
                 return
-            self.engine.select(torch.tensor([rows[i].src for i in keep], dtype=torch.long))
+            s = sample(logits, self.params, self.gen)
+            tokens, forks = self._forks(rows, s, fork_rule, live)
+            rows, toks = self._advance(trees, rows, tokens, s, self._siblings(s.logp, tokens, forks))
+            keep = [i for i, r in enumerate(rows) if not self._finished(trees, r, toks[i])]
             rows = [rows[i] for i in keep]
-            logits = self.engine.step(torch.tensor([toks[i] for i in keep], dtype=torch.long))
+            if rows:
+                self.engine.select(torch.tensor([r.src for r in rows], dtype=torch.long))
+                logits = self.engine.step(torch.tensor([toks[i] for i in keep], dtype=torch.long))
 
     def reopen(self, trees: list[Tree], points: list[tuple[int, int, int]], children: int) -> None:
         """Fork finished chains: points are (tree, node, offset) = the token at `offset` in `node`'s span.
         Each point gets up to `children` new siblings of that token, drawn without replacement with the
         original token excluded, each decoded to the end. Points are cut in order along each path, so
         several points on one chain are fine. Prefixes are prefilled again (counted on the tree)."""
-        if not points:
-            return
-        starts, prefixes, originals = [], [], []
+        prefixes = []
         offsets = {t: trees[t].span_starts() for t in {p[0] for p in points}}
         for t, node, offset in sorted(set(points), key=lambda p: (p[0], offsets[p[0]][p[1]] + p[2])):
             tree = trees[t]
@@ -119,7 +143,7 @@ class BranchSampler:
             while offset >= len(tree.nodes[node].tokens):
                 offset -= len(tree.nodes[node].tokens)
                 node = tree.nodes[node].children[0]
-            originals.append(tree.nodes[node].tokens[offset])
+            original = tree.nodes[node].tokens[offset]
             if offset > 0:
                 tree.split(node, offset)
             else:
@@ -127,37 +151,78 @@ class BranchSampler:
             ids = tree.prompt_ids + [tok for n in tree.path(node) for tok in tree.nodes[n].tokens]
             tree.reprefill_tokens += len(ids)
             tree.reprefill_context += len(ids) * (len(ids) + 1) // 2
-            starts.append((t, node, len(ids) - len(tree.prompt_ids)))
-            prefixes.append(ids)
-        logits = self.engine.start(prefixes, [self.max_new_tokens - length for _, _, length in starts])
-        logp = torch.log_softmax(logits.float() / self.temperature, dim=-1)            # [P, V]
-        entropy = -(logp.exp() * logp).sum(-1)                                         # [P]
-        rows, toks, src = [], [], []
-        for i, ((t, node, length), original) in enumerate(zip(starts, originals)):
-            probs = logp[i].exp()
-            probs[original] = 0.0
-            k = min(children, int((probs > 0).sum()))
-            for tok in torch.multinomial(probs, k, replacement=False, generator=self.gen).tolist() if k else []:
-                row = Row(t, trees[t].add_child(node), length, since_fork=0, depth=1)
-                self._append(trees[t], row, tok, logp[i, tok].item(), entropy[i].item())
-                if not self._finished(trees, row, tok):
-                    rows.append(row)
-                    toks.append(tok)
-                    src.append(i)
-        if rows:
-            self.engine.select(torch.tensor(src, dtype=torch.long))
-            self.grow(trees, rows, self.engine.step(torch.tensor(toks, dtype=torch.long)))
+            row = Row(t, node, len(ids) - len(tree.prompt_ids), since_fork=0, original=original, children=children)
+            prefixes.append(Prefix(ids, [row]))
+        self.grow(trees, prefixes)
 
-    def redraw(self, logp: torch.Tensor, tokens: torch.Tensor, forks: list[int]) -> list[int]:
-        """A different token for each forked row: sample with the parent's token excluded."""
-        if not forks:
-            return []
-        idx = torch.tensor(forks, device=logp.device)
-        probs = logp[idx].exp()                                                  # [F, V]
-        probs[torch.arange(len(forks), device=logp.device), tokens[idx]] = 0.0
-        return torch.multinomial(probs, 1, generator=self.gen)[:, 0].tolist()
+    # ------------------------------------------------------------------ batching
+    def _admit(self, queue: deque[Prefix], rows: list[Row], logits, live: list[int], budget: int):
+        """Prefill the next prefixes whose rows fit under the cap (all of them without one) after the running
+        rows; returns the rows and their next-token logits [B, V]. With no row running the engine starts
+        afresh; an engine that cannot admit mid-flight (the HF fallback) takes prefixes only then, in waves."""
+        if not queue or (rows and not self.engine.continuous_batching):
+            return rows, logits
+        room = (self.max_rows or math.inf) - self._held(rows, live, budget)
+        taken = []
+        while queue and self._need(queue[0], budget) <= room:
+            room -= self._need(queue[0], budget)
+            taken.append(queue.popleft())
+        if not taken:
+            if not rows:
+                raise ValueError(f"max_rows={self.max_rows} cannot hold the {self._need(queue[0], budget)} rows one "
+                                 "tree may decode at once; raise rollout.max_rows to at least branch.max_leaves")
+            return rows, logits
+        prefill = self.engine.admit if rows else self.engine.start
+        new = prefill([p.ids for p in taken], [self.max_new_tokens - p.rows[0].length for p in taken])   # [P, V]
+        expand = [j for j, p in enumerate(taken) for _ in p.rows]
+        self.engine.select(torch.tensor(list(range(len(rows))) + [len(rows) + j for j in expand], dtype=torch.long))
+        new = new[torch.tensor(expand, device=new.device)]
+        for p in taken:
+            for r in p.rows:
+                live[r.tree] += r.original < 0   # a re-opened point's row is no leaf; its siblings will be
+        return rows + [r for p in taken for r in p.rows], torch.cat([logits, new]) if rows else new
+
+    @staticmethod
+    def _need(prefix: Prefix, budget: int) -> int:
+        """Rows a prefix may occupy at once once admitted: its rows' widths, or its tree's leaf budget."""
+        return max(sum(r.width for r in prefix.rows), budget)
+
+    @staticmethod
+    def _held(rows: list[Row], live: list[int], budget: int) -> int:
+        """Rows the running trees may occupy at once: every row's width, plus each open tree's unspent
+        leaf budget, which its online forks may still take."""
+        return sum(r.width for r in rows) + sum(max(0, budget - live[t]) for t in {r.tree for r in rows})
 
     # ------------------------------------------------------------------ bookkeeping
+    @staticmethod
+    def _forks(rows: list[Row], s: Sample, fork_rule: ForkRule | None, live: list[int]):
+        """Each row's token ([B]: the one drawn, or a re-opened point's original) and the forks: row -> new
+        children (a re-opened point: its `children`; a fork the rule picks: one)."""
+        reopened = {i: r for i, r in enumerate(rows) if r.original >= 0}
+        tokens = s.tokens
+        if reopened:
+            at = torch.tensor(list(reopened), device=tokens.device)
+            tokens = tokens.index_put((at,), torch.tensor([r.original for r in reopened.values()], device=at.device))
+        forks = {i: r.children for i, r in reopened.items()}
+        if fork_rule:
+            forkable = [p and r.original < 0 for p, r in zip((s.logprobs < 0).tolist(), rows)]
+            forks.update((i, 1) for i in fork_rule(rows, s.entropy, forkable, live))
+        return tokens, forks
+
+    def _siblings(self, logp: torch.Tensor, tokens: torch.Tensor, forks: dict[int, int]) -> dict[int, Children]:
+        """forks: row -> new children. Each child's (token, log-prob), drawn with the row's token excluded."""
+        if not forks:
+            return {}
+        idx = sorted(forks)
+        at = torch.tensor(idx, device=logp.device)
+        drawn = siblings(logp[at], tokens[at], [forks[i] for i in idx], self.gen)
+        pairs = [(i, tok) for i, toks in zip(idx, drawn) for tok in toks]
+        lps = logp[[i for i, _ in pairs], [tok for _, tok in pairs]].tolist() if pairs else []
+        out: dict[int, Children] = {}
+        for (i, tok), lp in zip(pairs, lps):
+            out.setdefault(i, []).append((tok, lp))
+        return out
+
     def _finished(self, trees: list[Tree], row: Row, token: int) -> bool:
         """Marks the row's node as a leaf when it ended on EOS or reached the length limit."""
         if token == self.eos_id or row.length >= self.max_new_tokens:
@@ -165,21 +230,27 @@ class BranchSampler:
             return True
         return False
 
-    def _advance(self, trees, rows, tokens, logp, entropy, forks: dict[int, int]):
-        """Append each row's token to its node; split forked rows into two children. Returns rows + tokens."""
-        toks, lps, ents = tokens.tolist(), logp.gather(1, tokens[:, None])[:, 0].tolist(), entropy.tolist()
-        new_rows, new_tokens = [], []
+    def _advance(self, trees, rows: list[Row], tokens: torch.Tensor, s: Sample, forks: dict[int, Children]):
+        """Append each row's token to its node. A forked row's path continues in a new child, beside one
+        new child per sibling; a re-opened point's row leaves only its siblings. Returns rows and tokens."""
+        toks, lps, ents = tokens.tolist(), s.logprobs.tolist(), s.entropy.tolist()
+        kept, kept_tokens, new_rows, new_tokens = [], [], [], []
         for i, r in enumerate(rows):
             r.src = i
             tree = trees[r.tree]
-            if i in forks:
+            for tok, lp in forks.get(i, []):
                 child = Row(r.tree, tree.add_child(r.node), r.length, 0, r.depth + 1, r.answered, src=i)
-                r.node, r.since_fork, r.depth = tree.add_child(r.node), 0, r.depth + 1
+                self._append(tree, child, tok, lp, ents[i])
                 new_rows.append(child)
-                new_tokens.append(forks[i])
-                self._append(tree, child, forks[i], logp[i, forks[i]].item(), ents[i])
+                new_tokens.append(tok)
+            if r.original >= 0:
+                continue
+            if i in forks:
+                r.node, r.since_fork, r.depth = tree.add_child(r.node), 0, r.depth + 1
             self._append(tree, r, toks[i], lps[i], ents[i])
-        return rows + new_rows, toks + new_tokens
+            kept.append(r)
+            kept_tokens.append(toks[i])
+        return kept + new_rows, kept_tokens + new_tokens
 
     def _append(self, tree: Tree, row: Row, token: int, logprob: float, entropy: float) -> None:
         node = tree.nodes[row.node]

@@ -16,7 +16,7 @@ class Node:
     id: int
     parent: int | None
     tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)    # sampled token's log-prob (at the sampling temperature)
+    logprobs: list[float] = field(default_factory=list)    # sampled token's log-prob under the distribution drawn from
     entropies: list[float] = field(default_factory=list)   # next-token entropy (nats) where each token was drawn
     children: list[int] = field(default_factory=list)
     finish: str = ""            # "eos" | "length" on leaves, "" while open or internal

@@ -14,7 +14,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-LOCAL_RAY = {"num_cpus": 4, "include_dashboard": False, "logging_level": "WARNING"}
+# address="local": a new Ray of our own, even when another cluster on the machine left its address behind
+LOCAL_RAY = {"address": "local", "num_cpus": 4, "include_dashboard": False, "logging_level": "WARNING"}
 
 
 @pytest.fixture(scope="session")

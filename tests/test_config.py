@@ -114,6 +114,10 @@ def test_unknown_key_without_a_near_match_lists_the_valid_ones():
     ("model.dtype=fp16", "model.dtype"),
     ("run=5", "invalid config value run:"),
     ("env.kwargs=5", "env.kwargs: Input should be a valid dictionary"),
+    ("rollout.top_p=0", "rollout.top_p: Input should be greater than 0 (got 0)"),
+    ("rollout.top_p=1.5", "rollout.top_p: Input should be less than or equal to 1 (got 1.5)"),
+    ("rollout.top_k=-1", "rollout.top_k: Input should be greater than or equal to 0 (got -1)"),
+    ("rollout.max_rows=-8", "rollout.max_rows: Input should be greater than or equal to 0 (got -8)"),
 ])
 def test_wrong_types_and_impossible_values_name_the_key_and_value(override, expected):
     message = error_of(overrides=[override])
@@ -156,6 +160,29 @@ def test_tree_advantages_with_independent_chains_is_refused_by_name():
     message = error_of(overrides=["train.algo=tree", "branch.policy=independent"])
     assert message == ("invalid config: train.algo=tree needs a branching policy (branch.policy=entropy or eptree); "
                        "with independent chains use train.algo=grpo")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "tree"])
+@pytest.mark.parametrize("truncation", ["rollout.top_p=0.9", "rollout.top_k=20"])
+def test_truncated_sampling_is_refused_with_policy_gradient_objectives(algo, truncation):
+    """Their loss reads the rollout log-probs as behaviour probabilities against the untruncated policy."""
+    message = error_of(overrides=[f"train.algo={algo}", truncation])
+    assert message.startswith("invalid config: rollout.top_p=") and f"train.algo={algo}'s loss" in message
+    assert message.endswith("use rollout.top_p=1 and rollout.top_k=0, or train.algo=sft")
+
+
+def test_truncated_sampling_is_fine_with_sft():
+    cfg = load_config(None, ["rollout.top_p=0.9", "rollout.top_k=20"])
+    assert (cfg.train.algo, cfg.rollout.top_p, cfg.rollout.top_k) == ("sft", 0.9, 20)
+    defaults = load_config(None, ["train.algo=grpo"]).rollout
+    assert (defaults.top_p, defaults.top_k, defaults.max_rows) == (1.0, 0, 0)
+
+
+def test_a_row_cap_must_hold_one_trees_leaf_budget():
+    message = error_of(overrides=["rollout.max_rows=7"])
+    assert message == ("invalid config: rollout.max_rows=7 cannot hold one tree: branch.max_leaves=8 rows may decode "
+                       "at once; raise max_rows, or 0 for no cap")
+    assert load_config(None, ["rollout.max_rows=8"]).rollout.max_rows == 8
 
 
 def test_config_names_match_the_policy_and_objective_registries():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-from branchrl.engine import (Decoder, Engine, HFEngine, PromptTooLong, UnsupportedModel, check_prompts, load_checkpoint,
-                             load_engine)
+from branchrl.engine import (Decoder, Engine, HFDecoder, HFEngine, PromptTooLong, UnsupportedModel, check_prompts,
+                             load_checkpoint, load_engine)
 
 VOCAB = 40
 PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: left padding matters
@@ -363,6 +363,21 @@ def test_admit_checks_prompts_and_keeps_each_rows_limit():
     engine.step(torch.tensor([6, 7]))
     with pytest.raises(RuntimeError, match="cache full: row 0 holds 3 tokens"):
         engine.step(torch.tensor([8, 9]))
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_step_on_an_empty_batch_says_so_and_the_engine_stays_usable(fallback):
+    model = tiny_hf("llama")
+    engine = HFEngine(HFDecoder(model.config.to_dict()), pad_id=0) if fallback else engine_for(model)
+    engine.decoder.load_state_dict(model.state_dict())
+    with pytest.raises(RuntimeError, match="engine step on an empty batch: every row was dropped or none started"):
+        engine.step(torch.zeros(0, dtype=torch.long))
+    engine.start([[3, 4]], max_new_tokens=2)
+    engine.select(torch.zeros(0, dtype=torch.long))            # every row finished
+    with pytest.raises(RuntimeError, match="empty batch"):
+        engine.step(torch.zeros(0, dtype=torch.long))
+    logits = engine.start([[5, 6]], max_new_tokens=2)
+    torch.testing.assert_close(logits, hf_next_logits(model, [[5, 6]]), atol=1e-4, rtol=1e-4)
 
 
 def test_per_prompt_new_token_budgets_set_each_rows_limit():

@@ -1,12 +1,15 @@
 """Branching sampler, its policies and rollout trees: leaf budget, where forks may happen (entropy's
-online rules, eptree's fork points), stored log-probs equal a full forward, greedy mode; tree values,
-paths, splits, token counts and attention context by hand."""
+online rules, eptree's fork points), stored log-probs equal a full forward, greedy mode; top-k / top-p
+sampling and forks inside the truncated distribution; the row cap (continuous batching) for every
+policy; tree values, paths, splits, token counts and attention context by hand."""
+
+import math
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from branchrl.engine import Decoder, Engine
+from branchrl.engine import Decoder, Engine, HFDecoder, HFEngine, SamplingParams, entropy, sampling_logprobs
 from branchrl.policies.eptree import fork_points
 from branchrl.sampler import BranchSampler, BranchSettings
 from branchrl.tree import Tree
@@ -28,10 +31,13 @@ def model():
     return m
 
 
-def sampler(model, max_new_tokens=14, temperature=0.7, seed=0) -> BranchSampler:
-    decoder = Decoder(model.config.to_dict())
-    decoder.load_state_dict(model.state_dict())
-    return BranchSampler(Engine(decoder, pad_id=0), EOS, max_new_tokens, temperature, seed)
+def sampler(model, max_new_tokens=14, temperature=0.7, seed=0, max_rows=0, engine=None, **truncation) -> BranchSampler:
+    """truncation: top_k / top_p. engine: a ready engine (default: a fresh `Engine` over the model)."""
+    if engine is None:
+        decoder = Decoder(model.config.to_dict())
+        decoder.load_state_dict(model.state_dict())
+        engine = Engine(decoder, pad_id=0)
+    return BranchSampler(engine, EOS, max_new_tokens, SamplingParams(temperature, **truncation), seed, max_rows)
 
 
 def fork_offsets(tree: Tree, leaf: int) -> list[int]:
@@ -107,18 +113,21 @@ def test_leaves_end_on_eos_or_at_the_length_limit(branched, model):
 
 
 @torch.no_grad()
-def assert_leaves_match_a_full_forward(model, tree: Tree, temperature: float = 0.7) -> None:
-    """Every leaf's stored log-probs and entropies equal one forward of the HF model over the whole path."""
+def assert_leaves_match_a_full_forward(model, tree: Tree, params: SamplingParams = SamplingParams(0.7)) -> None:
+    """Every leaf's stored log-probs and entropies equal one forward of the HF model over the whole path,
+    under the distribution sampled from (without truncation: written out by hand, as the trainer computes it)."""
     prompt = tree.prompt_ids
     for leaf in tree.leaves():
         ids = tree.completion_ids(leaf)
         logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1]   # [C, V]
-        logp = torch.log_softmax(logits / temperature, -1)
+        if params.top_k or params.top_p < 1:
+            logp = sampling_logprobs(logits, params)
+        else:
+            logp = torch.log_softmax(logits / params.temperature, -1)
         expected = logp.gather(1, torch.tensor(ids)[:, None])[:, 0]
-        entropy = -(logp.exp() * logp).sum(-1)
         torch.testing.assert_close(torch.tensor(tree.completion_logprobs(leaf)), expected, atol=1e-4, rtol=0)
         stored = [e for n in tree.path(leaf) for e in tree.nodes[n].entropies]
-        torch.testing.assert_close(torch.tensor(stored), entropy, atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.tensor(stored), entropy(logp), atol=1e-4, rtol=0)
 
 
 def test_stored_logprobs_equal_a_full_forward_at_the_sampling_temperature(branched, model):
@@ -185,6 +194,179 @@ def test_independent_policy_ignores_entropy_and_budget(model):
     settings = BranchSettings(policy="independent", roots=5, max_leaves=5, entropy_threshold=0.0, min_prefix=0)
     trees = sampler(model).run(PROMPTS, settings, policy_version=0)
     assert all(t.forks() == 0 and len(t.leaves()) == 5 and len(t.nodes[0].children) == 5 for t in trees)
+
+
+# ------------------------------------------------------------------ top-k / top-p
+@pytest.mark.parametrize("policy", ["entropy", "eptree"])
+def test_truncated_sampling_stores_the_distribution_drawn_from_and_forks_inside_it(model, policy):
+    params = SamplingParams(0.7, top_k=6, top_p=0.9)
+    settings = BranchSettings(policy=policy, roots=2, max_leaves=6, entropy_threshold=0.3, min_prefix=1, min_gap=2)
+    trees = sampler(model, top_k=6, top_p=0.9).run(PROMPTS, settings, policy_version=0)
+    assert sum(t.forks() for t in trees) > 0
+    for tree in trees:
+        assert_leaves_match_a_full_forward(model, tree, params)   # a token outside the cut would be -inf there
+        for node in tree.nodes[1:]:
+            heads = [tree.nodes[c].tokens[0] for c in node.children]
+            assert len(set(heads)) == len(heads)
+    entropies = [e for t in trees for n in t.nodes[1:] for e in n.entropies]
+    assert max(entropies) < math.log(6) + 1e-4                 # at most 6 tokens in any distribution drawn from
+
+
+def test_a_fork_point_gets_only_the_siblings_the_truncation_leaves(model):
+    settings = BranchSettings(policy="eptree", roots=2, max_leaves=12, top_n=2, forks_per_point=3, min_prefix=1,
+                              min_gap=2)
+    trees = sampler(model, top_k=2).run(PROMPTS, settings, policy_version=0)
+    forked = [n for t in trees for n in t.nodes[1:] if len(n.children) > 1]
+    assert forked and all(len(n.children) == 2 for n in forked)   # the original + the one other token of 2
+
+
+@pytest.mark.parametrize("policy", ["entropy", "eptree"])
+def test_no_fork_where_truncation_leaves_one_token(model, policy):
+    settings = BranchSettings(policy=policy, roots=2, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    trees = sampler(model, top_k=1).run(PROMPTS, settings, policy_version=0)
+    for tree in trees:
+        assert tree.forks() == 0 and len(tree.leaves()) == 2
+        assert {x for n in tree.nodes[1:] for x in n.logprobs + n.entropies} == {0.0}
+
+
+def test_reopening_a_token_drawn_with_probability_one_adds_nothing(model):
+    smp = sampler(model, max_new_tokens=10, top_k=1)
+    trees = smp.run(PROMPTS[:1], BranchSettings(policy="independent", roots=1), policy_version=0)
+    original = trees[0].completion_ids(1)
+    smp.reopen(trees, [(0, 1, 4)], children=2)
+    assert [trees[0].completion_ids(leaf) for leaf in trees[0].leaves()] == [original]
+
+
+# ------------------------------------------------------------------ row cap (continuous batching)
+class Counting:
+    """Records the engine's batch size after every call that changes it, and admissions mid-flight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sizes, self.mid_flight = [], 0
+
+    def start(self, prompts, max_new_tokens):
+        out = super().start(prompts, max_new_tokens)
+        self.sizes.append(self.batch_size)
+        return out
+
+    def admit(self, prompts, max_new_tokens):
+        self.mid_flight += self.batch_size > 0     # Engine.start admits into an empty batch
+        out = super().admit(prompts, max_new_tokens)
+        self.sizes.append(self.batch_size)
+        return out
+
+    def select(self, rows):
+        super().select(rows)
+        self.sizes.append(self.batch_size)
+
+    def step(self, tokens):
+        out = super().step(tokens)
+        self.sizes.append(self.batch_size)
+        return out
+
+
+class CountingEngine(Counting, Engine):
+    pass
+
+
+class CountingHFEngine(Counting, HFEngine):
+    pass
+
+
+def counting(model, fallback: bool = False):
+    if fallback:
+        decoder = HFDecoder(model.config.to_dict())
+        decoder.load_state_dict(model.state_dict())
+        return CountingHFEngine(decoder, pad_id=0)
+    decoder = Decoder(model.config.to_dict())
+    decoder.load_state_dict(model.state_dict())
+    return CountingEngine(decoder, pad_id=0)
+
+
+CAPPED = {  # policy: settings whose trees need at most 6 rows at once
+    "independent": BranchSettings(policy="independent", roots=3, max_leaves=3),
+    "entropy": BranchSettings(roots=2, max_leaves=5, entropy_threshold=0.5, min_prefix=3, min_gap=4),
+    "eptree": BranchSettings(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, min_prefix=2,
+                             min_gap=3),
+}
+
+
+def assert_complete(trees: list[Tree], settings: BranchSettings, max_new_tokens: int) -> None:
+    for tree in trees:
+        assert len(tree.nodes[0].children) == settings.roots
+        assert settings.roots <= len(tree.leaves()) <= max(settings.max_leaves, settings.roots)
+        for node in tree.nodes[1:]:
+            assert bool(node.children) != bool(node.finish) and node.tokens        # a leaf or a fork, never open
+        for leaf in tree.leaves():
+            ids = tree.completion_ids(leaf)
+            assert ids[-1] == EOS if tree.nodes[leaf].finish == "eos" else len(ids) == max_new_tokens
+
+
+@pytest.mark.parametrize("policy", CAPPED)
+@pytest.mark.parametrize("max_rows", [0, 6, 11])
+def test_row_cap_is_never_exceeded_and_trees_are_complete(model, policy, max_rows):
+    settings, engine = CAPPED[policy], counting(model)
+    trees = sampler(model, max_rows=max_rows, engine=engine).run(PROMPTS * 3, settings, policy_version=0)
+    assert_complete(trees, settings, 14)
+    for tree in trees:
+        assert_leaves_match_a_full_forward(model, tree)
+    if max_rows:
+        assert max(engine.sizes) <= max_rows
+        # prompts join as rows finish; an entropy tree holds its whole leaf budget until its last row ends, and
+        # these mostly end together at the length limit (its admissions mid-flight: the test below)
+        assert engine.mid_flight > 0 or policy == "entropy"
+    else:
+        assert max(engine.sizes) >= 9 * settings.roots and engine.mid_flight == 0   # everything at once
+    if policy != "independent":
+        assert sum(t.forks() for t in trees) > 0
+
+
+def test_a_row_cap_never_skips_an_online_fork(model):
+    """Every row forks as soon as it may, so every tree reaches its leaf budget, cap or not."""
+    settings = BranchSettings(roots=1, max_leaves=4, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    for max_rows in (4, 9):
+        engine = counting(model)
+        trees = sampler(model, max_rows=max_rows, engine=engine).run(PROMPTS * 3, settings, policy_version=0)
+        assert all(t.forks() == 3 for t in trees) and max(engine.sizes) <= max_rows
+    assert engine.mid_flight > 0
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_greedy_with_a_row_cap_equals_greedy_without_one(model, fallback):
+    settings = BranchSettings(roots=4, max_leaves=8)   # greedy ignores the policy: one chain per prompt
+    free = sampler(model, max_new_tokens=10).run(PROMPTS * 3, settings, policy_version=0, greedy=True)
+    engine = counting(model, fallback)
+    capped = sampler(model, max_new_tokens=10, max_rows=2, engine=engine).run(PROMPTS * 3, settings,
+                                                                              policy_version=0, greedy=True)
+    assert [t.completion_ids(1) for t in capped] == [t.completion_ids(1) for t in free]
+    assert max(engine.sizes) <= 2
+    assert (engine.mid_flight == 0) if fallback else (engine.mid_flight > 0)   # the fallback runs in waves
+
+
+def test_the_fallback_engine_fills_the_cap_in_waves(model):
+    """No `admit` mid-flight on the HF fallback: a new wave starts once every row is done."""
+    settings = CAPPED["entropy"]
+    engine = counting(model, fallback=True)
+    trees = sampler(model, max_rows=5, engine=engine).run(PROMPTS * 2, settings, policy_version=0)
+    assert_complete(trees, settings, 14)
+    assert max(engine.sizes) <= 5 and engine.mid_flight == 0
+
+
+@pytest.mark.parametrize("max_rows", [0, 5])
+def test_same_seed_same_trees_with_truncation_and_a_row_cap(model, max_rows):
+    settings = CAPPED["entropy"]
+    runs = [sampler(model, seed=seed, max_rows=max_rows, top_p=0.95).run(PROMPTS * 2, settings, policy_version=0)
+            for seed in (3, 3, 4)]
+    leaves = [[[t.completion_ids(leaf) for leaf in t.leaves()] for t in trees] for trees in runs]
+    assert leaves[0] == leaves[1] and leaves[0] != leaves[2]
+
+
+def test_a_cap_below_one_trees_rows_is_refused_before_any_compute(model):
+    engine = counting(model)
+    with pytest.raises(ValueError, match="max_rows=4 cannot hold the 5 rows one tree may decode at once"):
+        sampler(model, max_rows=4, engine=engine).run(PROMPTS, CAPPED["entropy"], policy_version=0)
+    assert engine.sizes == []
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +505,7 @@ def test_branching_on_cuda_matches_the_cpu_model(model):
     decoder = Decoder(model.config.to_dict(), device="cuda")
     decoder.load_state_dict(model.state_dict())
     settings = BranchSettings(roots=2, max_leaves=4, entropy_threshold=0.5, min_prefix=1, min_gap=2)
-    trees = BranchSampler(Engine(decoder, pad_id=0), EOS, 8, 0.7, seed=0).run(PROMPTS, settings, policy_version=0)
+    trees = BranchSampler(Engine(decoder, pad_id=0), EOS, 8, SamplingParams(0.7), seed=0).run(PROMPTS, settings, policy_version=0)
     assert sum(t.forks() for t in trees) > 0
     for tree in trees:
         for leaf in tree.leaves():

@@ -1,5 +1,6 @@
 """Sampling controls and stop strings: temperature, top-k, top-p and greedy distributions, log-probs
-and entropies checked against hand-computed values; seeded draws; stop strings found on the token
+and entropies checked against hand-computed values; seeded draws; a fork's siblings drawn without the
+parent's token; stop strings found on the token
 that completes them, by decoding tails only, agreeing with a full decode."""
 
 import math
@@ -8,7 +9,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from branchrl.engine import SamplingParams, entropy, find_stop, sample, sampling_logprobs
+from branchrl.engine import SamplingParams, entropy, find_stop, sample, sampling_logprobs, siblings
 from branchrl.models import build_char_tokenizer
 
 LN2 = math.log(2.0)
@@ -84,6 +85,22 @@ def test_seeded_generator_reproduces_draws_and_frequencies_match():
     assert torch.equal(a, b) and not torch.equal(a, c)
     freq = torch.bincount(a, minlength=3).float() / len(a)
     close(freq.tolist(), [0.625, 0.375, 0.0], tol=0.02)
+
+
+def test_siblings_leave_out_the_parent_draw_without_replacement_and_stay_inside_the_truncation():
+    probs = [0.4, 0.3, 0.2, 0.1]
+    logp = sampling_logprobs(torch.tensor([[math.log(x) for x in probs]] * 3), SamplingParams(top_k=3))  # 3 is cut
+    gen = torch.Generator().manual_seed(0)
+    out = siblings(logp, torch.tensor([0, 1, 2]), [5, 1, 2], gen)
+    assert sorted(out[0]) == [1, 2]                       # only two tokens left: fewer than asked
+    assert len(out[1]) == 1 and out[1][0] in (0, 2)
+    assert len(set(out[2])) == 2 and set(out[2]) <= {0, 1}
+    alone = sampling_logprobs(torch.tensor([[2.0, 1.0, 0.0]]), SamplingParams(top_k=1))
+    assert siblings(alone, torch.tensor([0]), [2], gen) == [[]]   # truncation left the parent's token alone
+    many = sampling_logprobs(torch.tensor([[math.log(x) for x in probs]] * 4000), SamplingParams(top_k=3))
+    drawn = siblings(many, torch.zeros(4000, dtype=torch.long), [1] * 4000, gen)
+    freq = torch.bincount(torch.tensor([d[0] for d in drawn]), minlength=4).float() / 4000
+    close(freq.tolist(), [0.0, 0.6, 0.4, 0.0], tol=0.03)  # 0.3 and 0.2 renormalised without the parent
 
 
 @pytest.mark.parametrize("params, message", [

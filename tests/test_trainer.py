@@ -130,6 +130,25 @@ def test_rollout_worker_branches_within_the_configured_budget(trained):
     assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
 
 
+def test_rollout_worker_samples_with_the_configured_truncation_and_row_cap(trained):
+    trainer, _, _ = trained
+    cfg = tiny_cfg("rollout.top_k=1", "rollout.max_rows=3", "branch.roots=2", "branch.max_leaves=3",
+                   "branch.entropy_threshold=0.0", "branch.min_prefix=1", "branch.min_gap=1")
+    info = trainer.describe()
+    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
+    worker.set_weights(trainer.weights())
+    batches, step = [], worker.engine.step
+    worker.engine.step = lambda tokens: (batches.append(len(tokens)), step(tokens))[1]
+    prompts = [(p, trainer.tokenizer.encode(p)) for p in ("1+1=", "2+3=", "4*2=")]
+    settings = BranchSettings.from_config(cfg.branch)
+    trees, _ = worker.rollout(prompts, step=1, settings=settings)
+    greedy, _ = worker.rollout(prompts, step=2, settings=settings, greedy=True)
+    assert batches and max(batches) <= 3
+    for tree, chain in zip(trees, greedy):   # top_k=1: each token had probability 1, so no fork and no choice
+        assert tree.forks() == 0 and len(tree.leaves()) == 2
+        assert {tuple(tree.completion_ids(leaf)) for leaf in tree.leaves()} == {tuple(chain.completion_ids(1))}
+
+
 def test_bfloat16_weights_reach_the_worker_unchanged():
     trainer = Trainer(tiny_cfg("model.dtype=bfloat16"))
     info = trainer.describe()

@@ -12,9 +12,9 @@ from .engine import Engine, PromptTooLong, check_prompts
 from .hf_engine import HFDecoder, HFEngine
 from .loading import load_checkpoint, load_engine
 from .paged_kv import Layout, PagedKV
-from .sampling import Sample, SamplingParams, entropy, sample, sampling_logprobs
+from .sampling import Sample, SamplingParams, entropy, sample, sampling_logprobs, siblings
 from .stop import find_stop
 
 __all__ = ["Decoder", "Engine", "HFDecoder", "HFEngine", "Layout", "PagedKV", "PromptTooLong", "Sample",
-           "SamplingParams", "UnsupportedModel", "check_prompts", "entropy", "find_stop", "load_checkpoint",
-           "load_engine", "sample", "sampling_logprobs"]
+           "SamplingParams", "UnsupportedModel", "check_prompts", "entropy", "find_stop",
+           "load_checkpoint", "load_engine", "sample", "sampling_logprobs", "siblings"]

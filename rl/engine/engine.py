@@ -41,6 +41,8 @@ def per_prompt(max_new_tokens: int | list[int], n: int) -> list[int]:
 
 
 class Engine:
+    continuous_batching = True  # `admit` adds rows while others are mid-decode
+
     def __init__(self, decoder: Decoder, pad_id: int = 0, max_seq_len: int | None = None, page_size: int = 16):
         """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings."""
         self.decoder, self.pad_id = decoder, pad_id
@@ -75,6 +77,9 @@ class Engine:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row ([B]); returns next-token logits [B, V]."""
+        if not self.batch_size:
+            raise RuntimeError("engine step on an empty batch: every row was dropped or none started; "
+                               "start or admit rows first")
         full = [i for i, (n, cap) in enumerate(zip(self.kv.lengths, self.limits)) if n >= cap]
         if full:
             raise RuntimeError(f"engine cache full: row {full[0]} holds {self.limits[full[0]]} tokens "

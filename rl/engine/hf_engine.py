@@ -43,7 +43,10 @@ class HFDecoder:
 
 
 class HFEngine:
-    """Same interface as `Engine`: start / step / select (a repeated row index forks), batch_size, decoder."""
+    """Same interface as `Engine`: start / step / select (a repeated row index forks), batch_size, decoder;
+    no `admit`: new rows join only through `start`, once the batch is done."""
+
+    continuous_batching = False
 
     def __init__(self, decoder: HFDecoder, pad_id: int = 0, max_seq_len: int | None = None):
         """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings,
@@ -79,6 +82,8 @@ class HFEngine:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row ([B]); returns next-token logits [B, V]."""
+        if not self.batch_size:
+            raise RuntimeError("engine step on an empty batch: every row was dropped or none started; start rows first")
         if self.mask.shape[1] >= self.capacity:
             raise RuntimeError(f"engine cache full at {self.capacity} slots; raise max_new_tokens")
         positions = self.mask.sum(-1, keepdim=True)                                      # [B, 1]

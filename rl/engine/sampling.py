@@ -5,6 +5,9 @@ divided by the temperature, truncated by top-k then top-p, renormalised) and tha
 entropy in nats, which is what importance ratios and entropy-keyed branching need. Temperature 0
 is greedy: the distribution is a point mass on the argmax (log-prob 0, entropy 0).
 
+`siblings` draws the other children of a fork: tokens from the same distribution with the parent's
+token removed, without replacement, so siblings always differ and a cut token is never drawn.
+
 Ties are kept together: top-k keeps every token whose logit equals the k-th largest, top-p every
 token whose probability equals the smallest one it keeps, so the result never depends on sort order.
 Deliberately not here: repetition penalties, min-p, per-row parameters, engine or model state.
@@ -37,6 +40,7 @@ class Sample(NamedTuple):
     tokens: torch.Tensor    # [B] long
     logprobs: torch.Tensor  # [B] float32, log-prob of each token under the distribution it was drawn from
     entropy: torch.Tensor   # [B] float32, entropy (nats) of that distribution
+    logp: torch.Tensor      # [B, V] float32, that distribution (`sampling_logprobs`), for drawing siblings
 
 
 def sampling_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -70,4 +74,14 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         tokens = logp.argmax(-1)
     else:
         tokens = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
-    return Sample(tokens, logp.gather(-1, tokens[:, None])[:, 0], entropy(logp))
+    return Sample(tokens, logp.gather(-1, tokens[:, None])[:, 0], entropy(logp), logp)
+
+
+def siblings(logp: torch.Tensor, tokens: torch.Tensor, counts: list[int],
+             generator: torch.Generator | None = None) -> list[list[int]]:
+    """For each row i of logp [F, V]: counts[i] tokens drawn without replacement from that distribution
+    with tokens[i] ([F]) removed and the rest renormalised; fewer when fewer tokens are left."""
+    probs = logp.exp().scatter(-1, tokens[:, None], 0.0)                     # [F, V]
+    left = probs.gt(0).sum(-1).tolist()
+    return [torch.multinomial(probs[i], min(k, n), replacement=False, generator=generator).tolist() if min(k, n) else []
+            for i, (k, n) in enumerate(zip(counts, left))]

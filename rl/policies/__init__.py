@@ -1,7 +1,7 @@
 """Branch policies by name (`branch.policy: eptree` -> rl/policies/eptree.py): where a rollout tree forks.
 
 Each policy is a module-level object with `sample(sampler, trees, settings)` that fills the empty trees
-using the sampler's primitives (`start_roots`, `grow`, `reopen`). Third-party policies are not loaded
+using the sampler's primitives (`root_prefixes`, `grow`, `reopen`). Third-party policies are not loaded
 from entry points yet; the names here are the ones the config accepts.
 """
 

@@ -3,25 +3,28 @@
 A row may fork only when all hold: entropy >= `entropy_threshold`; at least `min_prefix` tokens into
 its chain; at least `min_gap` tokens since its path last forked; fewer than `max_depth` forks on its
 path; the final answer has not started (no token of `answer_ids` yet); at least `min_gap` tokens left
-before the length limit; and its tree is under `max_leaves`. When the budget is short, the most
-uncertain rows fork first. The fork re-draws the token with the parent's choice excluded.
+before the length limit; its tree is under `max_leaves`; and the drawn token's probability was below 1
+(else top-k / top-p left no other token to fork to). When the budget is short, the most uncertain rows
+fork first. The fork re-draws the token with the parent's choice excluded.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 
 class Entropy:
     def sample(self, sampler, trees, settings) -> None:
-        rows, logits = sampler.start_roots(trees, settings.roots)
-        sampler.grow(trees, rows, logits, lambda r, e, live: pick_forks(r, e, live, settings, sampler.max_new_tokens))
+        rule = partial(pick_forks, s=settings, max_new_tokens=sampler.max_new_tokens)
+        sampler.grow(trees, sampler.root_prefixes(trees, settings.roots), rule, settings.max_leaves)
 
 
-def pick_forks(rows, entropy, live: list[int], s, max_new_tokens: int) -> list[int]:
+def pick_forks(rows, entropy, forkable: list[bool], live: list[int], s, max_new_tokens: int) -> list[int]:
     """Row indices to fork this step; `live` (leaves per tree) is updated for the chosen ones."""
     ent = entropy.tolist()
-    candidates = [i for i, r in enumerate(rows) if ent[i] >= s.entropy_threshold and r.length >= s.min_prefix
-                  and r.since_fork >= s.min_gap and r.depth < s.max_depth and not r.answered
-                  and r.length + s.min_gap < max_new_tokens]
+    candidates = [i for i, r in enumerate(rows) if forkable[i] and ent[i] >= s.entropy_threshold
+                  and r.length >= s.min_prefix and r.since_fork >= s.min_gap and r.depth < s.max_depth
+                  and not r.answered and r.length + s.min_gap < max_new_tokens]
     chosen = []
     for i in sorted(candidates, key=lambda i: -ent[i]):
         if live[rows[i].tree] < s.max_leaves:

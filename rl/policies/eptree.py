@@ -3,11 +3,13 @@
 are forked `forks_per_point` times each, the token re-drawn without the original, and every new
 branch decoded to the end.
 
-A position is eligible when it is at least `min_prefix` tokens into the chain, before the final answer
-started on its path, at least `min_gap` tokens before the length limit, and at least `min_gap` tokens
-from any fork on its path (existing or chosen this round); a point is taken only while its tree
-stays within `max_leaves`. Finished chains have no KV left in the engine, so each fork point's
-prefix is prefilled again (the tree counts those tokens); a prefix cache would remove that cost.
+A position is eligible when its token was drawn with probability below 1 (with top-k / top-p a token
+can be the only one left, and then has no sibling), it is at least `min_prefix` tokens into the chain,
+before the final answer started on its path, at least `min_gap` tokens before the length limit, and
+at least `min_gap` tokens from any fork on its path (existing or chosen this round); a point is taken
+only while its tree stays within `max_leaves`. Finished chains have no KV left in the engine, so each
+fork point's prefix is prefilled again (the tree counts those tokens); a prefix cache would remove
+that cost. With a row cap the fork points wait their turn like prompts (`BranchSampler.grow`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from __future__ import annotations
 
 class EPTree:
     def sample(self, sampler, trees, settings) -> None:
-        rows, logits = sampler.start_roots(trees, settings.roots)
-        sampler.grow(trees, rows, logits)
+        sampler.grow(trees, sampler.root_prefixes(trees, settings.roots))
         for _ in range(settings.rounds):
             points = [(t, node, offset) for t, tree in enumerate(trees)
                       for node, offset in fork_points(tree, settings, sampler.max_new_tokens, sampler.answer_ids)]
@@ -37,7 +38,7 @@ def fork_points(tree, s, max_new_tokens: int, answer_ids=frozenset()) -> list[tu
         seen_answer = answered[n]
         for j, (tok, lp) in enumerate(zip(node.tokens, node.logprobs)):
             g = starts[n] + j
-            if not seen_answer and g >= s.min_prefix and g + s.min_gap < max_new_tokens:
+            if lp < 0 and not seen_answer and g >= s.min_prefix and g + s.min_gap < max_new_tokens:
                 candidates.append((lp, g, n, j))
             seen_answer = seen_answer or tok in answer_ids
     taken: list[tuple[int, int]] = []   # (node, global offset) of forks on record, existing then chosen

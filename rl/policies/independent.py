@@ -5,8 +5,7 @@ from __future__ import annotations
 
 class Independent:
     def sample(self, sampler, trees, settings) -> None:
-        rows, logits = sampler.start_roots(trees, settings.roots)
-        sampler.grow(trees, rows, logits)
+        sampler.grow(trees, sampler.root_prefixes(trees, settings.roots))
 
 
 POLICY = Independent()
