@@ -48,7 +48,7 @@ def main() -> None:
     for k in args.staleness:
         summary, steps = run_one(args.out, k, args.steps, args.overrides)
         rows.append((k, summary, steps))
-    print("\n| max_staleness | trainer idle | rollout idle | s/step (mean) | largest staleness | stale batches | "
+    print("\n| max_staleness | trainer idle | rollout idle | wall s/step | largest staleness | stale batches | "
           "eval after |\n|---|---|---|---|---|---|---|")
     for k, s, steps in rows:
         print(f"| {k} | {s['trainer_idle_fraction']:.2f} | {s['rollout_idle_fraction']:.2f} | "

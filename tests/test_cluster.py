@@ -12,7 +12,7 @@ from test_run import SMALL_RUN
 
 pytestmark = pytest.mark.cluster
 SPLIT = ["rollout.node_resource=inference_node", "train.node_resource=training_node", "rollout.workers=2",
-         "verify.cpus_per_worker=0.5"]
+         "verify.cpus_per_worker=0.5", "train.workers=2", "train.cpus=0.5", "train.batch_size=8"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_a_run_on_a_split_cluster_puts_each_group_on_its_node_and_completes(spli
     assert summary["steps"] == 2 and summary["trained_tokens"] > 0
     placement = summary["placement"]
     assert placement["inference"] == [node_of["inference"]] * 2
-    assert placement["training"] == [node_of["training"]]
+    assert placement["training"] == [node_of["training"]] * 2   # one data-parallel job of two trainers
     assert (tmp_path / "out" / "checkpoints" / "final" / "config.json").is_file()
 
 
