@@ -84,6 +84,16 @@ class RolloutConfig(Section):
                                                     "versions behind the update it would feed is dropped and counted")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
+    weight_sync: Literal["auto", "object_store", "collective"] = Field(
+        "object_store", description="how new weights reach the rollout workers: object_store = trainer rank 0 puts one copy "
+                            "in the Ray object store and every worker fetches it; collective = a torch.distributed "
+                            "broadcast from trainer rank 0 to every worker (nccl when train.gpus and "
+                            "rollout.gpus_per_worker are both >= 1, gloo otherwise; a sync whose broadcast fails "
+                            "falls back to the object store); auto = collective over nccl when both sides have "
+                            "whole GPUs, else object_store (the nccl path is not yet run on GPUs: opt in)")
+    weight_sync_timeout_s: float = Field(300.0, gt=0, description="collective weight sync: longest wait for the "
+                                                                  "group to form and for each broadcast; past it "
+                                                                  "that sync falls back to the object store")
 
 
 class BranchConfig(Section):
@@ -199,6 +209,14 @@ class Config(Section):
             raise ValueError(f"rollout.max_rows={r.max_rows} cannot hold one tree: branch.max_leaves="
                              f"{self.branch.max_leaves} rows may decode at once; raise max_rows, or 0 for no cap")
         return self
+
+
+def weight_sync_backend(cfg: Config) -> str | None:
+    """The broadcast group's torch.distributed backend for rollout.weight_sync, or None for the object store.
+    NCCL needs a whole GPU per member (two ranks on one device is an NCCL error), so fractions count as none."""
+    gpus = cfg.train.gpus >= 1 and cfg.rollout.gpus_per_worker >= 1
+    backend = "nccl" if gpus else "gloo"
+    return {"object_store": None, "collective": backend, "auto": "nccl" if gpus else None}[cfg.rollout.weight_sync]
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

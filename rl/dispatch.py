@@ -7,7 +7,9 @@ last published version (`revive`); the shard it had in flight is then sent again
 A verifier that dies is replaced the same way; one that keeps dying on a shard has that shard checked
 record by record, and a record that kills it even alone gets an `error` verdict: the run goes on, and
 nothing is counted as verified that was not. Neither pool retries forever: a rollout shard whose worker
-dies `RETRIES` + 1 times stops the run with the worker named.
+dies `RETRIES` + 1 times stops the run with the worker named. A revive always goes through the object
+store; a restarted worker has also left the weight broadcast group, which `collective` rebuilds at the
+next sync.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Faults:
     rollout_resent: int = 0       # rollout shards sent again after their worker died
     verifier_resent: int = 0      # verifier shards sent again after their actor died
     verifier_errors: int = 0      # records that killed a verifier even alone: `error` verdicts
+    sync_fallbacks: int = 0       # collective weight syncs that went through the object store instead
     pids: dict[int, int] = field(default_factory=dict, repr=False)   # rollout worker -> its last known pid
 
     def loaded(self, worker: int, result: dict) -> dict:
@@ -91,8 +94,14 @@ def collect(roles, settings, batch: Batch) -> tuple[list[Tree], list[float]]:
 
 def load_weights(roles, published: dict) -> list[dict]:
     """Every rollout worker loads the published weights; one that dies meanwhile loads them once it is back.
-    Returns each worker's {version, checksum} of what it now holds."""
+    Returns each worker's {version, checksum} of what it now holds. With a broadcast group (`roles.collective`)
+    they come over it; if that fails, through the object store like this."""
     roles.published = published  # first: a revived worker loads exactly this copy
+    if roles.collective is not None:
+        broadcast = roles.collective.load(roles, published)
+        if broadcast is not None:
+            return [roles.faults.loaded(i, result) for i, result in enumerate(broadcast)]
+        roles.faults.sync_fallbacks += 1
     loaded = []
     for i, ref in enumerate([w.set_weights.remote(published["ref"]) for w in roles.rollout]):
         try:

@@ -20,7 +20,8 @@ from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .config import Config
+from .collective import Collective
+from .config import Config, weight_sync_backend
 from .dispatch import Faults
 from .rollout_worker import RolloutWorker
 from .trainer import Trainer
@@ -42,6 +43,7 @@ class Roles:
     groups: list[PlacementGroup] = field(default_factory=list)
     published: dict | None = None   # the last weights the trainer published (a revived worker loads them)
     faults: Faults = field(default_factory=Faults)
+    collective: Collective | None = None   # the weight broadcast group's driver side; None: object store only
 
     def placement(self) -> dict[str, list[str]]:
         """The Ray node id each actor runs on, by group (recorded in summary.json)."""
@@ -93,7 +95,8 @@ def launch(cfg: Config) -> Roles:
     r, t = cfg.rollout, cfg.train
     wanted = wanted_bundles(cfg)
     check_cluster(wanted, [n["Resources"] for n in ray.nodes() if n["Alive"]])  # before placing anything
-    roles = Roles(None, [], [])
+    backend = weight_sync_backend(cfg)
+    roles = Roles(None, [], [], collective=Collective(backend, r.weight_sync_timeout_s) if backend else None)
     try:
         train_group = _group("training", wanted["training"])
         roles.groups.append(train_group)

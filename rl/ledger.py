@@ -25,6 +25,7 @@ class Ledger:
     train_seconds: float = 0.0
     verify_seconds: float = 0.0
     sync_seconds: float = 0.0
+    sync_bytes: int = 0          # weight bytes sent to the rollout workers, each of which receives them all
 
     def forward_flops(self, tokens: int, context_sum: int) -> float:
         """tokens: positions computed; context_sum: sum over them of positions attended to."""

@@ -241,9 +241,11 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     if stats:
         led.add_train(stats["trained_tokens"], stats["processed_tokens"], stats["context_sum"], stats["seconds"])
     led.sync_seconds += sync_s
+    led.sync_bytes += ctx.roles.published["bytes"]
     return {**record, "policy_version": version, "trained_tokens": stats["trained_tokens"] if stats else 0,
             "loss": stats["loss"] if stats else None, "clip_fraction": stats.get("clip_fraction") if stats else None,
             "train_seconds": stats["seconds"] if stats else 0.0, "sync_seconds": sync_s,
+            "sync_bytes": ctx.roles.published["bytes"], "sync_fallbacks": ctx.roles.faults.sync_fallbacks,
             "step_seconds": time.perf_counter() - t_step, "rollout_train_flop_ratio": led.ratio,
             "rollout_restarts": ctx.roles.faults.rollout_restarts}
 

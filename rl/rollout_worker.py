@@ -23,14 +23,14 @@ from .config import Config
 from .engine import SamplingParams, check_prompts, load_engine
 from .sampler import BranchSampler, BranchSettings
 from .tree import Tree
-from .weight_sync import Weights, state_checksum
+from .weight_sync import BroadcastMember, Layout, Weights, state_checksum
 
 
 class NoWeights(RuntimeError):
     """The worker holds no policy yet (it was just started or restarted): sync weights first."""
 
 
-class RolloutWorker:
+class RolloutWorker(BroadcastMember):
     def __init__(self, cfg: Config, model_config: dict, eos_id: int, pad_id: int, rank: int):
         torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
@@ -44,10 +44,18 @@ class RolloutWorker:
     def set_weights(self, weights: Weights) -> dict:
         """Load a new policy version; returns the version and checksum of what was loaded, and this process's
         pid (a new pid after a sync means Ray restarted the worker in between)."""
-        self.decoder.load_state_dict(weights.state)
-        self.version = weights.version
+        return self._load(weights.version, weights.state)
+
+    def receive_weights(self, version: int, spec: Layout) -> dict:
+        """Load the version trainer rank 0 broadcasts over the group this worker joined (`join_broadcast`);
+        returns what `set_weights` returns. Raises SyncFailed if the broadcast does not complete."""
+        return self._load(version, self._member().receive(spec))
+
+    def _load(self, version: int, state: dict) -> dict:
+        self.decoder.load_state_dict(state)
+        self.version = version
         held = self.decoder.w  # HFDecoder builds this dict on each access
-        self.checksum = state_checksum({k: held[k] for k in weights.state})  # what the engine holds
+        self.checksum = state_checksum({k: held[k] for k in state})  # what the engine holds
         return {"version": self.version, "checksum": self.checksum, "pid": os.getpid()}
 
     def rollout(self, prompts: list[tuple[str, list[int]]], step: int, settings: BranchSettings,

@@ -1,7 +1,8 @@
 """The training-group role: holds the policy and optimizer, learns from verified tokens, hands out weights.
 
 A plain class (Ray wraps it in `branchrl.launch`), so it runs in-process in tests. It never imports
-the engine; weights leave as a versioned CPU state dict with a checksum, which `weight_sync` moves.
+the engine; weights leave as a versioned CPU state dict with a checksum, which `weight_sync` moves
+(through the object store, or broadcast by rank 0 over its own group: `send_weights`).
 
 Data parallel: `train.workers` trainers `join` one torch.distributed job (gloo on CPU, nccl on GPUs)
 and wrap the policy in DistributedDataParallel. Every rank gets the whole batch and walks the same
@@ -32,7 +33,7 @@ from .advantages import PGSample
 from .algos import ALGOS
 from .losses import completion_logprobs, pack_batch, policy_loss
 from .models import count_flop_params, load_policy
-from .weight_sync import Weights, pack_weights, state_checksum
+from .weight_sync import BroadcastMember, Weights, layout, pack_weights, state_checksum
 
 OPTIMIZER_FILE = "optimizer.pt"   # beside the HF files of every checkpoint
 STATE_FILE = "trainer.json"       # policy version and shuffling state, for `resume`
@@ -51,7 +52,7 @@ class CompletionLogprobs(torch.nn.Module):
         return completion_logprobs(self.model, ids, attn, loss_mask, temperature)
 
 
-class Trainer:
+class Trainer(BroadcastMember):
     def __init__(self, cfg: Config):
         torch.set_num_threads(cfg.train.threads)
         self.cfg = cfg
@@ -65,6 +66,7 @@ class Trainer:
         self.version = 0
         self.rng = random.Random(cfg.run.seed)
         self.ref_model = None
+        self.published: tuple[int, list] = (-1, [])   # version and layout of the last publish (send_weights sends them)
 
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.train.weight_decay)
@@ -239,7 +241,19 @@ class Trainer:
         import ray
 
         w = self.weights()
-        return {"version": w.version, "checksum": w.checksum, "ref": ray.put(w), "bytes": w.nbytes}
+        self.published = (w.version, layout(w.state))
+        return {"version": w.version, "checksum": w.checksum, "ref": ray.put(w), "bytes": w.nbytes,
+                "layout": self.published[1]}
+
+    def send_weights(self, version: int) -> int:
+        """As the broadcast group's rank 0 (`join_broadcast`), send the weights just published as `version`;
+        returns the bytes sent. Nothing trains between publish and this call, so the model still holds them;
+        the driver checks every receiver's checksum against the published one all the same."""
+        state = self.model.state_dict()
+        if (version, layout(state)) != self.published:
+            raise RuntimeError(f"send_weights({version}): the trainer last published version {self.published[0]} "
+                               f"and now holds {self.version}; publish first")
+        return self._member().send(state)
 
     def save(self, path: str) -> str:
         """HF directory (config, safetensors, tokenizer) that AutoModelForCausalLM / AutoTokenizer load, plus

@@ -7,6 +7,7 @@ import pytest
 
 from branchrl.config import load_config
 from branchrl.loop import run
+from branchrl.models import load_policy
 
 SUMMARY_KEYS = {"eval_before", "eval_after", "steps", "generated_tokens", "verified_tokens", "trained_tokens",
                 "rollout_flops", "train_flops", "rollout_train_flop_ratio", "rollout_seconds", "train_seconds",
@@ -39,6 +40,13 @@ def test_summary_has_the_contract_keys_and_consistent_totals(finished_run):
     assert summary["rollout_train_flop_ratio"] == pytest.approx(summary["rollout_flops"] / summary["train_flops"])
     assert "eval" in steps[1] and "eval" not in steps[0]
     assert steps[-1]["policy_version"] == sum(s["trained_tokens"] > 0 for s in steps)
+    assert [s["sync_bytes"] for s in steps] == [_state_bytes(cfg)] * 3 == [summary["sync_bytes"] / 3] * 3
+
+
+def _state_bytes(cfg) -> int:
+    """The bytes of the policy's state dict: what one weight sync sends to each rollout worker."""
+    model, _ = load_policy(cfg.model, cfg.run.seed)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def test_verified_samples_load_with_datasets_all_pass_with_provenance(finished_run):
@@ -148,3 +156,13 @@ def test_a_run_with_two_data_parallel_trainers_completes(ray_cluster, tmp_path):
     assert all(s["loss"] is None or math.isfinite(s["loss"]) for s in steps)
     assert steps[-1]["policy_version"] == sum(s["trained_tokens"] > 0 for s in steps)
     assert (tmp_path / "out" / "checkpoints" / "final" / "optimizer.pt").is_file()
+
+
+def test_a_run_with_collective_weight_sync_completes_and_records_the_bytes_of_each_sync(ray_cluster, tmp_path):
+    """rollout.weight_sync=collective without GPUs: a gloo broadcast from the trainer to both rollout workers."""
+    cfg = load_config(None, SMALL_RUN + ["rollout.weight_sync=collective", "warm_start.problems=0", "run.steps=2",
+                                         "eval.every=0", "eval.problems=4"])
+    summary = run(cfg, tmp_path / "out")
+    steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and summary["sync_fallbacks"] == 0 and [s["sync_fallbacks"] for s in steps] == [0, 0]
+    assert [s["sync_bytes"] for s in steps] == [_state_bytes(cfg)] * 2 and summary["sync_bytes"] == 2 * _state_bytes(cfg)
