@@ -2,10 +2,14 @@
 
     prepare (env, problems, run dir) -> launch roles on Ray -> warm start -> sync v0 -> eval_before
     -> steps: sample -> verify [-> more batches] -> prune -> store -> advantages -> update -> sync
+       [-> step checkpoint]
     -> eval_after -> checkpoint, summary
 
-The driver owns the tokenizer (text <-> ids), the ledger and the files of the run directory; the
-roles own the compute. It never runs a model itself.
+With rollout.max_staleness >= 1 a step's update trains while the next step's batches are sampled
+(feed.py); `resume` continues a killed run from its last step checkpoint (checkpoints.py); work on the
+actor pools, and what happens when an actor dies, is in dispatch.py. The driver owns the tokenizer
+(text <-> ids), the ledger and the files of the run directory; the roles own the compute. It never
+runs a model itself.
 """
 
 from __future__ import annotations
@@ -175,35 +179,39 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
                 point: checkpoints.ResumePoint | None) -> dict:
     """The RL steps. Step s sends its update to the trainer and, when rollouts run ahead (max_staleness >= 1),
     goes on to step s+1's batches while it trains; the update is finished (and the weights synced) at the
-    start of step s+1, then the step's record is written and, every run.checkpoint_every steps, a step
-    checkpoint. Returns how busy each group was."""
-    cfg, pending = ctx.cfg, None
+    start of step s+1, then the step is closed: its record written, its eval and checkpoint when due.
+    Returns how busy each group was."""
+    cfg, pending, busy = ctx.cfg, None, {"train": 0.0, "eval": 0.0}
     feed = Feed(ctx, depth=cfg.rollout.max_staleness, next_key=point.next_key if point else 1)
-    t0, trainer_busy, eval_seconds = time.perf_counter(), 0.0, 0.0
+    t0 = time.perf_counter()
     with open(ctx.run_dir / "metrics.jsonl", "a" if point else "w") as metrics:
-        for step in range((point.step if point else 0) + 1, cfg.run.steps + 2):
-            if pending:  # the previous step's update: wait, sync, then its record
-                record = finish_update(ctx, *pending)
-                trainer_busy += record["train_seconds"]
-                done = record["step"]
-                if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.run.steps:
-                    t_eval = time.perf_counter()
-                    record["eval"] = evaluate(ctx, eval_set, done)
-                    eval_seconds += time.perf_counter() - t_eval
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                ctx.progress.step(record)
-                if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0 and done < cfg.run.steps:
-                    checkpoints.save(ctx, done, feed.oldest_key(), eval_before)
-                pending = None
-            if step > cfg.run.steps:
-                break
+        for step in range((point.step if point else 0) + 1, cfg.run.steps + 1):
+            if pending:
+                close_step(ctx, finish_update(ctx, *pending), metrics, eval_set, busy, feed, eval_before)
             feed.top_up()
             pending = rl_step(ctx, store, feed, step)
+        if pending:
+            close_step(ctx, finish_update(ctx, *pending), metrics, eval_set, busy, feed, eval_before)
     unused = feed.drain()
-    wall = time.perf_counter() - t0 - eval_seconds
-    return {"rl_seconds": wall, "trainer_idle_fraction": 1 - trainer_busy / wall,
+    wall = time.perf_counter() - t0 - busy["eval"]
+    return {"rl_seconds": wall, "trainer_idle_fraction": 1 - busy["train"] / wall,
             "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
+
+
+def close_step(ctx: Context, record: dict, metrics, eval_set: list[Problem], busy: dict, feed: Feed,
+               eval_before: float) -> None:
+    """A step whose update is synced: mid-run eval when due, its metrics line, a step checkpoint when due."""
+    cfg, step = ctx.cfg, record["step"]
+    busy["train"] += record["train_seconds"]
+    if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.run.steps:
+        t_eval = time.perf_counter()
+        record["eval"] = evaluate(ctx, eval_set, step)
+        busy["eval"] += time.perf_counter() - t_eval
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
+    ctx.progress.step(record)
+    if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
+        checkpoints.save(ctx, step, feed.oldest_key(), eval_before)
 
 
 def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict, object, float]:
