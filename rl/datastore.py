@@ -64,16 +64,10 @@ def manifest_path(root: Path) -> Path:
     return root.parent / f"{root.name}_manifest.json"
 
 
-def next_attempt(root: Path) -> int:
-    """The attempt number a resumed run should write with: one above every attempt stored in root (0 if none)."""
-    attempts = [int(m[2] or 0) for p in Path(root).glob("step-*.parquet") if (m := SHARD_NAME.fullmatch(p.name))]
-    return max(attempts) + 1 if attempts else 0
-
-
 class DataStore:
     """Writes a run's shards; opening a dir that already holds some checks them all and adopts a complete
-    shard a crash left out of the manifest. `ids` and `rows` cover everything stored; `rows_written` only
-    what this instance wrote."""
+    shard a crash left out of the manifest. `ids` and `rows` cover everything stored,
+    including what earlier attempts wrote."""
 
     def __init__(self, root: Path, attempt: int = 0):
         if attempt < 0:
@@ -93,7 +87,6 @@ class DataStore:
         if unlisted:
             self._write_manifest()
         self.rows = sum(entry["rows"] for entry in self.shards)
-        self.rows_written = 0
 
     def write(self, step: int, rows: list[dict]) -> Path | None:
         """One shard for the step's rows, then the manifest; None (no file) when there are none."""
@@ -114,7 +107,6 @@ class DataStore:
         self._write_manifest()
         self.ids.update(ids)
         self.rows += len(rows)
-        self.rows_written += len(rows)
         return path
 
     def _remove_temp_files(self) -> None:

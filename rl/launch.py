@@ -42,6 +42,7 @@ class Roles:
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
     published: dict | None = None   # the last weights the trainer published (a revived worker loads them)
+    policy: dict | None = None      # the trainer's `describe()`: HF config, special ids, FLOP parameter count
     faults: Faults = field(default_factory=Faults)
     collective: Collective | None = None   # the weight broadcast group's driver side; None: object store only
 
@@ -108,7 +109,7 @@ def launch(cfg: Config) -> Roles:
             for i in range(t.workers)
         ])
         roles.trainer.connect()
-        info = roles.trainer.describe()
+        roles.policy = info = roles.trainer.describe()
         infer_group = _group("inference", wanted["inference"])
         roles.groups.append(infer_group)
         roles.rollout = [

@@ -111,7 +111,7 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     start_ray(cfg, address)
     roles = launch(cfg)
     try:
-        info = roles.trainer.describe()
+        info = roles.policy
         ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, branch_settings(cfg, env, tokenizer),
                       attempt=point.attempt if point else 0)

@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from branchrl.config import load_config
-from branchrl.datastore import (SCHEMA, DataSetError, DataStore, find_data_dir, manifest_path, next_attempt,
+from branchrl.datastore import (SCHEMA, DataSetError, DataStore, find_data_dir, manifest_path,
                                 read_data_set, sample_id)
 from branchrl.envs import Problem, load_env
 from branchrl.prune import select_verified
@@ -123,7 +123,7 @@ def test_shards_load_with_datasets_with_every_column(tmp_path):
     store = DataStore(tmp_path / "data")
     first = store.write(1, [row(0), row(1)])
     store.write(2, [row(2, step=2, tree_value=1.0, branch_path="2")])
-    assert first.name == "step-000001.parquet" and store.rows_written == 3
+    assert first.name == "step-000001.parquet" and store.rows == 3
     ds = load(tmp_path / "data", tmp_path)
     assert ds.column_names == SCHEMA.names and ds.num_rows == 3
     by_id = {r["problem_id"]: r for r in ds}
@@ -135,13 +135,13 @@ def test_refuses_a_row_that_did_not_pass_and_writes_nothing(tmp_path):
     store = DataStore(tmp_path / "data")
     with pytest.raises(ValueError, match="only takes verified .pass. samples, got verdict 'fail'"):
         store.write(1, [row(0), row(1, verdict="fail", score=0.0)])
-    assert list((tmp_path / "data").iterdir()) == [] and store.rows_written == 0
+    assert list((tmp_path / "data").iterdir()) == [] and store.rows == 0
 
 
 def test_empty_step_writes_no_file(tmp_path):
     store = DataStore(tmp_path / "data")
     assert store.write(1, []) is None
-    assert list((tmp_path / "data").iterdir()) == [] and store.rows_written == 0
+    assert list((tmp_path / "data").iterdir()) == [] and store.rows == 0
 
 
 def test_rows_must_match_the_schema(tmp_path):
@@ -247,9 +247,9 @@ def test_reopening_knows_every_id_and_row_and_keeps_writing(tmp_path):
     first.write(1, [row(0), row(1)])
     first.write(2, [row(2, step=2)])
     again = DataStore(root)
-    assert again.ids == {"t0/0.1", "t1/0.1", "t2/0.1"} and again.rows == 3 and again.rows_written == 0
+    assert again.ids == {"t0/0.1", "t1/0.1", "t2/0.1"} and again.rows == 3
     again.write(3, [row(3, step=3)])
-    assert again.rows == 4 and again.rows_written == 1
+    assert again.rows == 4
     assert [e["step"] for e in json.loads(manifest_path(root).read_text())["shards"]] == [1, 2, 3]
     assert load(root, tmp_path).num_rows == 4
 
@@ -257,13 +257,12 @@ def test_reopening_knows_every_id_and_row_and_keeps_writing(tmp_path):
 def test_a_rerun_of_a_step_is_a_new_attempt_beside_the_first_shard(tmp_path):
     root = tmp_path / "data"
     DataStore(root).write(6, [row(0, step=6), row(1, step=6)])
-    assert next_attempt(root) == 1
     before = shard_bytes(root, "step-000006.parquet")
     with pytest.raises(FileExistsError, match="needs a new attempt"):
         DataStore(root).write(6, [row(7, step=6)])
     resumed = DataStore(root, attempt=1)
     path = resumed.write(6, [row(0, step=6, attempt=1), row(1, step=6, attempt=1)])  # same trees, sampled again
-    assert path.name == "step-000006-a1.parquet" and next_attempt(root) == 2
+    assert path.name == "step-000006-a1.parquet"
     assert shard_bytes(root, "step-000006.parquet") == before
     ds = load(root, tmp_path)
     assert ds.num_rows == 4 and len(set(ds["sample_id"])) == 4
