@@ -100,10 +100,12 @@ def table(rows: list[dict]) -> str:
         if not rs:
             continue
         ratio = f"{statistics.mean(r['distinct_per_1k'] for r in rs) / base:.2f}×" if base else "-"
+        shares = [r["canonical_share"] for r in rs]
+        canonical = spread(shares) if None not in shares else "-"
         lines.append(f"| {policy} | {spread([r['distinct_per_1k'] for r in rs])} | {ratio} | "
                      f"{spread([r['eval_before'] for r in rs])} → {spread([r['eval_after'] for r in rs])} | "
                      f"{spread([r['gen_per_verified'] for r in rs])} | "
-                     f"{spread([r['canonical_share'] for r in rs]) if None not in [r['canonical_share'] for r in rs] else '-'} | "
+                     f"{canonical} | "
                      f"{spread([r['leaves_per_problem'] for r in rs])} | "
                      f"{statistics.mean(r['generated_tokens'] for r in rs):,.0f} |")
     return "\n".join(lines)

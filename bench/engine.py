@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from branchrl.engine import Decoder, Engine, SamplingParams
-from branchrl.sampler import BranchSampler, BranchSettings
+from branchrl.rollout.sampler import BranchSampler, BranchSettings
 
 SHAPES = {  # name: (config class, kwargs)
     "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,

@@ -21,7 +21,8 @@ from branchrl.verifiers import VERIFIERS, verify
 
 MATH_CASES = {
     "math numeric (GSM8K-style)": [
-        {"verifier": "math", "completion": f"so the total is 12 apples\n#### {n}", "answer": f"#### {n if n % 4 else n + 1}"}
+        {"verifier": "math", "completion": f"so the total is 12 apples\n#### {n}",
+         "answer": f"#### {n if n % 4 else n + 1}"}
         for n in range(200)],
     "math symbolic (math-verify worker)": [
         {"verifier": "math", "completion": rf"hence \boxed{{\sqrt{{{n}}}+\frac{{1}}{{2}}}}",

@@ -3,7 +3,8 @@
 `457+386=` is answered `7+6=13 5+8+1=14 4+3+1=8 #### 843`: each column's sum (plus the carry),
 then the GSM8K-style final answer that the math verifier checks. Every problem falls in exactly one
 split by a hash of its operand pair, order ignored (`12+34` and `34+12` share a split), so eval,
-warm-start and train problems can never overlap, whatever the seed. It deliberately knows nothing about tokenizers or models.
+warm-start and train problems can never overlap, whatever the seed. It deliberately knows nothing about
+tokenizers or models.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import random
 
 from .base import Problem, ProceduralEnvironment, hashed_split
+
 
 def split_of(problem_id: str) -> str:
     """'a+b' -> its split; a+b and b+a always land together, so a held-out sum is never seen swapped."""

@@ -21,7 +21,7 @@ import random
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .base import Environment, EnvError, Problem, bucket
+from .base import EnvError, Environment, Problem, bucket
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 SPLIT_NAMES = ("train", "test", "validation", "prompt")
@@ -110,7 +110,8 @@ class DatasetEnvironment(Environment):
     def __init__(self, name: str, verifier: str, problems_by_split: dict[str, list[tuple[Problem, str]]],
                  eval_percent: int = 20, warm_start_percent: int = 10, verifier_args: dict | None = None,
                  answer_marker: str | None = None):
-        super().__init__(name=name, verifier=verifier, verifier_args=dict(verifier_args or {}), answer_marker=answer_marker)
+        super().__init__(name=name, verifier=verifier, verifier_args=dict(verifier_args or {}),
+                         answer_marker=answer_marker)
         eval_percent = check_percent("eval_percent", eval_percent)
         warm_start_percent = check_percent("warm_start_percent", warm_start_percent)
         if eval_percent + warm_start_percent > 100:

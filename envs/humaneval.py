@@ -20,7 +20,8 @@ PROMPT = ("Complete the following Python function. Reply with the whole function
 
 
 def to_problem(record: dict, split: str, index: int) -> tuple[Problem, str]:
-    require(record, ("task_id", "prompt", "canonical_solution", "test", "entry_point"), f"humaneval {split} record {index}")
+    fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    require(record, fields, f"humaneval {split} record {index}")
     stub = record["prompt"]
     code = stub + record["canonical_solution"]
     return Problem(id=record["task_id"], prompt=PROMPT.format(stub=stub), answer="",

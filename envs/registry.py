@@ -11,7 +11,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
-from .base import Environment, EnvError
+from .base import EnvError, Environment
 
 BUILTIN: dict[str, str] = {
     "arithmetic": "branchrl.envs.arithmetic:load_environment",

@@ -96,7 +96,7 @@ def _run(args) -> int:
 
 def _train(args) -> int:
     cfg, out = resolve_run(args)
-    from .datastore import find_data_dir
+    from branchrl.data.datastore import find_data_dir
 
     data = find_data_dir(Path(args.from_data))
     from .from_data import train_from_data  # torch and ray load only once config and data dir are known good
@@ -142,7 +142,7 @@ def _verify(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import write_report
+    from branchrl.data.report import write_report
 
     print(write_report(Path(args.run_dir)))
     return 0
@@ -157,7 +157,7 @@ def _is_user_error(e: Exception) -> bool:
         return True
     if "branchrl.envs" in sys.modules and isinstance(e, sys.modules["branchrl.envs"].EnvError):
         return True
-    if "branchrl.datastore" in sys.modules and isinstance(e, sys.modules["branchrl.datastore"].DataSetError):
+    if "branchrl.data.datastore" in sys.modules and isinstance(e, sys.modules["branchrl.data.datastore"].DataSetError):
         return True
     return False
 

@@ -31,7 +31,9 @@ class EnvConfig(Section):
 
 
 class TinyModelConfig(Section):
-    arch: Literal["llama", "qwen2", "qwen3"] = Field("llama", description="architecture of the model built from a config")
+    arch: Literal["llama", "qwen2", "qwen3"] = Field(
+        "llama",
+        description="architecture of the model built from a config")
     hidden_size: int = Field(128, gt=0, description="model width")
     layers: int = Field(4, gt=0, description="number of decoder layers")
     heads: int = Field(4, gt=0, description="attention heads")
@@ -48,7 +50,9 @@ class TinyModelConfig(Section):
 
 class ModelConfig(Section):
     path: str | None = Field(None, description="HF checkpoint dir or hub id; null builds a tiny model from `tiny`")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="shape of the tiny model built when path is null")
+    tiny: TinyModelConfig = Field(
+        default_factory=TinyModelConfig,
+        description="shape of the tiny model built when path is null")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
 
 
@@ -64,8 +68,10 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rollout worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs reserved per rollout worker")
     threads_per_worker: int = Field(1, gt=0, description="torch CPU threads in each rollout worker")
-    node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking inference nodes (e.g. inference_node): "
-                                                        "rollout workers run only on nodes that have it; null = any node")
+    node_resource: str | None = Field(
+        None, min_length=1,
+        description="custom Ray resource marking inference nodes (e.g. inference_node): rollout workers run only on "
+                    "nodes that have it; null = any node")
     prompts_per_step: int = Field(64, gt=0, description="problems sampled per RL step")
     max_new_tokens: int = Field(64, gt=0, description="completion length limit in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature for training rollouts")
@@ -73,24 +79,30 @@ class RolloutConfig(Section):
                                                       "mass (1 = all); below 1 only with train.algo=sft")
     top_k: int = Field(0, ge=0, description="training rollouts draw from the k most likely tokens (0 = all); "
                                             "above 0 only with train.algo=sft")
-    max_rows: int = Field(0, ge=0, description="most sequences a worker decodes at once (0 = no cap); more prompts wait "
-                                               "and join as rows finish; each tree's whole leaf budget is reserved "
-                                               "when it joins, so forks are never skipped; 0 or >= branch.max_leaves")
-    tokens_per_step: int = Field(0, ge=0, description="sample more batches of prompts_per_step problems until this many "
-                                                      "tokens were generated (0 = one batch); equal budgets across policies")
-    max_staleness: int = Field(0, ge=0, description="0 = synchronous: each step's rollouts start after the last update's "
-                                                    "weights (on-policy); k >= 1 = async: the workers keep k batches in "
-                                                    "flight while the trainer trains, and a batch more than k policy "
-                                                    "versions behind the update it would feed is dropped and counted")
+    max_rows: int = Field(
+        0, ge=0,
+        description="most sequences a worker decodes at once (0 = no cap); more prompts wait and join as rows finish; "
+                    "each tree's whole leaf budget is reserved when it joins, so forks are never skipped; 0 or >= "
+                    "branch.max_leaves")
+    tokens_per_step: int = Field(
+        0, ge=0,
+        description="sample more batches of prompts_per_step problems until this many tokens were generated (0 = one "
+                    "batch); equal budgets across policies")
+    max_staleness: int = Field(
+        0, ge=0,
+        description="0 = synchronous: each step's rollouts start after the last update's weights (on-policy); k >= 1 = "
+                    "async: the workers keep k batches in flight while the trainer trains, and a batch more than k "
+                    "policy versions behind the update it would feed is dropped and counted")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
     weight_sync: Literal["auto", "object_store", "collective"] = Field(
-        "object_store", description="how new weights reach the rollout workers: object_store = trainer rank 0 puts one copy "
-                            "in the Ray object store and every worker fetches it; collective = a torch.distributed "
-                            "broadcast from trainer rank 0 to every worker (nccl when train.gpus and "
-                            "rollout.gpus_per_worker are both >= 1, gloo otherwise; a sync whose broadcast fails "
-                            "falls back to the object store); auto = collective over nccl when both sides have "
-                            "whole GPUs, else object_store (the nccl path is not yet run on GPUs: opt in)")
+        "object_store",
+        description="how new weights reach the rollout workers: object_store = trainer rank 0 puts one copy in the Ray "
+                    "object store and every worker fetches it; collective = a torch.distributed broadcast from trainer "
+                    "rank 0 to every worker (nccl when train.gpus and rollout.gpus_per_worker are both >= 1, gloo "
+                    "otherwise; a sync whose broadcast fails falls back to the object store); auto = collective over "
+                    "nccl when both sides have whole GPUs, else object_store (the nccl path is not yet run on GPUs: "
+                    "opt in)")
     weight_sync_timeout_s: float = Field(300.0, gt=0, description="collective weight sync: longest wait for the "
                                                                   "group to form and for each broadcast; past it "
                                                                   "that sync falls back to the object store")
@@ -102,9 +114,13 @@ class BranchConfig(Section):
                                "eptree = top-N uncertain positions of finished chains")
     roots: int = Field(4, gt=0, description="root chains per problem (N samples for `independent`)")
     max_leaves: int = Field(8, gt=0, description="leaf budget per tree (roots + forks)")
-    entropy_threshold: float = Field(0.8, ge=0, description="entropy: fork where next-token entropy (nats) is at least this")
+    entropy_threshold: float = Field(
+        0.8, ge=0,
+        description="entropy: fork where next-token entropy (nats) is at least this")
     min_prefix: int = Field(2, ge=0, description="no forks in the first N completion tokens")
-    min_gap: int = Field(4, ge=1, description="minimum tokens between two forks on one path, and before the length limit")
+    min_gap: int = Field(
+        4, ge=1,
+        description="minimum tokens between two forks on one path, and before the length limit")
     max_depth: int = Field(3, gt=0, description="entropy: most forks along one path")
     top_n: int = Field(2, gt=0, description="eptree: fork points per tree per round")
     forks_per_point: int = Field(2, gt=0, description="eptree: new branches at each fork point")
@@ -123,7 +139,9 @@ class VerifyConfig(Section):
     workers: int = Field(1, gt=0, description="verifier actors")
     cpus_per_worker: float = Field(0.5, gt=0, description="Ray CPUs reserved per verifier actor")
     timeout_s: float = Field(5.0, gt=0, description="per-sample verification deadline")
-    node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking the nodes verifiers run on; null = any node")
+    node_resource: str | None = Field(
+        None, min_length=1,
+        description="custom Ray resource marking the nodes verifiers run on; null = any node")
 
 
 class TrainConfig(Section):
@@ -135,8 +153,10 @@ class TrainConfig(Section):
     cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per trainer actor")
     gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per trainer actor")
     threads: int = Field(2, gt=0, description="torch CPU threads in each trainer actor")
-    node_resource: str | None = Field(None, min_length=1, description="custom Ray resource marking training nodes (e.g. training_node): "
-                                                        "trainers run only on nodes that have it; null = any node")
+    node_resource: str | None = Field(
+        None, min_length=1,
+        description="custom Ray resource marking training nodes (e.g. training_node): trainers run only on nodes that "
+                    "have it; null = any node")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(32, gt=0, description="sequences per optimizer step, over all trainers")
@@ -148,7 +168,9 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, gt=0, description="gradient-norm clip")
     clip_low: float = Field(0.2, ge=0, lt=1, description="grpo/tree: ratio clip below 1 (1 - clip_low)")
     clip_high: float = Field(0.28, ge=0, description="grpo/tree: ratio clip above 1 (clip-higher, DAPO)")
-    kl_coef: float = Field(0.0, ge=0, description="grpo/tree: weight of the k3 KL to the policy at the first update (0 = off)")
+    kl_coef: float = Field(
+        0.0, ge=0,
+        description="grpo/tree: weight of the k3 KL to the policy at the first update (0 = off)")
     shared_spans: Literal["once", "per_leaf"] = Field(
         "once", description="grpo/tree: a span shared by L leaves counts once (weight 1/L per leaf) or once per leaf")
 
@@ -160,7 +182,8 @@ class TrainConfig(Section):
                              f"workers; raise it to at least {self.workers} so every trainer gets one")
         if self.micro_batch_size > share:
             raise ValueError(f"micro_batch_size ({self.micro_batch_size}) is over one worker's share of batch_size "
-                             f"({self.batch_size} / {self.workers} workers = {share}); lower it, or 0 for no accumulation")
+                             f"({self.batch_size} / {self.workers} workers = {share}); lower it, or 0 for no "
+                             "accumulation")
         if self.workers > 1 and 0 < self.gpus < 1:
             raise ValueError(f"workers={self.workers} with gpus={self.gpus}: NCCL needs a whole GPU per trainer; "
                              f"set gpus to 1 or workers to 1")
@@ -176,8 +199,10 @@ class RunConfig(Section):
     name: str = Field("run", description="run name, used for the default output dir")
     seed: int = Field(0, description="seed for data sampling, model init and sampling")
     steps: int = Field(10, gt=0, description="RL steps (sample -> verify -> update -> sync)")
-    checkpoint_every: int = Field(0, ge=0, description="write a step checkpoint every N steps, which "
-                                                        "`branchrl run --resume RUN_DIR` continues from (0 = only the final one)")
+    checkpoint_every: int = Field(
+        0, ge=0,
+        description="write a step checkpoint every N steps, which `branchrl run --resume RUN_DIR` continues from (0 = "
+                    "only the final one)")
     ray_address: str | None = Field(None, description="null = embedded local Ray; 'auto' joins a running cluster")
 
 
@@ -202,7 +227,8 @@ class Config(Section):
                              f"({self.train.workers}); every trainer needs a sequence per warm-start step")
         r = self.rollout
         if (r.top_p < 1 or r.top_k > 0) and self.train.algo != "sft":
-            raise ValueError(f"rollout.top_p={r.top_p} / rollout.top_k={r.top_k} truncate what rollouts sample from, but "
+            raise ValueError(f"rollout.top_p={r.top_p} / rollout.top_k={r.top_k} truncate what rollouts sample from, "
+                             "but "
                              f"train.algo={self.train.algo}'s loss compares against the untruncated policy at the "
                              "temperature; use rollout.top_p=1 and rollout.top_k=0, or train.algo=sft")
         if 0 < r.max_rows < self.branch.max_leaves:

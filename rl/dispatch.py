@@ -20,8 +20,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from branchrl.envs import Problem
+from branchrl.rollout.worker import NoWeights
 
-from .rollout_worker import NoWeights
 from .tree import Tree
 
 RETRIES = 3

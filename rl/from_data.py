@@ -16,11 +16,10 @@ import json
 import time
 from pathlib import Path
 
-
+from branchrl.data.datastore import find_data_dir, read_data_set
 from branchrl.envs import load_env
 
 from .config import Config, ConfigError
-from .datastore import find_data_dir, read_data_set
 from .loop import Context, evaluate, launched, prepare, sync
 from .models import load_tokenizer
 from .progress import Progress

@@ -20,12 +20,13 @@ from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .collective import Collective
+from branchrl.rollout.worker import RolloutWorker
+from branchrl.sync.collective import Collective
+from branchrl.training.group import TrainerGroup
+from branchrl.training.trainer import Trainer
+
 from .config import Config, weight_sync_backend
 from .dispatch import Faults
-from .rollout_worker import RolloutWorker
-from .trainer import Trainer
-from .trainer_group import TrainerGroup
 from .verifier_pool import VerifierWorker
 
 PLACEMENT_TIMEOUT_S = 60.0
@@ -121,7 +122,8 @@ def launch(cfg: Config) -> Roles:
         ]
         marker = cfg.verify.node_resource
         roles.verifiers = [ray.remote(VerifierWorker).options(
-            num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1, resources={marker: NODE_SHARE} if marker else None).remote()
+            num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1,
+            resources={marker: NODE_SHARE} if marker else None).remote()
             for _ in range(cfg.verify.workers)]
     except BaseException:
         roles.shutdown()  # nothing half-launched stays on the cluster

@@ -21,22 +21,21 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
+from branchrl.data.datastore import DataStore, sample_id
+from branchrl.data.ledger import Ledger
+from branchrl.data.prune import Selection, select_verified
 from branchrl.envs import Environment, Problem, load_env
+from branchrl.rollout.sampler import BranchSettings
+from branchrl.training.advantages import informative
+from branchrl.training.algos import ALGOS, pg_batch
 from branchrl.verifiers import verifier_version
 
 from . import checkpoints, dispatch
-from .advantages import informative
-from .algos import ALGOS, pg_batch
 from .config import Config, ConfigError, dump_config, load_config
-from .datastore import DataStore, sample_id
 from .feed import Feed
 from .launch import Roles, launch, start_ray
-from .ledger import Ledger
 from .models import load_tokenizer
 from .progress import Progress
-from .prune import Selection, select_verified
-from .sampler import BranchSettings
 from .tree import Tree
 
 
@@ -341,5 +340,6 @@ def evaluate(ctx: Context, problems: list[Problem], step: int) -> float:
     for i, tree in enumerate(trees):
         tree.tree_id = f"{tree.problem_id}#e{step}#{i}"
     leaves, _ = verify_leaves(ctx, problems, trees)
-    ctx.ledger.add_eval(sum(t.generated_tokens() + len(t.prompt_ids) for t in trees), sum(t.context_sum() for t in trees))
+    ctx.ledger.add_eval(sum(t.generated_tokens() + len(t.prompt_ids) for t in trees),
+                        sum(t.context_sum() for t in trees))
     return sum(leaf["result"]["verdict"] == "pass" for leaf in leaves) / len(problems)

@@ -13,6 +13,7 @@ if ! command -v bwrap >/dev/null 2>&1; then   # the code sandbox's isolation lay
   fi
 fi
 bash scripts/setup.sh
+.venv/bin/ruff check --quiet . || { echo "ruff check failed: fix the lines above (config in pyproject.toml)" >&2; exit 1; }
 set +e
 .venv/bin/python -m pytest -m "not slow and not gpu" "$@"
 rc=$?

@@ -6,9 +6,16 @@ import math
 import pytest
 import torch
 
-from branchrl.advantages import grpo_advantages, grpo_samples, informative, span_weights, tree_advantages, tree_samples
-from branchrl.algos import ALGOS, pg_batch
-from branchrl.losses import policy_loss
+from branchrl.training.advantages import (
+    grpo_advantages,
+    grpo_samples,
+    informative,
+    span_weights,
+    tree_advantages,
+    tree_samples,
+)
+from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.losses import policy_loss
 from branchrl.tree import Tree
 
 

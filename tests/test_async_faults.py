@@ -7,15 +7,15 @@ import threading
 import time
 from types import SimpleNamespace
 
+from test_run import SMALL_RUN
 
 from branchrl.config import load_config
 from branchrl.dispatch import Batch, Faults, collect, submit, verified
+from branchrl.envs import load_env
 from branchrl.launch import launch
 from branchrl.loop import Context, branch_settings, gather, run, sync
 from branchrl.models import load_tokenizer
-from branchrl.envs import load_env
 from branchrl.tree import Tree
-from test_run import SMALL_RUN
 
 
 def _steps(run_dir):

@@ -50,7 +50,8 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
         "missing config": (["run", tmp_path / "nope.yaml"], f"config file not found: {tmp_path / 'nope.yaml'}"),
         "unknown key": (["run", DEMO, "rollout.worker=3"],
                         "unknown config key 'rollout.worker'; did you mean 'rollout.workers'?"),
-        "wrong type": (["run", DEMO, "run.steps=abc"], "invalid config value run.steps: Input should be a valid integer"),
+        "wrong type": (["run", DEMO, "run.steps=abc"],
+                       "invalid config value run.steps: Input should be a valid integer"),
         "zero workers": (["run", DEMO, "rollout.workers=0"], "rollout.workers: Input should be greater than 0 (got 0)"),
         "leaves < roots": (["run", DEMO, "branch.roots=4", "branch.max_leaves=2"],
                            "branch: max_leaves (2) must be >= roots (4)"),
@@ -58,7 +59,8 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
         "out not empty": (["run", DEMO, "--out", full_dir], f"output dir {full_dir} is not empty; pass another --out"),
         "out is a file": (["run", DEMO, "--out", a_file], f"output dir {a_file} is a file"),
         "unknown env": (["run", DEMO, "env.name=arithmatic"], "unknown env 'arithmatic'"),
-        "bad env kwargs": (["run", DEMO, "env.kwargs.digits=0"], "env 'arithmetic': digits must be an integer in 1..12"),
+        "bad env kwargs": (["run", DEMO, "env.kwargs.digits=0"],
+                           "env 'arithmetic': digits must be an integer in 1..12"),
         "override after --out": (["run", DEMO, "--out", tmp_path / "new", "run.steps=abc"], "run.steps"),
         "verify missing file": (["verify", tmp_path / "none.jsonl"], "No such file or directory"),
         "tree without branching": (["run", DEMO, "train.algo=tree", "branch.policy=independent"],
@@ -175,7 +177,8 @@ def test_prepare_rejects_bad_input_without_starting_ray(prepare, tmp_path, full_
         prepare(small("env.kwargs.digits=1", "eval.problems=500"), tmp_path / "b")
     with pytest.raises(ConfigError, match="exceeds model.tiny.max_position=32"):
         prepare(small("model.tiny.max_position=32", "rollout.max_new_tokens=30"), tmp_path / "c")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"] and [p.name for p in full_dir.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert [p.name for p in full_dir.iterdir()] == ["old.txt"]
 
 
 def test_prepare_saves_the_resolved_config(prepare, tmp_path):
@@ -191,7 +194,7 @@ def test_prepare_saves_the_resolved_config(prepare, tmp_path):
 @pytest.fixture
 def stored(tmp_path):
     """A run dir whose data set holds two verified arithmetic samples."""
-    from branchrl.datastore import DataStore, sample_id
+    from branchrl.data.datastore import DataStore, sample_id
 
     rows = [{"sample_id": sample_id(f"1+{i}#s1#{i}", "0", 0), "env": "arithmetic", "problem_id": f"1+{i}",
              "prompt": f"1+{i}=", "completion": f"#### {1 + i}", "answer": str(1 + i), "policy_version": 0,
@@ -203,7 +206,7 @@ def stored(tmp_path):
 
 
 def test_train_from_data_refuses_a_data_set_that_does_not_fit_before_ray(stored, tmp_path):
-    from branchrl.datastore import DataSetError
+    from branchrl.data.datastore import DataSetError
     from branchrl.from_data import train_from_data  # imports ray and torch; starts nothing
 
     cases = [(small("env.name=countdown", "env.kwargs={}"), ConfigError,

@@ -3,12 +3,12 @@ node, each a raylet with its own custom resource. Rollout workers must land on t
 trainers on the training node, and a whole run must complete there."""
 
 import pytest
+from conftest import LOCAL_RAY
+from test_run import SMALL_RUN
 
 from branchrl.config import load_config
 from branchrl.launch import LaunchError, launch
 from branchrl.loop import run
-from conftest import LOCAL_RAY
-from test_run import SMALL_RUN
 
 pytestmark = pytest.mark.cluster
 SPLIT = ["rollout.node_resource=inference_node", "train.node_resource=training_node", "rollout.workers=2",

@@ -43,7 +43,8 @@ def test_demo_config_loads_with_every_value_from_the_file():
     assert cfg.run.name == "demo" and cfg.env.name == "arithmetic" and cfg.model.path is None
 
 
-@pytest.mark.parametrize("overrides", [[], ["run.steps=3", "train.lr=1e-4", "model.path=/some/ckpt", "env.kwargs.digits=3"]])
+@pytest.mark.parametrize("overrides", [[], ["run.steps=3", "train.lr=1e-4", "model.path=/some/ckpt",
+                                            "env.kwargs.digits=3"]])
 def test_dump_then_load_round_trips_to_an_equal_config(tmp_path, overrides):
     cfg = load_config(DEMO, overrides)
     dump_config(cfg, tmp_path / "config.yaml")
@@ -188,9 +189,9 @@ def test_a_row_cap_must_hold_one_trees_leaf_budget():
 def test_config_names_match_the_policy_and_objective_registries():
     from typing import get_args
 
-    from branchrl.algos import ALGOS
     from branchrl.config import BranchConfig, TrainConfig
-    from branchrl.policies import POLICIES
+    from branchrl.rollout.policies import POLICIES
+    from branchrl.training.algos import ALGOS
 
     assert set(get_args(BranchConfig.model_fields["policy"].annotation)) == set(POLICIES)
     assert set(get_args(TrainConfig.model_fields["algo"].annotation)) == set(ALGOS)
@@ -238,7 +239,7 @@ def test_binary_file_is_a_config_error(tmp_path):
 
 
 def test_branch_settings_keep_answer_ids_unless_forks_in_the_answer_are_allowed():
-    from branchrl.sampler import BranchSettings
+    from branchrl.rollout.sampler import BranchSettings
 
     cfg = load_config(None, ["branch.policy=eptree", "branch.top_n=3"])
     settings = BranchSettings.from_config(cfg.branch, (7, 9))

@@ -8,8 +8,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-from branchrl.engine import (Decoder, Engine, HFDecoder, HFEngine, PromptTooLong, UnsupportedModel, check_prompts,
-                             load_checkpoint, load_engine)
+from branchrl.engine import (
+    Decoder,
+    Engine,
+    HFDecoder,
+    HFEngine,
+    PromptTooLong,
+    UnsupportedModel,
+    check_prompts,
+    load_checkpoint,
+    load_engine,
+)
 
 VOCAB = 40
 PROMPTS = [[5, 6, 7, 8, 9, 10], [3, 4], [11, 12, 13, 14]]  # different lengths: left padding matters

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from branchrl.envs import Environment, EnvError, Problem, load_env
+from branchrl.envs import EnvError, Environment, Problem, load_env
 from branchrl.envs.arithmetic import Arithmetic, split_of, worked_solution
 from branchrl.verifiers import verify
 
@@ -55,7 +55,8 @@ def test_eval_problems_are_the_same_for_every_seed_and_a_prefix_of_more(env2):
 
 def test_asking_for_more_problems_than_a_split_holds_is_an_env_error():
     env = load_env("arithmetic", digits=1)  # 81 pairs, about 8 in the eval split
-    with pytest.raises(EnvError, match=r"only \d+ distinct eval problems, asked for 500; ask for fewer or raise digits"):
+    with pytest.raises(EnvError, match=r"only \d+ distinct eval problems, asked for 500; ask for fewer or raise "
+                                       r"digits"):
         env.eval_problems(500)
 
 
@@ -163,7 +164,8 @@ def test_swapped_operands_share_a_split():
     pairs = [(a, b) for a in range(10, 100, 7) for b in range(10, 100, 3)]
     assert all(split_of(f"{a}+{b}") == split_of(f"{b}+{a}") for a, b in pairs)
     evals = {tuple(sorted(map(int, p.id.split("+")))) for p in Arithmetic(digits=2).eval_problems(300)}
-    train = {tuple(sorted(map(int, p.id.split("+")))) for s in range(3) for p in Arithmetic(digits=2).train_problems(500, s)}
+    train = {tuple(sorted(map(int, p.id.split("+"))))
+             for s in range(3) for p in Arithmetic(digits=2).train_problems(500, s)}
     assert not evals & train
 
 

@@ -170,7 +170,8 @@ def test_humaneval_records_carry_the_check_code_and_entry_point():
     env = load_env("humaneval", path=str(FIXTURES / "humaneval"))
     for p in all_problems(env):
         record = env.verifier_record(p, p.solution)
-        assert set(record) == {"verifier", "completion", "tests", "entry_point"} and record["verifier"] == "python_tests"
+        assert set(record) == {"verifier", "completion", "tests", "entry_point"}
+        assert record["verifier"] == "python_tests"
         assert "def check(candidate)" in record["tests"] and f"def {record['entry_point']}(" in code_of(p.solution)
         assert p.id.startswith("HumanEval/") and p.prompt.count("```python") == 2  # the instruction and the stub
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from branchrl.ledger import Ledger, causal_context_sum
+from branchrl.data.ledger import Ledger, causal_context_sum
 
 # N = 1000 FLOP parameters, 2 layers, width 32: a forward costs 2000 per token + 256 per attended position
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from branchrl.losses import pack_batch, selected_logprobs, sft_loss
+from branchrl.training.losses import pack_batch, selected_logprobs, sft_loss
 
 
 def reference_logprobs(hidden, head, targets):

@@ -29,8 +29,9 @@ def test_a_split_cluster_that_holds_every_group_passes():
 
 
 def test_a_marker_no_node_has_is_named_with_how_to_add_it():
-    with pytest.raises(LaunchError, match=r"inference group is pinned to nodes with the custom resource 'inference_node', "
-                                          r"but no node has it; start those nodes with `ray start --resources="):
+    with pytest.raises(LaunchError, match=r"inference group is pinned to nodes with the custom resource "
+                                          r"'inference_node', but no node has it; start those nodes with "
+                                          r"`ray start --resources="):
         _check(SPLIT, [HEAD, TRAIN])
 
 

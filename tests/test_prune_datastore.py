@@ -6,10 +6,17 @@ import datasets
 import pytest
 
 from branchrl.config import load_config
-from branchrl.datastore import (SCHEMA, DataSetError, DataStore, find_data_dir, manifest_path,
-                                read_data_set, sample_id)
+from branchrl.data.datastore import (
+    SCHEMA,
+    DataSetError,
+    DataStore,
+    find_data_dir,
+    manifest_path,
+    read_data_set,
+    sample_id,
+)
+from branchrl.data.prune import select_verified
 from branchrl.envs import Problem, load_env
-from branchrl.prune import select_verified
 from branchrl.tree import Tree
 
 PASS = {"verdict": "pass", "score": 1.0, "seconds": 0.0, "details": ""}
@@ -108,7 +115,8 @@ def test_problems_and_trees_must_pair_up():
 
 # ------------------------------------------------------------------ DataStore
 def row(i: int, step: int = 1, attempt: int = 0, **change) -> dict:
-    base = {"sample_id": sample_id(f"t{i}", "0.1", attempt), "env": "arithmetic", "problem_id": f"p{i}", "prompt": f"{i}+{i}=", "completion": f"#### {2 * i}",
+    base = {"sample_id": sample_id(f"t{i}", "0.1", attempt), "env": "arithmetic", "problem_id": f"p{i}",
+            "prompt": f"{i}+{i}=", "completion": f"#### {2 * i}",
             "answer": str(2 * i), "policy_version": 3, "verifier": "math", "verifier_version": "math-1",
             "verdict": "pass", "score": 1.0, "tree_id": f"t{i}", "branch_path": "0.1", "tree_value": 0.5,
             "num_tokens": 4, "seed": 0, "step": step, "attempt": attempt}

@@ -4,8 +4,7 @@ import logging
 
 import pytest
 
-from branchrl.verifiers import VERIFIERS, verify
-from branchrl.verifiers import sandbox
+from branchrl.verifiers import VERIFIERS, sandbox, verify
 from branchrl.verifiers.python_tests import extract_code, run_python_tests, verify_python_tests
 from branchrl.verifiers.warm_sandbox import SANDBOXES
 

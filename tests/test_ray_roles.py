@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from branchrl.algos import ALGOS, pg_batch
 from branchrl.config import load_config
 from branchrl.launch import LaunchError, launch
 from branchrl.loop import sync
 from branchrl.models import load_tokenizer
-from branchrl.sampler import BranchSettings
-from branchrl.trainer import Trainer
+from branchrl.rollout.sampler import BranchSettings
+from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.trainer import Trainer
 from branchrl.verifier_pool import VerifierWorker
 from branchrl.verifiers import warm_sandbox
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_run import SMALL_RUN
 
 from branchrl.config import dump_config, load_config
-from test_run import SMALL_RUN
 
 BRANCHRL = str(Path(sys.executable).with_name("branchrl"))
 

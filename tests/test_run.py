@@ -94,7 +94,7 @@ def test_each_policy_and_objective_runs_by_name(ray_cluster, tmp_path, policy, a
 
 
 def test_report_writes_markdown_and_three_plots(finished_run):
-    from branchrl.report import write_report
+    from branchrl.data.report import write_report
 
     _, run_dir, summary = finished_run
     text = write_report(run_dir).read_text()
@@ -165,4 +165,5 @@ def test_a_run_with_collective_weight_sync_completes_and_records_the_bytes_of_ea
     summary = run(cfg, tmp_path / "out")
     steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == 2 and summary["sync_fallbacks"] == 0 and [s["sync_fallbacks"] for s in steps] == [0, 0]
-    assert [s["sync_bytes"] for s in steps] == [_state_bytes(cfg)] * 2 and summary["sync_bytes"] == 2 * _state_bytes(cfg)
+    assert [s["sync_bytes"] for s in steps] == [_state_bytes(cfg)] * 2
+    assert summary["sync_bytes"] == 2 * _state_bytes(cfg)

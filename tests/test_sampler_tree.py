@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from branchrl.engine import Decoder, Engine, HFDecoder, HFEngine, SamplingParams, entropy, sampling_logprobs
-from branchrl.policies.eptree import fork_points
-from branchrl.sampler import BranchSampler, BranchSettings
+from branchrl.rollout.policies.eptree import fork_points
+from branchrl.rollout.sampler import BranchSampler, BranchSettings
 from branchrl.tree import Tree
 
 VOCAB, EOS = 40, 2
@@ -138,8 +138,8 @@ def test_stored_logprobs_equal_a_full_forward_at_the_sampling_temperature(branch
 def test_same_seed_same_trees(model, branched):
     settings, trees = branched
     again = sampler(model).run(PROMPTS, settings, policy_version=7)
-    assert [[t.completion_ids(l) for l in t.leaves()] for t in again] == \
-           [[t.completion_ids(l) for l in t.leaves()] for t in trees]
+    assert [[t.completion_ids(leaf) for leaf in t.leaves()] for t in again] == \
+           [[t.completion_ids(leaf) for leaf in t.leaves()] for t in trees]
 
 
 def test_no_forks_below_the_entropy_threshold(model):
@@ -149,7 +149,8 @@ def test_no_forks_below_the_entropy_threshold(model):
 
 
 def test_branching_off_gives_independent_chains(model):
-    settings = BranchSettings(policy="independent", roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    settings = BranchSettings(policy="independent", roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0,
+                              min_gap=1)
     for tree in sampler(model).run(PROMPTS, settings, policy_version=0):
         assert tree.forks() == 0 and len(tree.leaves()) == 3
 
@@ -396,7 +397,8 @@ def test_eptree_branches_have_full_forward_logprobs_and_count_their_reprefill(ep
     _, trees = eptree
     for tree in trees:
         assert_leaves_match_a_full_forward(model, tree)
-        assert all(len(tree.completion_ids(leaf)) == 14 or tree.completion_ids(leaf)[-1] == EOS for leaf in tree.leaves())
+        assert all(len(tree.completion_ids(leaf)) == 14 or tree.completion_ids(leaf)[-1] == EOS
+                   for leaf in tree.leaves())
         prompt = tree.prompt_ids
         forked = [n for n in tree.nodes[1:] if len(n.children) > 1]
         starts = tree.span_starts()
@@ -505,7 +507,8 @@ def test_branching_on_cuda_matches_the_cpu_model(model):
     decoder = Decoder(model.config.to_dict(), device="cuda")
     decoder.load_state_dict(model.state_dict())
     settings = BranchSettings(roots=2, max_leaves=4, entropy_threshold=0.5, min_prefix=1, min_gap=2)
-    trees = BranchSampler(Engine(decoder, pad_id=0), EOS, 8, SamplingParams(0.7), seed=0).run(PROMPTS, settings, policy_version=0)
+    branch_sampler = BranchSampler(Engine(decoder, pad_id=0), EOS, 8, SamplingParams(0.7), seed=0)
+    trees = branch_sampler.run(PROMPTS, settings, policy_version=0)
     assert sum(t.forks() for t in trees) > 0
     for tree in trees:
         for leaf in tree.leaves():

@@ -8,14 +8,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
 from branchrl.config import load_config
+from branchrl.data.ledger import causal_context_sum
 from branchrl.engine import PromptTooLong
-from branchrl.ledger import causal_context_sum
-from branchrl.losses import pack_batch, sft_loss
 from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
-from branchrl.rollout_worker import RolloutWorker
-from branchrl.sampler import BranchSettings
-from branchrl.trainer import Trainer
-from branchrl.weight_sync import pack_weights, state_checksum
+from branchrl.rollout.sampler import BranchSettings
+from branchrl.rollout.worker import RolloutWorker
+from branchrl.sync.weight_sync import pack_weights, state_checksum
+from branchrl.training.losses import pack_batch, sft_loss
+from branchrl.training.trainer import Trainer
 
 TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=4", "model.tiny.kv_heads=2",
         "model.tiny.intermediate_size=64", "model.tiny.max_position=64", "train.threads=1",
@@ -258,7 +258,7 @@ def test_pack_weights_is_a_detached_cpu_copy():
 def test_policy_gradient_update_moves_logprobs_toward_rewarded_leaves(algo):
     """One update on a tree the worker sampled: finite loss, changed parameters, and the rewarded leaf's
     log-likelihood goes up while the penalised one goes down."""
-    from branchrl.algos import ALGOS, pg_batch
+    from branchrl.training.algos import ALGOS, pg_batch
 
     cfg = tiny_cfg(f"train.algo={algo}", "branch.roots=2", "branch.max_leaves=4", "branch.entropy_threshold=0.0",
                    "branch.min_prefix=1", "branch.min_gap=1", "train.lr=0.01", "rollout.max_new_tokens=5")
@@ -312,7 +312,7 @@ def test_a_trainer_started_from_a_saved_checkpoint_continues_its_optimizer(tmp_p
 
 def pg_samples(trainer):
     """PGSamples on PAIRS with uneven advantages and token weights; old log-probs near a fresh model's (1/100)."""
-    from branchrl.advantages import PGSample
+    from branchrl.training.advantages import PGSample
 
     return [PGSample(p, c, advantages=[(-1.0) ** i * (1 + i / 4)] * len(c), weights=[1.0 / (1 + i % 3)] * len(c),
                      old_logprobs=[-4.6] * len(c)) for i, (p, c) in enumerate(sequences(trainer))]

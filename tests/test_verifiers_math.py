@@ -7,8 +7,7 @@ import threading
 
 import pytest
 
-from branchrl.verifiers import VERDICTS, VERIFIERS, Result, verifier_version, verify, verify_math
-from branchrl.verifiers import math_answer
+from branchrl.verifiers import VERDICTS, VERIFIERS, Result, math_answer, verifier_version, verify, verify_math
 from branchrl.verifiers.math_answer import extract_final_answer, normalise
 
 SLOW_HANG = r"\boxed{(x+1)^{10000}-(x-1)^{10000}}"  # sympy expands this for minutes

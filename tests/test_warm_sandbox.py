@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from branchrl.verifiers.python_tests import verify_python_tests
 from branchrl.verifiers.warm_sandbox import SANDBOXES
 with ThreadPoolExecutor(2) as pool:  # the callers' threads have ended before anyone looks
-    verdicts = list(pool.map(lambda _: verify_python_tests("def f(x):\\n    return x + 1\\n", "assert f(1) == 2").verdict,
-                             range(6)))
+    verdicts = list(pool.map(
+        lambda _: verify_python_tests("def f(x):\\n    return x + 1\\n", "assert f(1) == 2").verdict, range(6)))
 print((verdicts, [box.proc.pid for box in SANDBOXES.sandboxes()]), flush=True)
 if sys.argv[1] == "stay":
     time.sleep(60)
@@ -75,7 +75,8 @@ def test_sequential_records_reuse_one_sandbox_and_concurrent_callers_get_their_o
     for _ in range(5):
         assert verify_python_tests(GOOD, "assert f(1) == 2").verdict == "pass"
     assert {box.proc.pid for box in SANDBOXES.sandboxes() if box.proc} == first
-    cases = [(GOOD, "assert f(1) == 2", "pass"), (GOOD, "assert f(1) == 3", "fail"), (LOOP, "assert f(1) == 2", "timeout")]
+    cases = [(GOOD, "assert f(1) == 2", "pass"), (GOOD, "assert f(1) == 3", "fail"),
+             (LOOP, "assert f(1) == 2", "timeout")]
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda case: verify_python_tests(case[0], case[1], timeout_s=1).verdict, cases * 4))
     assert got == [case[2] for case in cases] * 4

@@ -10,13 +10,13 @@ import threading
 
 import pytest
 import torch
+from test_ray_roles import GROUP, PAIRS, TINY
 
 from branchrl.config import ConfigError, load_config, weight_sync_backend
 from branchrl.launch import launch
 from branchrl.loop import sync
 from branchrl.models import load_tokenizer
-from branchrl.weight_sync import BroadcastGroup, SyncFailed, buckets, layout, state_checksum
-from test_ray_roles import GROUP, PAIRS, TINY
+from branchrl.sync.weight_sync import BroadcastGroup, SyncFailed, buckets, layout, state_checksum
 
 COLLECTIVE = ["rollout.weight_sync=collective", "rollout.weight_sync_timeout_s=60"]
 
@@ -33,8 +33,10 @@ def test_weight_sync_picks_nccl_only_when_every_member_has_a_whole_gpu(mode, tra
 
 def test_weight_sync_defaults_to_the_object_store_and_bad_values_name_the_key():
     cfg = load_config(None)
-    assert cfg.rollout.weight_sync == "object_store" and weight_sync_backend(cfg) is None and cfg.rollout.weight_sync_timeout_s > 0
-    with pytest.raises(ConfigError, match=r"rollout\.weight_sync: Input should be 'auto', 'object_store' or 'collective' \(got 'nccl'\)"):
+    assert cfg.rollout.weight_sync == "object_store" and weight_sync_backend(cfg) is None
+    assert cfg.rollout.weight_sync_timeout_s > 0
+    with pytest.raises(ConfigError, match=r"rollout\.weight_sync: Input should be 'auto', 'object_store' or "
+                                          r"'collective' \(got 'nccl'\)"):
         load_config(None, ["rollout.weight_sync=nccl"])
     with pytest.raises(ConfigError, match=r"rollout\.weight_sync_timeout_s: .*greater than 0"):
         load_config(None, ["rollout.weight_sync_timeout_s=0"])
@@ -165,7 +167,7 @@ def test_a_failed_broadcast_falls_back_to_the_object_store_logged_once_and_count
         """This worker drops its gloo connections (the trainer's send to it fails) and fails its receive."""
         import gc
 
-        from branchrl.weight_sync import SyncFailed
+        from branchrl.sync.weight_sync import SyncFailed
 
         def receive(spec):
             raise SyncFailed("injected: this member lost its connections")
@@ -176,11 +178,11 @@ def test_a_failed_broadcast_falls_back_to_the_object_store_logged_once_and_count
 
     ray.get(roles.rollout[1].__ray_call__.remote(lose_connections))
     _train(roles)
-    with caplog.at_level(logging.WARNING, logger="branchrl.collective"):
+    with caplog.at_level(logging.WARNING, logger="branchrl.sync.collective"):
         version, _ = sync(roles)
     assert roles.faults.sync_fallbacks == fallbacks + 1
     assert _held(roles) == [(version, _trainer_checksum(roles))] * 2   # every worker, through the object store
-    warnings = [r.getMessage() for r in caplog.records if r.name == "branchrl.collective"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "branchrl.sync.collective"]
     assert len(warnings) == 1 and "object store" in warnings[0]
     _train(roles)
     version, _ = sync(roles)   # a new group, and the broadcast works again

@@ -167,6 +167,7 @@ def _summary(outcomes: list[TestOutcome], load_error) -> str:
         parts.append(f"candidate code did not load: {load_error}")
     for o in outcomes:
         where = f"line {o.line}" if o.line else o.test
-        parts.append(f"{where} {o.outcome} {o.seconds * 1000:.1f}ms" + (f" {o.message}" if o.message and not load_error else ""))
+        message = f" {o.message}" if o.message and not load_error else ""
+        parts.append(f"{where} {o.outcome} {o.seconds * 1000:.1f}ms{message}")
     text = " | ".join(parts)
     return text if len(text) <= 2000 else text[:1997] + "..."

@@ -13,8 +13,7 @@ pooling or parallelism (the caller's verifier pool decides how many records run 
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import math_answer, python_tests
-from . import countdown
+from . import countdown, math_answer, python_tests
 from .result import Result, failed
 
 

@@ -4,7 +4,7 @@
 `load_engine` / `load_checkpoint` pick it, or the slower HF fallback for other architectures. Imports
 torch and safetensors only (transformers only once a fallback is built; never ray, verifiers or
 envs), so it is usable as a library on its own. Token sampling (temperature, top-k, top-p) and stop
-strings are pure helpers here; the branching policy that drives the engine lives in `branchrl.sampler`.
+strings are pure helpers here; the branching policy that drives the engine lives in `branchrl.rollout.sampler`.
 """
 
 from .decoder import Decoder, UnsupportedModel

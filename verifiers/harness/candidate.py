@@ -59,7 +59,8 @@ def _limit(limits):
     memory, cpu = limits["memory_bytes"], limits["cpu_seconds"]
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]), ("CORE", 0)):
+    for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]),
+                        ("CORE", 0)):
         resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
     os.chdir("/tmp" if not os.path.isdir(limits["workdir"]) else limits["workdir"])
 

@@ -124,7 +124,8 @@ def main(report_fd: int, forkserver):
     limits = first["limits"]
     cpu = limits["cpu_seconds"] + 1  # backstop for H; the workers set their own, tighter
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]), ("CORE", 0)):
+    for name, value in (("NPROC", limits["nproc"]), ("FSIZE", limits["fsize_bytes"]), ("NOFILE", limits["nofile"]),
+                        ("CORE", 0)):
         limit = getattr(resource, "RLIMIT_" + name)
         resource.setrlimit(limit, (value, value))
     job = read_stdin_message()

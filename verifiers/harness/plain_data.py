@@ -111,7 +111,8 @@ def decode(v, worker):
     if tag == "R" and type(body) is int:
         return Handle(worker, body)
     if tag in ("I", "B", "A") and type(body) is str:
-        return {"I": lambda: int(body, 16), "B": lambda: bytes.fromhex(body), "A": lambda: bytearray.fromhex(body)}[tag]()
+        return {"I": lambda: int(body, 16), "B": lambda: bytes.fromhex(body),
+                "A": lambda: bytearray.fromhex(body)}[tag]()
     if type(body) is not list:
         raise WorkerDied(f"malformed {tag!r} value")
     items = [decode(e, worker) for e in body]

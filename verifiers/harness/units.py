@@ -12,7 +12,6 @@ import ast
 import builtins
 import re
 
-
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+\Z")  # the parser's line ends (not str.splitlines')
 
 

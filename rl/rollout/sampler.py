@@ -1,5 +1,5 @@
 """The rollout sampler: turns prompts into trees by driving an `Engine`, with the branch policy deciding
-where trees fork (`branch.policy` -> rl/policies/<name>.py).
+where trees fork (`branch.policy` -> rl/rollout/policies/<name>.py).
 
 Every token is drawn by the engine's sampling (`branchrl.engine.sample`: temperature, top-k, top-p, a
 seeded generator), and the log-prob and entropy stored with it are those of the distribution it was
@@ -27,8 +27,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .engine import Engine, Sample, SamplingParams, sample, siblings
-from .tree import Tree
+from branchrl.engine import Engine, Sample, SamplingParams, sample, siblings
+from branchrl.tree import Tree
 
 
 @dataclass

@@ -2,7 +2,7 @@
 in chunks so full-vocabulary logits for a whole batch are never materialised (151k vocab x 16k
 tokens x 4 B would be 10 GB).
 
-Pure tensor functions with shapes written down; no optimizer, no advantages (rl/advantages.py).
+Pure tensor functions with shapes written down; no optimizer, no advantages (rl/training/advantages.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def _chunk_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Ten
     return logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
 
 
-def selected_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def selected_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
+                      chunk: int = 4096) -> torch.Tensor:
     """log p(target) for each row of hidden ([N, d]) under lm-head weight [V, d]; returns [N] fp32.
     Each chunk's logits are recomputed in backward (checkpoint), so peak memory is one chunk."""
     parts = []
@@ -53,7 +54,8 @@ def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask:
     hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # [B, T, d]
     targets = ids[:, 1:][loss_mask[:, :-1]]                                           # [N]
     h = hidden[:, :-1][loss_mask[:, :-1]]                                             # [N, d]
-    return selected_logprobs(h / temperature if temperature != 1.0 else h, model.get_output_embeddings().weight, targets)
+    h = h / temperature if temperature != 1.0 else h
+    return selected_logprobs(h, model.get_output_embeddings().weight, targets)
 
 
 def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -72,10 +74,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     kl = torch.zeros_like(token)
     if ref_logp is not None and kl_coef > 0:
         log_r = ref_logp - logp
-        kl = torch.exp(log_r) - log_r - 1.0                                            # k3: >= 0, unbiased for KL(pi||ref)
+        kl = torch.exp(log_r) - log_r - 1.0               # [N] k3: >= 0, unbiased for KL(pi||ref)
     total = weights.sum().clamp(min=1e-8)
     loss = (weights * (token + kl_coef * kl)).sum() / total
     with torch.no_grad():
         was_clipped = (clipped * advantages < ratio * advantages).float()   # the clipped term won: no gradient
-        stats = {"clip_fraction": float((weights * was_clipped).sum() / total), "kl": float((weights * kl).sum() / total)}
+        stats = {"clip_fraction": float((weights * was_clipped).sum() / total),
+                 "kl": float((weights * kl).sum() / total)}
     return loss, stats

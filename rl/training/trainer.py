@@ -28,12 +28,13 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .config import Config
+from branchrl.config import Config
+from branchrl.models import count_flop_params, load_policy
+from branchrl.sync.weight_sync import BroadcastMember, Weights, layout, pack_weights, state_checksum
+
 from .advantages import PGSample
 from .algos import ALGOS
 from .losses import completion_logprobs, pack_batch, policy_loss
-from .models import count_flop_params, load_policy
-from .weight_sync import BroadcastMember, Weights, layout, pack_weights, state_checksum
 
 OPTIMIZER_FILE = "optimizer.pt"   # beside the HF files of every checkpoint
 STATE_FILE = "trainer.json"       # policy version and shuffling state, for `resume`
@@ -122,7 +123,8 @@ class Trainer(BroadcastMember):
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = lr
         schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
-            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(i, total) / total)))
+            self.optimizer,
+            lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(i, total) / total)))
         stats = self.fit(seqs, epochs, batch_size, schedule=schedule)
         for group in self.optimizer.param_groups:  # RL continues with the same Adam moments
             group["lr"] = self.cfg.train.lr
@@ -133,8 +135,8 @@ class Trainer(BroadcastMember):
         a likelihood objective (`sft`), PGSamples for a policy-gradient one (`grpo`, `tree`)."""
         t = self.cfg.train
         if ALGOS[t.algo].policy_gradient:
-            stats = self.fit(batch, t.epochs, t.batch_size, self._pg_loss, pairs=lambda x: (x.prompt_ids, x.completion_ids),
-                             weight=lambda x: sum(x.weights))
+            stats = self.fit(batch, t.epochs, t.batch_size, self._pg_loss,
+                             pairs=lambda x: (x.prompt_ids, x.completion_ids), weight=lambda x: sum(x.weights))
         else:
             stats = self.fit(batch, t.epochs, t.batch_size)
         self.version += 1

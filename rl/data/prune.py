@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from branchrl.envs import Problem
-
-from .tree import Tree
+from branchrl.tree import Tree
 
 
 @dataclass

@@ -24,7 +24,8 @@ import uuid
 import ray
 from ray.exceptions import RayActorError
 
-from .dispatch import revive
+from branchrl.dispatch import revive
+
 from .weight_sync import SyncFailed
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class Collective:
         if stuck:
             late = [i for i, ref in enumerate(refs) if ref in stuck]
             if late[0] == 0:
-                raise RuntimeError(f"trainer rank 0 is stuck in the weight broadcast after {self.timeout_s + SLACK_S:.0f}s")
+                raise RuntimeError(f"trainer rank 0 is stuck in the weight broadcast after "
+                                   f"{self.timeout_s + SLACK_S:.0f}s")
             for i in late:
                 ray.kill(roles.rollout[i - 1], no_restart=False)
             raise SyncFailed(f"rollout workers {[i - 1 for i in late]} stuck in the weight broadcast; restarted")

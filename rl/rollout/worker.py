@@ -19,11 +19,12 @@ import time
 
 import torch
 
-from .config import Config
-from .engine import SamplingParams, check_prompts, load_engine
+from branchrl.config import Config
+from branchrl.engine import SamplingParams, check_prompts, load_engine
+from branchrl.sync.weight_sync import BroadcastMember, Layout, Weights, state_checksum
+from branchrl.tree import Tree
+
 from .sampler import BranchSampler, BranchSettings
-from .tree import Tree
-from .weight_sync import BroadcastMember, Layout, Weights, state_checksum
 
 
 class NoWeights(RuntimeError):
@@ -67,7 +68,8 @@ class RolloutWorker(BroadcastMember):
         r = self.cfg.rollout
         check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
         params = SamplingParams(r.temperature, r.top_k, r.top_p)
-        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, self.seed * 100003 + step, r.max_rows)
+        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, self.seed * 100003 + step,
+                                r.max_rows)
         t0 = time.perf_counter()
         trees = sampler.run(prompts, settings, self.version, greedy=greedy)
         return trees, time.perf_counter() - t0

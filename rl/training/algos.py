@@ -5,7 +5,8 @@
 - `tree`: the same loss with TreeRL's per-span advantages; needs a branching policy (an unbranched
   tree's spans are whole chains, where the rule says nothing GRPO does not).
 Policy-gradient objectives drop trees whose leaves all got the same reward (dynamic sampling); those
-trees still reach the SFT export. The loss itself lives in rl/losses.py, the advantages in rl/advantages.py.
+trees still reach the SFT export. The loss itself lives in rl/training/losses.py, the advantages in
+rl/training/advantages.py.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from branchrl.tree import Tree
+
 from .advantages import PGSample, grpo_samples, informative, tree_samples
-from .tree import Tree
 
 
 @dataclass(frozen=True)

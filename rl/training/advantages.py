@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .tree import Tree
+from branchrl.tree import Tree
 
 SHARED_SPANS = ("once", "per_leaf")
 

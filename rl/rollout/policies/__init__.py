@@ -1,4 +1,4 @@
-"""Branch policies by name (`branch.policy: eptree` -> rl/policies/eptree.py): where a rollout tree forks.
+"""Branch policies by name (`branch.policy: eptree` -> rl/rollout/policies/eptree.py): where a rollout tree forks.
 
 Each policy is a module-level object with `sample(sampler, trees, settings)` that fills the empty trees
 using the sampler's primitives (`root_prefixes`, `grow`, `reopen`). Third-party policies are not loaded
