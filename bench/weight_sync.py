@@ -65,7 +65,7 @@ def measure(overrides: list[str], syncs: int) -> dict:
             t0 = time.perf_counter()
             ray.get(roles.trainer.actors[0].publish.remote())
             publish.append(time.perf_counter() - t0)
-        return {"bytes": roles.published["bytes"], "seconds": seconds, "publish": statistics.median(publish),
+        return {"bytes": roles.published.bytes, "seconds": seconds, "publish": statistics.median(publish),
                 "fallbacks": roles.faults.sync_fallbacks}
     finally:
         roles.shutdown()

@@ -42,7 +42,7 @@ def save(ctx, step: int, next_key: int, eval_before: float) -> Path:
     final, partial = root / f"{PREFIX}{step:06d}", root / f"{PREFIX}{step:06d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     ctx.roles.trainer.save(str(partial))
-    state = {"step": step, "version": ctx.roles.published["version"], "next_key": next_key,
+    state = {"step": step, "version": ctx.roles.published.version, "next_key": next_key,
              "eval_before": eval_before, "ledger": ctx.ledger.state(), "attempt": ctx.attempt}
     (partial / "driver.json").write_text(json.dumps(state, indent=1) + "\n")
     partial.rename(final)

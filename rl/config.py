@@ -53,7 +53,16 @@ class ModelConfig(Section):
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig,
         description="shape of the tiny model built when path is null")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="compute dtype of the trainers' forward/backward (their weights and optimizer state "
+                               "stay float32), of the rollout engines and of exported checkpoints")
+
+    @model_validator(mode="after")
+    def _trainable(self) -> "ModelConfig":
+        if self.dtype == "float16":
+            raise ValueError("model.dtype=float16 would train without loss scaling, which the trainer does not do; "
+                             "use bfloat16 (the same memory) or float32")
+        return self
 
 
 class WarmStartConfig(Section):
@@ -173,6 +182,21 @@ class TrainConfig(Section):
         description="grpo/tree: weight of the k3 KL to the policy at the first update (0 = off)")
     shared_spans: Literal["once", "per_leaf"] = Field(
         "once", description="grpo/tree: a span shared by L leaves counts once (weight 1/L per leaf) or once per leaf")
+    old_logprobs: Literal["rollout", "recompute"] = Field(
+        "recompute", description="grpo/tree: the PPO ratio's old policy: recompute = the trainer's own log-probs "
+                                 "before the update (one forward-only pass, counted as training FLOPs), with the "
+                                 "rollout engine's entering through truncated importance weights; rollout = the "
+                                 "engine's log-probs as sampled (no extra pass; exact only where engine and trainer "
+                                 "agree, e.g. float32)")
+    tis_cap: float = Field(2.0, ge=0, description="grpo/tree with old_logprobs=recompute: cap on each token's "
+                                                  "importance weight pi_trainer / pi_rollout (0 = no weights)")
+    sharding: Literal["fsdp", "ddp"] = Field(
+        "fsdp", description="how the trainers hold the model: fsdp = parameters, gradients and optimizer state split "
+                            "over train.workers (FSDP2, one unit per decoder block); ddp = every trainer holds all "
+                            "of it")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each decoder block's activations in backward instead of keeping them (much "
+                           "less activation memory for about a third more training compute)")
 
     @model_validator(mode="after")
     def _data_parallel(self) -> "TrainConfig":

@@ -103,7 +103,7 @@ def load_weights(roles, published: dict) -> list[dict]:
             return [roles.faults.loaded(i, result) for i, result in enumerate(broadcast)]
         roles.faults.sync_fallbacks += 1
     loaded = []
-    for i, ref in enumerate([w.set_weights.remote(published["ref"]) for w in roles.rollout]):
+    for i, ref in enumerate([w.set_weights.remote(published.ref) for w in roles.rollout]):
         try:
             loaded.append(roles.faults.loaded(i, ray.get(ref)))
         except RayActorError:
@@ -115,7 +115,7 @@ def revive(roles, worker: int) -> dict:
     """Give a (restarted) rollout worker the last published weights; waits for Ray to bring it back."""
     for attempt in range(RETRIES + 1):
         try:
-            result = ray.get(roles.rollout[worker].set_weights.remote(roles.published["ref"]), timeout=REVIVE_TIMEOUT_S)
+            result = ray.get(roles.rollout[worker].set_weights.remote(roles.published.ref), timeout=REVIVE_TIMEOUT_S)
             return roles.faults.loaded(worker, result)
         except RayActorError:
             if attempt == RETRIES:

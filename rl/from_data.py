@@ -71,12 +71,12 @@ def sft_and_evaluate(ctx: Context, eval_set, pairs: list[tuple[str, str]]) -> di
     ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
     ctx.progress.note(f"SFT on {len(pairs)} stored samples x {t.epochs} epochs (lr {t.lr}, batch {t.batch_size})")
     stats = trainer.sft(pairs, t.epochs, t.lr, t.batch_size)
-    ctx.ledger.add_train(stats["trained_tokens"], stats["processed_tokens"], stats["context_sum"], stats["seconds"])
-    ctx.progress.note(f"SFT done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
+    ctx.ledger.add_train(stats)
+    ctx.progress.note(f"SFT done in {stats.seconds:.1f}s (loss {stats.loss:.3f})")
     sync(ctx.roles)
     eval_after = evaluate(ctx, eval_set, step=1)
     trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
     led = ctx.ledger
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
-            "epochs": t.epochs, "loss": stats["loss"], "seed": cfg.run.seed, "trained_tokens": led.trained_tokens,
+            "epochs": t.epochs, "loss": stats.loss, "seed": cfg.run.seed, "trained_tokens": led.trained_tokens,
             "train_flops": led.train_flops, "train_seconds": led.train_seconds, "eval_flops": led.eval_flops}

@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from branchrl.rollout.worker import RolloutWorker
 from branchrl.sync.collective import Collective
+from branchrl.sync.weight_sync import Published
 from branchrl.training.group import TrainerGroup
 from branchrl.training.trainer import Trainer
 
@@ -42,7 +43,7 @@ class Roles:
     rollout: list[ray.actor.ActorHandle]
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
-    published: dict | None = None   # the last weights the trainer published (a revived worker loads them)
+    published: Published | None = None   # the last weights the trainer published (a revived worker loads them)
     policy: dict | None = None      # the trainer's `describe()`: HF config, special ids, FLOP parameter count
     faults: Faults = field(default_factory=Faults)
     collective: Collective | None = None   # the weight broadcast group's driver side; None: object store only
@@ -104,7 +105,7 @@ def launch(cfg: Config) -> Roles:
         roles.groups.append(train_group)
         roles.trainer = TrainerGroup([
             ray.remote(Trainer).options(
-                num_cpus=t.cpus, num_gpus=t.gpus,
+                num_cpus=t.cpus, num_gpus=t.gpus, max_restarts=-1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=i),
             ).remote(cfg)
             for i in range(t.workers)

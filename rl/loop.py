@@ -154,7 +154,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     if warm_set:
         ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
         stats = trainer.warm_start([(p.prompt, p.solution) for p in warm_set])
-        ctx.progress.note(f"warm start done in {stats['seconds']:.1f}s (loss {stats['loss']:.3f})")
+        ctx.progress.note(f"warm start done in {stats.seconds:.1f}s (loss {stats.loss:.3f})")
         trainer.save(str(ctx.run_dir / "checkpoints" / "warm_start"))
     if point:
         trainer.resume(str(point.checkpoint))
@@ -246,13 +246,14 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     version, sync_s = sync(ctx.roles)
     led = ctx.ledger
     if stats:
-        led.add_train(stats["trained_tokens"], stats["processed_tokens"], stats["context_sum"], stats["seconds"])
+        led.add_train(stats)
     led.sync_seconds += sync_s
-    led.sync_bytes += ctx.roles.published["bytes"]
-    return {**record, "policy_version": version, "trained_tokens": stats["trained_tokens"] if stats else 0,
-            "loss": stats["loss"] if stats else None, "clip_fraction": stats.get("clip_fraction") if stats else None,
-            "train_seconds": stats["seconds"] if stats else 0.0, "sync_seconds": sync_s,
-            "sync_bytes": ctx.roles.published["bytes"], "sync_fallbacks": ctx.roles.faults.sync_fallbacks,
+    led.sync_bytes += ctx.roles.published.bytes
+    return {**record, "policy_version": version, "trained_tokens": stats.trained_tokens if stats else 0,
+            "loss": stats.loss if stats else None, "clip_fraction": stats.clip_fraction if stats else None,
+            "mismatch": stats.mismatch if stats else None,
+            "train_seconds": stats.seconds if stats else 0.0, "sync_seconds": sync_s,
+            "sync_bytes": ctx.roles.published.bytes, "sync_fallbacks": ctx.roles.faults.sync_fallbacks,
             "step_seconds": time.perf_counter() - t_step, "rollout_train_flop_ratio": led.ratio,
             "rollout_restarts": ctx.roles.faults.rollout_restarts}
 
@@ -269,7 +270,7 @@ def gather(ctx: Context, feed: Feed) -> Rollouts:
         feed.top_up()  # the workers start the next batch while this one is verified
         got.batches += 1
         got.rollout_seconds += seconds
-        lag = ctx.roles.published["version"] - min(t.policy_version for t in trees)
+        lag = ctx.roles.published.version - min(t.policy_version for t in trees)
         if lag > cfg.rollout.max_staleness:
             got.stale_batches += 1
             got.stale_tokens += sum(t.generated_tokens() for t in trees)
@@ -325,11 +326,11 @@ def sync(roles: Roles) -> tuple[int, float]:
     published = roles.trainer.publish()
     loaded = dispatch.load_weights(roles, published)
     for i, got in enumerate(loaded):
-        if (got["version"], got["checksum"]) != (published["version"], published["checksum"]):
+        if (got["version"], got["checksum"]) != (published.version, published.checksum):
             raise RuntimeError(f"weight sync failed: rollout worker {i} holds version {got['version']} "
-                               f"checksum {got['checksum'][:12]}, trainer published {published['version']} "
-                               f"{published['checksum'][:12]}")
-    return published["version"], time.perf_counter() - t0
+                               f"checksum {got['checksum'][:12]}, trainer published {published.version} "
+                               f"{published.checksum[:12]}")
+    return published.version, time.perf_counter() - t0
 
 
 def evaluate(ctx: Context, problems: list[Problem], step: int) -> float:

@@ -1,4 +1,5 @@
-"""Policy models and tokenizers: load an HF checkpoint, or build a tiny one that needs no download.
+"""Policy models and tokenizers: load an HF checkpoint, or build a tiny one that needs no download, and
+write a policy as an HF directory.
 
 The tiny path builds a character-level tokenizer (printable ASCII, `tokenizers` WordLevel) and a
 Llama/Qwen2/Qwen3 model from a transformers config; both save as a normal HF directory that
@@ -7,7 +8,9 @@ Llama/Qwen2/Qwen3 model from a transformers config; both save as a normal HF dir
 
 from __future__ import annotations
 
+import copy
 import string
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -30,7 +33,7 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
+def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     t = cfg.tiny
@@ -42,7 +45,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, cfg.dtype))
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -55,12 +58,32 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_policy(cfg: ModelConfig, seed: int):
-    """(model, tokenizer) in train mode on CPU; the caller moves it to its device."""
+def load_policy(cfg: ModelConfig, seed: int, dtype: torch.dtype | None = None):
+    """(model, tokenizer) on CPU, parameters in `dtype` (default model.dtype; the trainer asks for float32
+    master weights whatever the checkpoint holds); the caller moves it to its device."""
     tokenizer = load_tokenizer(cfg)
+    dtype = dtype or getattr(torch, cfg.dtype)
     if cfg.path is None:
-        return build_tiny_model(cfg, tokenizer, seed), tokenizer
-    return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype)), tokenizer
+        return build_tiny_model(cfg, tokenizer, seed, dtype), tokenizer
+    return AutoModelForCausalLM.from_pretrained(cfg.path, dtype=dtype), tokenizer
+
+
+def save_policy(path: Path, model: torch.nn.Module, state: dict[str, torch.Tensor], tokenizer, dtype: str) -> None:
+    """An HF directory of `model`'s config and tokenizer with the weights `state` (a full state dict in `dtype`):
+    config.json records dtype (transformers 5 names the key `dtype`), one model.safetensors holds every tensor
+    once (a tied LM head is stored as the embedding, as `save_pretrained` does)."""
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    config.dtype = dtype
+    config.save_pretrained(path)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(path)
+    every = dict(model.named_parameters(remove_duplicate=False))
+    names = {n for n, _ in model.named_parameters()} | {n for n in state if n not in every}   # + persistent buffers
+    save_file({k: v.contiguous() for k, v in state.items() if k in names}, str(Path(path) / "model.safetensors"),
+              metadata={"format": "pt"})
+    tokenizer.save_pretrained(path)
 
 
 def count_flop_params(model: torch.nn.Module) -> int:

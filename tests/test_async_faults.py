@@ -107,7 +107,7 @@ def test_a_shard_sent_again_after_its_worker_died_gives_the_same_trees(ray_clust
         assert (roles.faults.rollout_resent, roles.faults.rollout_restarts) == (1, 1)
         assert [t.completion_ids(leaf) for t in again for leaf in t.leaves()] == \
                [t.completion_ids(leaf) for t in clean for leaf in t.leaves()]
-        assert {t.policy_version for t in again} == {roles.published["version"]}
+        assert {t.policy_version for t in again} == {roles.published.version}
     finally:
         roles.shutdown()
 

@@ -3,6 +3,7 @@
 import pytest
 
 from branchrl.data.ledger import Ledger, causal_context_sum
+from branchrl.training.trainer import TrainStats
 
 # N = 1000 FLOP parameters, 2 layers, width 32: a forward costs 2000 per token + 256 per attended position
 
@@ -18,7 +19,8 @@ def test_rollout_train_and_eval_accumulate_apart():
     assert led.ratio is None  # nothing trained yet: no ratio rather than a division by zero
     led.add_rollout(generated=6, prefill=4, context_sum=55, seconds=1.5)
     led.add_rollout(generated=3, prefill=2, context_sum=10, seconds=0.5)
-    led.add_train(trained=3, processed=10, context_sum=55, seconds=2.0)
+    led.add_train(TrainStats(loss=1.0, sequences=2, trained_tokens=3, processed_tokens=10, context_sum=55, seconds=2.0,
+                             state_bytes=800))
     led.add_eval(tokens=5, context_sum=15)
     assert led.rollout_flops == 34080 + (2000 * 5 + 256 * 10) == 46640
     assert led.train_flops == 3 * 34080 == 102240                 # 6N per token + 12*L*d per position
@@ -29,6 +31,17 @@ def test_rollout_train_and_eval_accumulate_apart():
     totals = led.totals()
     assert totals["rollout_train_flop_ratio"] == led.ratio
     assert "flop_params" not in totals and totals["eval_flops"] == 13840
+    assert totals["train_state_bytes_per_rank"] == 800
+
+
+def test_forward_only_passes_count_one_forward_and_state_bytes_keep_the_largest():
+    led = Ledger(1000, 2, 32)
+    led.add_train(TrainStats(loss=1.0, sequences=2, trained_tokens=3, processed_tokens=10, context_sum=55, seconds=1.0,
+                             forward_tokens=10, forward_context_sum=55, state_bytes=900))
+    led.add_train(TrainStats(loss=1.0, sequences=1, trained_tokens=1, processed_tokens=0, context_sum=0, seconds=1.0,
+                             state_bytes=700))
+    assert led.train_flops == 3 * 34080 + 34080   # a recompute (or reference) pass is a forward: 2N per token
+    assert led.train_state_bytes_per_rank == 900
 
 
 def test_causal_context_sum():

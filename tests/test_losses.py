@@ -1,17 +1,28 @@
-"""Chunked token log-probs, batch packing and the SFT loss, against plain PyTorch and hand-made batches."""
+"""Chunked token log-probs, batch packing, the SFT loss and truncated importance weights, against plain PyTorch
+and hand-made batches."""
+
+import math
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from branchrl.training.losses import pack_batch, selected_logprobs, sft_loss
+from branchrl.training.losses import (
+    CHUNK_LOGITS_BYTES,
+    completion_logprobs,
+    pack_batch,
+    policy_loss,
+    selected_logprobs,
+    sft_loss,
+    tis_weights,
+)
 
 
 def reference_logprobs(hidden, head, targets):
     return torch.log_softmax(hidden @ head.T, -1).gather(1, targets[:, None])[:, 0]
 
 
-@pytest.mark.parametrize("chunk", [3, 4096])
+@pytest.mark.parametrize("chunk", [3, None])
 def test_selected_logprobs_equal_log_softmax_gather_with_gradients(chunk):
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(10, 8, generator=gen, requires_grad=True)     # [N, d]
@@ -72,7 +83,39 @@ def test_sft_loss_is_mean_nll_over_completion_tokens():
             for j, tok in enumerate(completion):
                 nll -= logp[len(prompt) - 1 + j, tok].item()
                 count += 1
-    loss = sft_loss(model, ids, attn, mask)
+    loss = sft_loss(completion_logprobs(model, ids, attn, mask))
     assert loss.item() == pytest.approx(nll / count, abs=1e-5)
     loss.backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_default_chunks_hold_a_bounded_number_of_logits(monkeypatch):
+    """With a big vocabulary the log-probs come in chunks of CHUNK_LOGITS_BYTES of fp32 logits, and equal the
+    unchunked ones."""
+    import branchrl.training.losses as losses
+
+    monkeypatch.setattr(losses, "CHUNK_LOGITS_BYTES", 4 * 13 * 4)   # 4 rows of a 13-token vocabulary
+    seen = []
+    real = losses._chunk_logprobs
+    monkeypatch.setattr(losses, "_chunk_logprobs", lambda h, head, t: seen.append(len(h)) or real(h, head, t))
+    hidden, head, targets = torch.randn(10, 8), torch.randn(13, 8), torch.randint(0, 13, (10,))
+    torch.testing.assert_close(selected_logprobs(hidden, head, targets), reference_logprobs(hidden, head, targets))
+    assert seen == [4, 4, 2] and CHUNK_LOGITS_BYTES // (4 * 151936) == 441
+
+
+def test_tis_weights_cap_the_trainer_over_behaviour_ratio_and_carry_no_gradient():
+    trainer = torch.tensor([0.0, -1.0, -0.2, -3.0], requires_grad=True)
+    behaviour = torch.tensor([-2.0, -1.0, 0.0, -3.5])
+    w = tis_weights(trainer, behaviour, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.0, math.exp(-0.2), math.exp(0.5)]))   # e^2 capped at 2
+    assert not w.requires_grad
+
+
+def test_policy_loss_weighs_each_tokens_policy_term_by_its_importance_weight():
+    logp = torch.tensor([-1.0, -1.0], requires_grad=True)
+    adv, w = torch.tensor([1.0, -1.0]), torch.ones(2)
+    tis = torch.tensor([2.0, 0.5])
+    loss, _ = policy_loss(logp, logp.detach(), adv, w, 0.2, 0.28, tis=tis)
+    assert loss.item() == pytest.approx((-2.0 * 1 + 0.5 * 1) / 2)   # ratio 1: token loss -A, times its weight
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([-1.0, 0.25]))

@@ -59,17 +59,17 @@ def test_weights_reach_every_rollout_worker_with_the_trainers_checksum_and_next_
     version, _ = sync(roles)
     before = roles.trainer.publish()
     states = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
-    assert states == [(version, before["checksum"])] * 2
+    assert states == [(version, before.checksum)] * 2
 
     _set_algo(roles.trainer, "sft")
     update = roles.trainer.train([([5, 6, 7], [8, 9, 2]), ([5, 7], [9, 9, 9, 2])])
-    assert update["trained_tokens"] > 0
+    assert update.trained_tokens > 0
     new_version, _ = sync(roles)
     after = roles.trainer.publish()
-    assert new_version == version + 1 == after["version"]
-    assert after["checksum"] != before["checksum"]  # training changed the weights
+    assert new_version == version + 1 == after.version
+    assert after.checksum != before.checksum  # training changed the weights
     states = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
-    assert states == [(version + 1, after["checksum"])] * 2
+    assert states == [(version + 1, after.checksum)] * 2
 
 
 def _set_algo(group, algo: str) -> None:
@@ -102,7 +102,7 @@ def test_two_trainers_stay_bitwise_identical_through_warm_start_and_every_object
     ray, group = ray_cluster, roles.trainer
     stats = group.warm_start(PAIRS)
     sums = group.checksums()
-    assert math.isfinite(stats["loss"]) and stats["sequences"] == len(PAIRS)
+    assert math.isfinite(stats.loss) and stats.sequences == len(PAIRS)
     assert len(sums) == 2 and sums[0] == sums[1]
     for algo in ("sft", "grpo", "tree"):
         _set_algo(group, algo)
@@ -111,11 +111,11 @@ def test_two_trainers_stay_bitwise_identical_through_warm_start_and_every_object
             before = sums[0]
             update = group.train(_batch(roles, algo, step))
             sums = group.checksums()
-            assert math.isfinite(update["loss"]) and update["trained_tokens"] > 0
+            assert math.isfinite(update.loss) and update.trained_tokens > 0
             assert sums[0] == sums[1] != before, (algo, step)
     version, _ = sync(roles)
     published = group.publish()
-    assert (published["version"], published["checksum"]) == (version, sums[0])
+    assert (published.version, published.checksum) == (version, sums[0])
     held = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
     assert held == [(version, sums[0])] * 2
 
@@ -139,7 +139,7 @@ def test_two_trainers_take_the_step_one_trainer_takes_on_the_same_batch(ray_clus
     assert {k: got[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")} == \
            {k: expected[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")}
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-7)
-    state = ray.get(group.publish()["ref"]).state
+    state = ray.get(group.publish().ref).state
     assert all(not torch.equal(v, state[k]) for k, v in model.items())
     for k, v in lone.model.state_dict().items():
         torch.testing.assert_close(state[k], v)

@@ -1,5 +1,7 @@
-"""Trainer, tiny models, char tokenizer, weight packing and the rollout worker's weight load, in-process."""
+"""Trainer, tiny models, char tokenizer, weight packing and the rollout worker's weight load, in-process (a lone
+trainer is an FSDP2 world of one). Every precision path runs in float32 and bfloat16."""
 
+import json
 import math
 import os
 
@@ -7,13 +9,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
-from branchrl.config import load_config
+from branchrl.config import ConfigError, load_config
 from branchrl.data.ledger import causal_context_sum
 from branchrl.engine import PromptTooLong
 from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
 from branchrl.rollout.sampler import BranchSettings
 from branchrl.rollout.worker import RolloutWorker
 from branchrl.sync.weight_sync import pack_weights, state_checksum
+from branchrl.training import parallel
 from branchrl.training.losses import pack_batch, sft_loss
 from branchrl.training.trainer import Trainer
 
@@ -21,6 +24,7 @@ TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=4"
         "model.tiny.intermediate_size=64", "model.tiny.max_position=64", "train.threads=1",
         "rollout.threads_per_worker=1", "train.batch_size=4", "rollout.max_new_tokens=6"]
 PAIRS = [("12+30=", "42"), ("7*6=", "42"), ("9-4=", "5"), ("3+3=", "6"), ("10/2=", "5"), ("8+1=", "9")]
+DTYPES = ["float32", "bfloat16"]
 
 
 def tiny_cfg(*extra):
@@ -34,67 +38,97 @@ def sequences(trainer):
 
 @torch.no_grad()
 def loss_on(trainer, seqs) -> float:
-    return sft_loss(trainer.model, *pack_batch(seqs, trainer.tokenizer.pad_token_id)).item()
+    ids, attn, mask = pack_batch(seqs, trainer.tokenizer.pad_token_id)
+    return sft_loss(trainer.logprobs(ids, attn, mask)).item()
+
+
+def weights(trainer):
+    """What the trainer publishes: the whole policy in the compute dtype."""
+    return trainer.publish()[1]
+
+
+def master(trainer) -> dict[str, torch.Tensor]:
+    """The fp32 master weights, whole."""
+    return parallel.full_state(trainer.model, torch.float32, keep=True)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def hf_copy(trainer):
+    """A plain transformers model holding what the trainer publishes (the trainer's own model is sharded)."""
+    w = weights(trainer)
+    model = AutoModelForCausalLM.from_config(trainer.model.config, dtype=next(iter(w.state.values())).dtype)
+    model.load_state_dict(w.state)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def trained():
-    """(trainer, weights before, stats) after one train() on PAIRS; shared because building is the slow part."""
+    """(trainer, weights before, master weights before, stats) after one train() on PAIRS; shared because
+    building is the slow part."""
     trainer = Trainer(tiny_cfg())
-    before = trainer.weights()
+    before, before_master = weights(trainer), master(trainer)
     stats = trainer.train(sequences(trainer))
-    return trainer, before, stats
+    return trainer, before, before_master, stats
 
 
 def test_train_step_changes_every_parameter_and_bumps_the_version(trained):
-    trainer, before, stats = trained
-    assert math.isfinite(stats["loss"]) and stats["loss"] > 0
+    trainer, before, before_master, stats = trained
+    assert math.isfinite(stats.loss) and stats.loss > 0
     assert trainer.version == before.version + 1 == 1
-    after = trainer.model.state_dict()
-    unchanged = [k for k, v in before.state.items() if torch.equal(v, after[k])]
+    after = master(trainer)
+    unchanged = [k for k, v in before_master.items() if torch.equal(v, after[k])]
     assert unchanged == []
 
 
-def test_train_stats_count_tokens_and_context(trained):
-    trainer, _, stats = trained
+def test_train_stats_count_tokens_context_and_the_state_one_rank_holds(trained):
+    trainer, _, _, stats = trained
     seqs = sequences(trainer)
     lengths = [len(p) + len(c) for p, c in seqs]
-    assert stats["sequences"] == len(seqs)
-    assert stats["trained_tokens"] == sum(len(c) for _, c in seqs)
-    assert stats["processed_tokens"] == sum(lengths)
-    assert stats["context_sum"] == causal_context_sum(lengths)
+    assert stats.sequences == len(seqs)
+    assert stats.trained_tokens == sum(len(c) for _, c in seqs)
+    assert stats.processed_tokens == sum(lengths)
+    assert stats.context_sum == causal_context_sum(lengths)
+    assert stats.forward_tokens == stats.forward_context_sum == 0   # sft: no forward-only pass
+    params = list(trainer.model.parameters())
+    # fp32 parameter, gradient and two Adam moments per element, plus a float32 step count per tensor
+    assert stats.state_bytes == 16 * sum(p.numel() for p in params) + 4 * len(params)
 
 
 def test_weights_checksum_tracks_the_model(trained):
-    trainer, before, _ = trained
-    now = trainer.weights()
+    trainer, before, _, _ = trained
+    now = weights(trainer)
     assert now.version == 1 and now.checksum != before.checksum
-    assert now.checksum == state_checksum(trainer.model.state_dict())
+    assert now.checksum == trainer.checksum() == state_checksum(master(trainer))
     assert state_checksum(before.state) == before.checksum  # a packed copy does not move with training
     assert now.nbytes == 4 * sum(p.numel() for p in trainer.model.parameters())
 
 
 def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
-    trainer, _, _ = trained
+    trainer, _, _, _ = trained
     cfg, info = trainer.cfg, trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
-    weights = trainer.weights()
-    assert worker.set_weights(weights) == {"version": weights.version, "checksum": weights.checksum, "pid": os.getpid()}
+    published = weights(trainer)
+    assert worker.set_weights(published) == {"version": published.version, "checksum": published.checksum,
+                                             "pid": os.getpid()}
     prompts = [("a", trainer.tokenizer.encode("12+30=")), ("b", trainer.tokenizer.encode("3+3="))]
     trees, seconds = worker.rollout(prompts, step=1, settings=BranchSettings(), greedy=True)
     assert seconds >= 0 and [t.policy_version for t in trees] == [1, 1]
+    model = hf_copy(trainer)
     with torch.no_grad():  # the worker decodes with the trainer's weights: same greedy text as HF generate
         for (_, ids), tree in zip(prompts, trees):
-            out = trainer.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                         do_sample=False, max_new_tokens=cfg.rollout.max_new_tokens)
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=cfg.rollout.max_new_tokens)
             assert tree.completion_ids(tree.leaves()[0]) == out[0, len(ids):].tolist()
 
 
 def test_rollout_worker_refuses_a_too_long_prompt_by_name_and_stays_usable(trained):
-    trainer, _, _ = trained
+    trainer = trained[0]
     info = trainer.describe()
     worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
-    worker.set_weights(trainer.weights())
+    worker.set_weights(weights(trainer))
     ok = ("ok", trainer.tokenizer.encode("1+1="))
     with pytest.raises(PromptTooLong, match=r"^prompt 'long' has 60 tokens; with max_new_tokens=6 that is 66, over "
                                             r"the engine's limit of 64 tokens per sequence$"):
@@ -119,24 +153,24 @@ def test_rollout_worker_runs_an_unsupported_architecture_on_the_fallback_engine(
 
 
 def test_rollout_worker_branches_within_the_configured_budget(trained):
-    trainer, _, _ = trained
+    trainer = trained[0]
     cfg = tiny_cfg("branch.roots=2", "branch.max_leaves=3", "branch.entropy_threshold=0.0", "branch.min_prefix=1",
                    "branch.min_gap=1")
     info = trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
-    worker.set_weights(trainer.weights())
+    worker.set_weights(weights(trainer))
     trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
                               settings=BranchSettings.from_config(cfg.branch))
     assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
 
 
 def test_rollout_worker_samples_with_the_configured_truncation_and_row_cap(trained):
-    trainer, _, _ = trained
+    trainer = trained[0]
     cfg = tiny_cfg("rollout.top_k=1", "rollout.max_rows=3", "branch.roots=2", "branch.max_leaves=3",
                    "branch.entropy_threshold=0.0", "branch.min_prefix=1", "branch.min_gap=1")
     info = trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
-    worker.set_weights(trainer.weights())
+    worker.set_weights(weights(trainer))
     batches, step = [], worker.engine.step
     worker.engine.step = lambda tokens: (batches.append(len(tokens)), step(tokens))[1]
     prompts = [(p, trainer.tokenizer.encode(p)) for p in ("1+1=", "2+3=", "4*2=")]
@@ -153,28 +187,68 @@ def test_bfloat16_weights_reach_the_worker_unchanged():
     trainer = Trainer(tiny_cfg("model.dtype=bfloat16"))
     info = trainer.describe()
     worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
-    weights = trainer.weights()
-    assert {t.dtype for t in weights.state.values()} == {torch.bfloat16}
-    assert worker.set_weights(weights)["checksum"] == weights.checksum
+    published = weights(trainer)
+    assert {t.dtype for t in published.state.values()} == {torch.bfloat16}
+    assert worker.set_weights(published)["checksum"] == published.checksum
 
 
-def test_warm_start_lowers_the_loss_on_its_data_and_restores_the_rl_lr():
+def test_bfloat16_compute_keeps_float32_master_weights_and_optimizer_state_that_small_updates_move():
+    """The update that bf16 parameters would round away (lr 1e-5 on weights ~0.02, below bf16's resolution):
+    the fp32 master weights take it; the published bf16 weights are the master rounded."""
+    trainer = Trainer(tiny_cfg("model.dtype=bfloat16", "train.lr=0.00001"))
+    before = master(trainer)
+    stats = trainer.train(sequences(trainer))
+    after = master(trainer)
+    assert math.isfinite(stats.loss)
+    assert {t.dtype for t in after.values()} == {torch.float32}
+    trained = {k: v for k, v in before.items() if "embed" not in k}   # rows of unused tokens get no gradient
+    moved = sum(int((after[k] != v).sum()) for k, v in trained.items()) / sum(v.numel() for v in trained.values())
+    assert moved > 0.99
+    state = [v for s in trainer.optimizer.state.values() for v in s.values() if v.numel() > 1]
+    assert state and {local(v).dtype for v in state} == {torch.float32}
+    published = weights(trainer).state
+    assert all(torch.equal(published[k], v.to(torch.bfloat16)) for k, v in after.items())
+    bf16 = {k: v.to(torch.bfloat16) for k, v in before.items()}
+    rounded = sum(int((published[k] != v).sum()) for k, v in bf16.items())
+    assert rounded < 0.5 * sum(v.numel() for v in bf16.values())   # what a bf16 copy alone would have kept
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_checkpointing_recomputes_each_block_and_takes_the_same_step(dtype):
+    cfg = ["train.grad_clip=1000", f"model.dtype={dtype}"]
+    plain, checkpointed = Trainer(tiny_cfg(*cfg)), Trainer(tiny_cfg(*cfg, "train.activation_checkpointing=true"))
+    calls = []
+    parallel.decoder_blocks(checkpointed.model)[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    a, b = plain.train(sequences(plain)), checkpointed.train(sequences(checkpointed))
+    steps = -(-len(PAIRS) // plain.cfg.train.batch_size)
+    assert len(calls) == 2 * steps   # forward, and again in backward
+    assert math.isfinite(b.loss) and b.loss == a.loss
+    for (k, p), q in zip(plain.model.named_parameters(), checkpointed.model.parameters()):
+        torch.testing.assert_close(local(q.grad), local(p.grad), msg=k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_warm_start_lowers_the_loss_on_its_data_and_restores_the_rl_lr(dtype):
     trainer = Trainer(tiny_cfg("warm_start.epochs=15", "warm_start.batch_size=3", "warm_start.lr=0.01",
-                               "train.lr=0.0005"))
+                               "train.lr=0.0005", f"model.dtype={dtype}"))
     seqs = sequences(trainer)
     before = loss_on(trainer, seqs)
     stats = trainer.warm_start(PAIRS)
-    assert math.isfinite(stats["loss"])
+    assert math.isfinite(stats.loss)
     assert loss_on(trainer, seqs) < 0.5 * before
     assert trainer.version == 0  # warm start is not an RL update
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.0005]
 
 
-def test_save_writes_an_hf_dir_that_transformers_loads_identically(trained, tmp_path):
-    trainer, _, _ = trained
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_save_writes_an_hf_dir_in_the_compute_dtype_that_transformers_loads_identically(dtype, tmp_path):
+    trainer = Trainer(tiny_cfg(f"model.dtype={dtype}"))
+    trainer.train(sequences(trainer))
     path = trainer.save(str(tmp_path / "ckpt"))
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["dtype"] == dtype
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.dtype == getattr(torch, dtype)
     text = "Q: 12*(3+4)=?\nA: 84 " + CHARS
     ids = trainer.tokenizer.encode(text)
     assert tokenizer.encode(text) == ids
@@ -183,10 +257,9 @@ def test_save_writes_an_hf_dir_that_transformers_loads_identically(trained, tmp_
                                                                 trainer.tokenizer.eos_token_id)
     with torch.no_grad():
         x = torch.tensor([ids[:40]])
-        assert torch.equal(model.eval()(x).logits, trainer.model.eval()(x).logits)
-    trainer.model.train()
-    loaded, loaded_tok = load_policy(load_config(None, [f"model.path={path}"]).model, seed=0)
-    assert state_checksum(loaded.state_dict()) == trainer.weights().checksum
+        assert torch.equal(model.eval()(x).logits, hf_copy(trainer)(x).logits)
+    loaded, loaded_tok = load_policy(load_config(None, [f"model.path={path}", f"model.dtype={dtype}"]).model, seed=0)
+    assert state_checksum(loaded.state_dict()) == weights(trainer).checksum
     assert loaded_tok.encode(text) == ids
 
 
@@ -254,60 +327,103 @@ def test_pack_weights_is_a_detached_cpu_copy():
     assert packed.nbytes == 4 * (6 + 2)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "tree"])
-def test_policy_gradient_update_moves_logprobs_toward_rewarded_leaves(algo):
-    """One update on a tree the worker sampled: finite loss, changed parameters, and the rewarded leaf's
-    log-likelihood goes up while the penalised one goes down."""
+def sampled_batch(trainer, algo: str):
+    """The leaves of one tree the rollout worker samples with the trainer's weights, the first one rewarded, as the
+    driver builds a policy-gradient batch; and the rewarded and the last leaf as (prompt, completion) pairs."""
     from branchrl.training.algos import ALGOS, pg_batch
 
-    cfg = tiny_cfg(f"train.algo={algo}", "branch.roots=2", "branch.max_leaves=4", "branch.entropy_threshold=0.0",
-                   "branch.min_prefix=1", "branch.min_gap=1", "train.lr=0.01", "rollout.max_new_tokens=5")
-    trainer = Trainer(cfg)
-    info = trainer.describe()
+    cfg, info = trainer.cfg, trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
-    worker.set_weights(trainer.weights())
+    worker.set_weights(weights(trainer))
     trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
                               settings=BranchSettings.from_config(cfg.branch))
-    tree = trees[0]
-    leaves = tree.leaves()
+    tree, leaves = trees[0], trees[0].leaves()
     for i, leaf in enumerate(leaves):
         tree.nodes[leaf].reward = 1.0 if i == 0 else 0.0
     batch, dropped = pg_batch(ALGOS[algo], trees, "once", max_trees=1)
     assert dropped == 0 and len(batch) == len(leaves) == 4
-    seqs = [(tree.prompt_ids, tree.completion_ids(leaf)) for leaf in (leaves[0], leaves[-1])]
-    before = [-loss_on(trainer, [s]) for s in seqs]
-    old = trainer.weights()
+    return batch, [(tree.prompt_ids, tree.completion_ids(leaf)) for leaf in (leaves[0], leaves[-1])]
+
+
+PG = ["branch.roots=2", "branch.max_leaves=4", "branch.entropy_threshold=0.0", "branch.min_prefix=1",
+      "branch.min_gap=1", "train.lr=0.01", "rollout.max_new_tokens=5"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algo", ["grpo", "tree"])
+def test_policy_gradient_update_moves_logprobs_toward_rewarded_leaves(algo, dtype):
+    """One update on a tree the worker sampled: finite loss, changed parameters, and the rewarded leaf's
+    log-likelihood goes up while the penalised one goes down; the recompute pass is counted and measured."""
+    trainer = Trainer(tiny_cfg(f"train.algo={algo}", f"model.dtype={dtype}", *PG))
+    batch, seqs = sampled_batch(trainer, algo)
+    before, old = [-loss_on(trainer, [s]) for s in seqs], master(trainer)
     stats = trainer.train(batch)
-    assert math.isfinite(stats["loss"]) and "clip_fraction" in stats and trainer.version == 1
-    assert all(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in old.state.items() if "embed" not in k)
+    assert math.isfinite(stats.loss) and stats.clip_fraction is not None and trainer.version == 1
+    new = master(trainer)
+    assert all(not torch.equal(v, new[k]) for k, v in old.items() if "embed" not in k)
     after = [-loss_on(trainer, [s]) for s in seqs]
     assert after[0] > before[0] and after[1] < before[1]
+    assert stats.forward_tokens == stats.processed_tokens and stats.forward_context_sum == stats.context_sum
+    limit = 1e-4 if dtype == "float32" else 0.2   # engine and trainer agree in fp32; bf16 kernels differ
+    assert 0 <= stats.mismatch <= stats.mismatch_max < limit and stats.tis_clipped == 0.0
 
 
-def test_kl_term_keeps_a_frozen_reference():
-    cfg = tiny_cfg("train.algo=grpo", "train.kl_coef=0.5")
-    trainer = Trainer(cfg)
-    ref = trainer._reference()
-    assert not any(p.requires_grad for p in ref.parameters()) and ref is trainer._reference()
+def test_recompute_gives_the_trainers_own_old_logprobs_and_truncated_importance_weights():
+    """With rollout log-probs 3x too small (a badly mismatched engine) and advantage +1 on every token:
+    recompute keeps the PPO ratio at 1 against the trainer's own policy and weighs every token by the capped
+    importance weight (loss -tis_cap); with old_logprobs=rollout the ratio is 3 against the engine's numbers,
+    clipped at 1 + clip_high."""
+    import dataclasses
+
+    def run(*extra):
+        trainer = Trainer(tiny_cfg("train.algo=grpo", "train.grad_clip=1000", *PG, *extra))
+        batch, _ = sampled_batch(trainer, "grpo")
+        shifted = [dataclasses.replace(x, old_logprobs=[v - math.log(3) for v in x.old_logprobs],
+                                       advantages=[1.0] * len(x.advantages)) for x in batch]
+        return trainer.train(shifted)
+
+    recompute, rollout, capped = run(), run("train.old_logprobs=rollout"), run("train.tis_cap=2.5")
+    assert recompute.tis_clipped == 1.0 and recompute.mismatch == pytest.approx(math.log(3), abs=1e-4)
+    assert recompute.clip_fraction == 0.0 and recompute.loss == pytest.approx(-2.0, rel=1e-5)
+    assert capped.loss == pytest.approx(-2.5, rel=1e-5)
+    assert rollout.tis_clipped is None and rollout.mismatch is None and rollout.forward_tokens == 0
+    assert rollout.clip_fraction == 1.0 and rollout.loss == pytest.approx(-1.28, rel=1e-5)
 
 
-def test_a_trainer_started_from_a_saved_checkpoint_continues_its_optimizer(tmp_path):
-    first = Trainer(tiny_cfg())
+def test_kl_term_pulls_towards_a_frozen_copy_of_the_weights_before_the_first_update():
+    trainer = Trainer(tiny_cfg("train.algo=grpo", "train.kl_coef=0.5"))
+    seqs = sequences(trainer)
+    ids, attn, mask = pack_batch(seqs, trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        start = trainer.logprobs(ids, attn, mask, 1.0)
+    stats = trainer.train(pg_samples(trainer))
+    ref = trainer.reference
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters())
+    assert stats.kl > 0 and stats.forward_tokens == 2 * stats.processed_tokens   # recompute + reference passes
+    torch.testing.assert_close(trainer.reference_logprobs(ids, attn, mask, 1.0), start)
+    trainer.train(pg_samples(trainer))
+    assert trainer.reference is ref
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_trainer_started_from_a_saved_checkpoint_continues_exactly(dtype, tmp_path):
+    """The checkpoint's sharded fp32 master weights and Adam moments, not its model.dtype HF weights, are what a
+    trainer started from it holds: the next steps are the ones the first trainer takes."""
+    first = Trainer(tiny_cfg(f"model.dtype={dtype}"))
     first.train(sequences(first))
     first.save(str(tmp_path / "ckpt"))
-    second = Trainer(tiny_cfg(f"model.path={tmp_path / 'ckpt'}", "train.lr=0.0005"))
+    second = Trainer(tiny_cfg(f"model.path={tmp_path / 'ckpt'}", "train.lr=0.0005", f"model.dtype={dtype}"))
+    assert all(torch.equal(v, master(second)[k]) for k, v in master(first).items())
     a, b = first.optimizer.state_dict(), second.optimizer.state_dict()
     assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
     for k in a["state"]:
-        assert torch.equal(a["state"][k]["exp_avg_sq"], b["state"][k]["exp_avg_sq"])
+        assert torch.equal(local(a["state"][k]["exp_avg_sq"]), local(b["state"][k]["exp_avg_sq"]))
     assert {g["lr"] for g in second.optimizer.param_groups} == {0.0005}
-    seqs = sequences(first)  # the same batch and order: both take the same step from here
-    second.rng.setstate(first.rng.getstate())
-    for g in first.optimizer.param_groups:
-        g["lr"] = 0.0005
+    assert second.resume(str(tmp_path / "ckpt")) == first.version == 1 and second.rng.getstate() == first.rng.getstate()
+    first._set_lr(0.0005)
+    seqs = sequences(first)
     first.train(seqs), second.train(seqs)
-    for k, v in first.model.state_dict().items():
-        torch.testing.assert_close(second.model.state_dict()[k], v)
+    assert all(torch.equal(v, master(second)[k]) for k, v in master(first).items())
 
 
 def pg_samples(trainer):
@@ -325,13 +441,25 @@ def test_gradient_accumulation_takes_the_same_step_as_the_whole_minibatch(algo):
     cfg = ["train.batch_size=6", "train.kl_coef=0.1", "train.grad_clip=1000", f"train.algo={algo}"]
     whole, accumulated = Trainer(tiny_cfg(*cfg)), Trainer(tiny_cfg(*cfg, "train.micro_batch_size=4"))
     batch = pg_samples(whole) if algo == "grpo" else sequences(whole)
-    before = whole.weights()
+    before = master(whole)
     expected, got = whole.train(batch), accumulated.train(batch)
-    assert math.isfinite(got["loss"]) and got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-7)
-    assert {k: got[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")} == \
-           {k: expected[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")}
-    after = accumulated.model.state_dict()
-    assert all(not torch.equal(v, after[k]) for k, v in before.state.items() if "embed" not in k)
+    assert math.isfinite(got.loss) and got.loss == pytest.approx(expected.loss, rel=1e-5, abs=1e-7)
+    fields = ("trained_tokens", "processed_tokens", "context_sum", "forward_tokens", "sequences")
+    assert [getattr(got, k) for k in fields] == [getattr(expected, k) for k in fields]
+    after = master(accumulated)
+    assert all(not torch.equal(v, after[k]) for k, v in before.items() if "embed" not in k)
     for (k, p), q in zip(whole.model.named_parameters(), accumulated.model.parameters()):
-        torch.testing.assert_close(q.grad, p.grad)
-        torch.testing.assert_close(after[k], p)
+        torch.testing.assert_close(local(q.grad), local(p.grad))
+    for k, v in master(whole).items():
+        torch.testing.assert_close(after[k], v)
+
+
+def test_float16_and_unknown_sharding_are_refused_with_what_to_change():
+    with pytest.raises(ConfigError, match=r"model.dtype=float16 would train without loss scaling.*use bfloat16"):
+        load_config(None, ["model.dtype=float16"])
+    with pytest.raises(ConfigError, match=r"train\.sharding: Input should be 'fsdp' or 'ddp' \(got 'zero3'\)"):
+        load_config(None, ["train.sharding=zero3"])
+    with pytest.raises(ConfigError, match=r"train\.old_logprobs: Input should be 'rollout' or 'recompute'"):
+        load_config(None, ["train.old_logprobs=engine"])
+    with pytest.raises(ConfigError, match=r"train\.tis_cap: .*greater than or equal to 0"):
+        load_config(None, ["train.tis_cap=-1"])

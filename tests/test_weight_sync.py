@@ -133,7 +133,7 @@ def test_collective_syncs_leave_every_worker_with_the_trainers_checksum_at_its_v
         version, _ = sync(roles)
         versions.append(version)
         assert _held(roles) == [(version, _trainer_checksum(roles))] * 2
-        assert roles.published["checksum"] == _trainer_checksum(roles)
+        assert roles.published.checksum == _trainer_checksum(roles)
     assert versions == [versions[0], versions[0] + 1, versions[0] + 2]
     assert roles.collective.backend == "gloo" and roles.collective.groups == 1   # one group, built once
     assert roles.faults.sync_fallbacks == 0

@@ -26,6 +26,7 @@ class Ledger:
     verify_seconds: float = 0.0
     sync_seconds: float = 0.0
     sync_bytes: int = 0          # weight bytes sent to the rollout workers, each of which receives them all
+    train_state_bytes_per_rank: int = 0   # the most parameter + gradient + optimizer-state bytes one trainer held
 
     def forward_flops(self, tokens: int, context_sum: int) -> float:
         """tokens: positions computed; context_sum: sum over them of positions attended to."""
@@ -39,10 +40,14 @@ class Ledger:
     def add_eval(self, tokens: int, context_sum: int) -> None:
         self.eval_flops += self.forward_flops(tokens, context_sum)
 
-    def add_train(self, trained: int, processed: int, context_sum: int, seconds: float) -> None:
-        self.trained_tokens += trained
-        self.train_flops += 3.0 * self.forward_flops(processed, context_sum)
-        self.train_seconds += seconds
+    def add_train(self, stats) -> None:
+        """A trainer update (`TrainStats`): forward + backward over the processed tokens, plus its forward-only
+        passes (recomputed old log-probs, the KL reference)."""
+        self.trained_tokens += stats.trained_tokens
+        self.train_flops += (3.0 * self.forward_flops(stats.processed_tokens, stats.context_sum)
+                             + self.forward_flops(stats.forward_tokens, stats.forward_context_sum))
+        self.train_seconds += stats.seconds
+        self.train_state_bytes_per_rank = max(self.train_state_bytes_per_rank, stats.state_bytes)
 
     @property
     def ratio(self) -> float | None:

@@ -50,8 +50,8 @@ class Collective:
         try:
             if not self._intact(roles):
                 self._build(roles)
-            refs = [roles.trainer.actors[0].send_weights.remote(published["version"]),
-                    *[w.receive_weights.remote(published["version"], published["layout"]) for w in roles.rollout]]
+            refs = [roles.trainer.actors[0].send_weights.remote(published.version),
+                    *[w.receive_weights.remote(published.version, published.layout) for w in roles.rollout]]
             loaded = self._wait(roles, refs)[1:]
         except (SyncFailed, RayActorError) as e:   # ray.get raises a member's SyncFailed as one
             self._failed(roles, e)
@@ -78,7 +78,7 @@ class Collective:
         """A new group of every current member, on a fresh port of trainer rank 0's node."""
         self.token = None
         members = self._members(roles)
-        token, address = uuid.uuid4().hex, ray.get(members[0].address.remote())
+        token, address = uuid.uuid4().hex, roles.trainer.address()
         self._wait(roles, [m.join_broadcast.remote(address, rank, len(members), self.backend, self.timeout_s, token)
                            for rank, m in enumerate(members)])
         self.token = token

@@ -1,8 +1,8 @@
 """Weight sync, the one bridge between the training and inference groups.
 
-The trainer packs a versioned CPU state dict with a checksum and puts it in the Ray object store once
-(`Trainer.publish`); every rollout worker loads that same copy and reports the checksum of what its
-engine now holds, so the driver can prove the versions match.
+Trainer rank 0 gathers a versioned CPU state dict in the compute dtype with a checksum (`Trainer.publish`),
+which the trainer group leaves in the Ray object store once; every rollout worker loads that same copy and
+reports the checksum of what its engine now holds, so the driver can prove the versions match.
 
 With `rollout.weight_sync=collective` the tensors travel instead by a torch.distributed broadcast from
 trainer rank 0 to every rollout worker (`BroadcastGroup`): NCCL between GPUs, gloo otherwise. The group
@@ -38,6 +38,20 @@ class Weights:
         return sum(t.numel() * t.element_size() for t in self.state.values())
 
 
+Layout = list[tuple[str, tuple[int, ...], str]]   # (name, shape, dtype name) per tensor, in name order
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the driver knows of the weights trainer rank 0 published: every rollout worker must end up holding
+    this version and checksum. `ref` is the Weights' place in the Ray object store (set by the trainer group)."""
+    version: int
+    checksum: str
+    bytes: int
+    layout: Layout
+    ref: object = None
+
+
 class SyncFailed(RuntimeError):
     """A collective weight sync did not complete (a member died, timed out, never joined, or is not in the
     group); the driver loads that version through the object store instead."""
@@ -56,9 +70,6 @@ def state_checksum(state: dict[str, torch.Tensor]) -> str:
 def pack_weights(model: torch.nn.Module, version: int) -> Weights:
     state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return Weights(version, state, state_checksum(state))
-
-
-Layout = list[tuple[str, tuple[int, ...], str]]   # (name, shape, dtype name) per tensor, in name order
 
 
 def layout(state: dict[str, torch.Tensor]) -> Layout:

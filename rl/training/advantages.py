@@ -29,6 +29,7 @@ class PGSample:
     advantages: list[float]
     weights: list[float]
     old_logprobs: list[float]   # the rollout policy's log-prob of each token (at the sampling temperature)
+    trainer_logprobs: list[float] | None = None   # the trainer's, before the update (train.old_logprobs=recompute)
 
 
 def informative(tree: Tree) -> bool:

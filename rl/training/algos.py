@@ -5,8 +5,9 @@
 - `tree`: the same loss with TreeRL's per-span advantages; needs a branching policy (an unbranched
   tree's spans are whole chains, where the rule says nothing GRPO does not).
 Policy-gradient objectives drop trees whose leaves all got the same reward (dynamic sampling); those
-trees still reach the SFT export. The loss itself lives in rl/training/losses.py, the advantages in
-rl/training/advantages.py.
+trees still reach the SFT export. What the trainer does with an objective's items (their weight, the passes
+before an update, the loss) is the entry's `objective` (rl/training/objectives.py); the loss math lives in
+rl/training/losses.py, the advantages in rl/training/advantages.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 from branchrl.tree import Tree
 
 from .advantages import PGSample, grpo_samples, informative, tree_samples
+from .objectives import LIKELIHOOD, POLICY_GRADIENT, Likelihood, PolicyGradient
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,13 @@ class Algo:
     policy_gradient: bool                                   # False: likelihood on verified paths
     needs_branching: bool                                   # refuses the `independent` branch policy
     samples: Callable[[Tree, str], list[PGSample]] | None   # tree, shared_spans -> leaf samples
+    objective: Likelihood | PolicyGradient                  # the trainer's side: items, weights, loss
 
 
 ALGOS = {
-    "sft": Algo("sft", policy_gradient=False, needs_branching=False, samples=None),
-    "grpo": Algo("grpo", policy_gradient=True, needs_branching=False, samples=grpo_samples),
-    "tree": Algo("tree", policy_gradient=True, needs_branching=True, samples=tree_samples),
+    "sft": Algo("sft", policy_gradient=False, needs_branching=False, samples=None, objective=LIKELIHOOD),
+    "grpo": Algo("grpo", policy_gradient=True, needs_branching=False, samples=grpo_samples, objective=POLICY_GRADIENT),
+    "tree": Algo("tree", policy_gradient=True, needs_branching=True, samples=tree_samples, objective=POLICY_GRADIENT),
 }
 
 

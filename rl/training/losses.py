@@ -1,6 +1,7 @@
-"""Token log-probabilities, the SFT loss and the clipped policy-gradient loss. Log-probs are computed
-in chunks so full-vocabulary logits for a whole batch are never materialised (151k vocab x 16k
-tokens x 4 B would be 10 GB).
+"""Token log-probabilities, the SFT loss, the clipped policy-gradient loss and truncated importance weights.
+Log-probs are computed in chunks of at most CHUNK_LOGITS_BYTES of fp32 logits, so full-vocabulary logits for a
+whole batch are never materialised (151k vocab x 16k tokens x 4 B would be 10 GB). Whatever the compute dtype
+(bf16 matmuls), log-softmax, log-probs and losses are fp32.
 
 Pure tensor functions with shapes written down; no optimizer, no advantages (rl/training/advantages.py).
 """
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+CHUNK_LOGITS_BYTES = 256 << 20   # fp32 logits per chunk: 441 tokens at a 152k vocabulary
+
 
 def _chunk_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # hidden: [N, d]; head: [V, d]; targets: [N] -> [N]
@@ -19,9 +22,11 @@ def _chunk_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Ten
 
 
 def selected_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor,
-                      chunk: int = 4096) -> torch.Tensor:
+                      chunk: int | None = None) -> torch.Tensor:
     """log p(target) for each row of hidden ([N, d]) under lm-head weight [V, d]; returns [N] fp32.
-    Each chunk's logits are recomputed in backward (checkpoint), so peak memory is one chunk."""
+    Each chunk's logits are recomputed in backward (checkpoint), so peak memory is one chunk (default: as
+    many rows as fit CHUNK_LOGITS_BYTES)."""
+    chunk = chunk or max(1, CHUNK_LOGITS_BYTES // (4 * head.shape[0]))
     parts = []
     for s in range(0, hidden.shape[0], chunk):
         h, t = hidden[s:s + chunk], targets[s:s + chunk]
@@ -51,26 +56,38 @@ def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask:
                         temperature: float = 1.0) -> torch.Tensor:
     """log p(completion token) under logits / temperature, for every loss_mask position; returns [N] fp32.
     ids/attn/loss_mask: [B, T]. logits/T = head(hidden/T), so the temperature costs nothing extra."""
-    hidden = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state   # [B, T, d]
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # [B, T, d]
     targets = ids[:, 1:][loss_mask[:, :-1]]                                           # [N]
     h = hidden[:, :-1][loss_mask[:, :-1]]                                             # [N, d]
     h = h / temperature if temperature != 1.0 else h
     return selected_logprobs(h, model.get_output_embeddings().weight, targets)
 
 
-def sft_loss(model, ids: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over completion tokens (token-level mean). ids/attn/loss_mask: [B, T]."""
-    return -completion_logprobs(model, ids, attn, loss_mask).mean()
+def sft_loss(logp: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of completion tokens (a token-level mean); logp: [N] from
+    `completion_logprobs`."""
+    return -logp.mean()
+
+
+def tis_weights(trainer_logp: torch.Tensor, behaviour_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling: min(pi_trainer / pi_behaviour, cap) per token, no gradient. Tokens were drawn
+    by the rollout engine (behaviour), whose probabilities differ from the trainer's (bf16 kernels); the weight
+    makes the update an expectation under the trainer's old policy. [N] -> [N]."""
+    return torch.exp(trainer_logp - behaviour_logp).clamp(max=cap).detach()
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
-                clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0):
-    """Token-level clipped policy gradient with clip-higher (DAPO), optional k3 KL to a reference policy.
-    All inputs [N] over completion tokens; loss = sum(w * token_loss) / sum(w), so long and short
-    sequences weigh per token, not per sequence. Returns (loss, stats dict of floats)."""
+                clip_low: float, clip_high: float, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
+                tis: torch.Tensor | None = None):
+    """Token-level clipped policy gradient with clip-higher (DAPO), optional k3 KL to a reference policy and
+    optional truncated importance weights (`tis_weights`) on the policy term. All inputs [N] over completion
+    tokens; loss = sum(w * token_loss) / sum(w), so long and short sequences weigh per token, not per
+    sequence. Returns (loss, stats dict of floats)."""
     ratio = torch.exp(logp - old_logp)                                                 # [N]
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     token = -torch.minimum(ratio * advantages, clipped * advantages)                  # [N]
+    if tis is not None:
+        token = tis * token
     kl = torch.zeros_like(token)
     if ref_logp is not None and kl_coef > 0:
         log_r = ref_logp - logp

@@ -1,106 +1,100 @@
 """The training-group role: holds the policy and optimizer, learns from verified tokens, hands out weights.
 
-A plain class (Ray wraps it in `branchrl.launch`), so it runs in-process in tests. It never imports
-the engine; weights leave as a versioned CPU state dict with a checksum, which `weight_sync` moves
-(through the object store, or broadcast by rank 0 over its own group: `send_weights`).
+A plain class (Ray wraps it where the roles are wired, `branchrl.launch`), so it runs in-process in tests; it
+imports no Ray and never the engine. Weights leave as a versioned CPU state dict in the compute dtype with
+a checksum (`publish`), which the trainer group puts in the object store, or which rank 0 broadcasts over
+the weight-sync group (`send_weights`).
 
-Data parallel: `train.workers` trainers `join` one torch.distributed job (gloo on CPU, nccl on GPUs)
-and wrap the policy in DistributedDataParallel. Every rank gets the whole batch and walks the same
-minibatches; each takes its slice, and the loss weighting makes the all-reduced gradient exactly the
-one a lone trainer computes on the minibatch, so the ranks stay bitwise identical. A trainer that never
-joins is a group of one and needs no torch.distributed. It does not shard parameters or optimizer
-state (no FSDP/ZeRO): every rank holds the whole model.
+Precision and sharding are `parallel`'s: fp32 master weights and optimizer state, `model.dtype` compute,
+FSDP2 over the `train.workers` trainers (`train.sharding`). One trainer is ready at construction; with more,
+each `join`s the group's torch.distributed job. Every rank gets the whole batch and walks the same
+minibatches; each takes its slice, and each micro-batch's loss is scaled so the averaged gradient is the
+one a lone trainer computes on the whole minibatch. What an objective trains on, and its loss, is the
+`Algo` entry's `objective`. Methods that gather or write the shards (`publish`, `save`, `resume`,
+`checksum`) are collectives: every rank must call them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import dataclasses
 import json
 import math
 import random
-import socket
 import time
 from collections import Counter
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
+import torch.distributed as dist
 
-from branchrl.config import Config
-from branchrl.models import count_flop_params, load_policy
-from branchrl.sync.weight_sync import BroadcastMember, Weights, layout, pack_weights, state_checksum
+from branchrl.config import Config, weight_sync_backend
+from branchrl.data.ledger import causal_context_sum
+from branchrl.models import count_flop_params, load_policy, save_policy
+from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
 
-from .advantages import PGSample
+from . import parallel
 from .algos import ALGOS
-from .losses import completion_logprobs, pack_batch, policy_loss
+from .losses import pack_batch
+from .objectives import LIKELIHOOD
 
-OPTIMIZER_FILE = "optimizer.pt"   # beside the HF files of every checkpoint
 STATE_FILE = "trainer.json"       # policy version and shuffling state, for `resume`
-COUNTS = ("trained_tokens", "processed_tokens", "context_sum")   # the ledger's FLOP inputs, summed over ranks
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)   # rendezvous, and how long a rank waits for the others in a collective
+SHARDED_DIR = "sharded"           # in every checkpoint: fp32 master weights and optimizer state (DCP), per rank
+COUNTS = ("trained_tokens", "processed_tokens", "context_sum", "forward_tokens", "forward_context_sum")
+WARMUP_FRACTION = 0.05            # sft(): linear warm-up over the first 5% of optimizer steps,
+FINAL_LR_FRACTION = 0.1           # then cosine decay to 10% of the peak learning rate
 
 
-class CompletionLogprobs(torch.nn.Module):
-    """`completion_logprobs` of a causal LM as a module's forward, the call DistributedDataParallel hooks."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids, attn, loss_mask, temperature: float = 1.0) -> torch.Tensor:
-        return completion_logprobs(self.model, ids, attn, loss_mask, temperature)
+@dataclass
+class TrainStats:
+    """One update (or SFT pass): totals over the ranks, equal on every rank. Token counts sum over epochs."""
+    loss: float                    # mean over the optimizer steps of each step's weighted mean loss
+    sequences: int                 # items trained on
+    trained_tokens: int            # completion tokens with a loss
+    processed_tokens: int          # tokens through forward and backward, prompts included
+    context_sum: int               # causal attention positions over those tokens (FLOP accounting)
+    seconds: float                 # wall time (the group reports its slowest rank's)
+    forward_tokens: int = 0        # tokens through forward-only passes: recomputed old log-probs, the KL reference
+    forward_context_sum: int = 0
+    state_bytes: int = 0           # parameters + gradients + optimizer state this rank holds (the group: the largest)
+    clip_fraction: float | None = None   # grpo/tree: weighted fraction of tokens whose clipped ratio won
+    kl: float | None = None              # grpo/tree: weighted mean k3 KL to the reference policy
+    tis_clipped: float | None = None     # recompute: weighted fraction of tokens whose importance weight hit tis_cap
+    mismatch: float | None = None        # recompute: mean |log p_trainer - log p_rollout| per token before the update
+    mismatch_max: float | None = None    # recompute: the largest such gap
 
 
 class Trainer(BroadcastMember):
     def __init__(self, cfg: Config):
         torch.set_num_threads(cfg.train.threads)
         self.cfg = cfg
-        self.model, self.tokenizer = load_policy(cfg.model, cfg.run.seed)
+        self.compute_dtype = getattr(torch, cfg.model.dtype)
+        self.model, self.tokenizer = load_policy(cfg.model, cfg.run.seed, dtype=torch.float32)  # the master copy
         self.device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).train()
-        self.logprobs = CompletionLogprobs(self.model)   # wrapped in DDP by join()
-        self.rank, self.world = 0, 1
-        self.optimizer = self._optimizer(cfg.train.lr)
-        self._load_optimizer_state()
         self.version = 0
         self.rng = random.Random(cfg.run.seed)
-        self.ref_model = None
-        self.published: tuple[int, list] = (-1, [])   # version and layout of the last publish (send_weights sends them)
+        self.rank, self.world = 0, 1
+        self.root = self.optimizer = self.reference = None
+        self.loaded_from: Path | None = None   # the checkpoint whose sharded state the model holds
+        self.sent: Weights | None = None       # what rank 0 last published, kept for a broadcast (`send_weights`)
+        if cfg.train.workers == 1:
+            self.join(None, 0, 1)
 
-    def _optimizer(self, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.train.weight_decay)
-
-    def _load_optimizer_state(self) -> None:
-        """A checkpoint this trainer saved carries its Adam moments: continuing from it (e.g. one warm start
-        shared by several runs) then takes the same steps as a run that never stopped, at train.lr."""
-        path = self.cfg.model.path and Path(self.cfg.model.path) / OPTIMIZER_FILE
-        if path and path.is_file():
-            self.optimizer.load_state_dict(torch.load(path, map_location=self.device))
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.train.lr
-
-    def address(self) -> str:
-        """Where the group's rendezvous will listen: this node's IP and a port free right now (ask rank 0)."""
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return f"tcp://{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
-
-    def join(self, address: str, rank: int, world: int) -> None:
-        """Become rank `rank` of a `world`-trainer job; every rank must call this at the same time. DDP's
-        constructor copies rank 0's parameters to every rank, so the group starts identical."""
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend, init_method=address, rank=rank, world_size=world,
-                                             timeout=COLLECTIVE_TIMEOUT)
+    def join(self, address: str | None, rank: int, world: int) -> None:
+        """Become rank `rank` of a `world`-trainer job (every rank at once; address: rank 0's tcp://ip:port),
+        shard the model, make the optimizer and load a checkpoint's sharded state if model.path is one."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device.index or 0)
+        parallel.init_process_group(address, rank, world, self.device)
         self.rank, self.world = rank, world
-        self.logprobs = DistributedDataParallel(self.logprobs)
-
-    def checksum(self) -> str:
-        """sha256 of this rank's parameters and buffers (`weight_sync.state_checksum`)."""
-        return state_checksum(self.model.state_dict())
+        t = self.cfg.train
+        self.mesh = parallel.device_mesh(t.sharding, world, self.device)
+        self.root = parallel.shard(self.model, self.mesh, self.compute_dtype, t.activation_checkpointing)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        path = self.cfg.model.path and Path(self.cfg.model.path)
+        if path and (path / SHARDED_DIR).is_dir():   # a checkpoint this trainer saved: continue it exactly
+            self._load_sharded(path)
 
     def describe(self) -> dict:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
@@ -108,105 +102,116 @@ class Trainer(BroadcastMember):
         return {"config": c.to_dict(), "eos_id": self.tokenizer.eos_token_id, "pad_id": self.tokenizer.pad_token_id,
                 "flop_params": count_flop_params(self.model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
 
-    def warm_start(self, texts: list[tuple[str, str]]) -> dict:
+    def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
         """Short SFT on worked (prompt, solution) pairs before RL."""
         ws = self.cfg.warm_start
         return self.sft(texts, ws.epochs, ws.lr, ws.batch_size)
 
-    def sft(self, texts: list[tuple[str, str]], epochs: int, lr: float, batch_size: int) -> dict:
+    def sft(self, texts: list[tuple[str, str]], epochs: int, lr: float, batch_size: int) -> TrainStats:
         """SFT on (prompt, completion) text pairs, loss on the completion + EOS, with linear warm-up and cosine
         decay from lr; the policy version stays (not an RL update) and the optimizer ends at train.lr."""
         eos = self.tokenizer.eos_token_id
         seqs = [(self.tokenizer.encode(p), self.tokenizer.encode(s) + [eos]) for p, s in texts]
         total = epochs * -(-len(seqs) // batch_size)
-        warmup = max(1, total // 20)
+        warmup = max(1, int(total * WARMUP_FRACTION))
+        floor = FINAL_LR_FRACTION
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = lr
-        schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
-            self.optimizer,
-            lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(i, total) / total)))
-        stats = self.fit(seqs, epochs, batch_size, schedule=schedule)
-        for group in self.optimizer.param_groups:  # RL continues with the same Adam moments
-            group["lr"] = self.cfg.train.lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warmup) * (
+            floor + (1 - floor) * (1 + math.cos(math.pi * min(i, total) / total)) / 2))
+        stats = self.fit(seqs, epochs, batch_size, LIKELIHOOD, schedule=schedule)
+        self._set_lr(self.cfg.train.lr)  # RL continues with the same Adam moments
         return stats
 
-    def train(self, batch: list) -> dict:
-        """One RL update; the policy version goes up by one. batch: (prompt_ids, completion_ids) pairs for
-        a likelihood objective (`sft`), PGSamples for a policy-gradient one (`grpo`, `tree`)."""
-        t = self.cfg.train
-        if ALGOS[t.algo].policy_gradient:
-            stats = self.fit(batch, t.epochs, t.batch_size, self._pg_loss,
-                             pairs=lambda x: (x.prompt_ids, x.completion_ids), weight=lambda x: sum(x.weights))
-        else:
-            stats = self.fit(batch, t.epochs, t.batch_size)
+    def train(self, batch: list) -> TrainStats:
+        """One RL update; the policy version goes up by one. batch: what `train.algo`'s objective trains on
+        ((prompt_ids, completion_ids) pairs for sft, PGSamples for grpo and tree)."""
+        t, t0 = self.cfg.train, time.perf_counter()
+        objective = ALGOS[t.algo].objective
+        items, prepared = objective.prepare(self, batch)
+        stats = self.fit(items, t.epochs, t.batch_size, objective, prepared=prepared)
         self.version += 1
-        return stats
+        return dataclasses.replace(stats, seconds=time.perf_counter() - t0)
 
-    def _pg_loss(self, items: list[PGSample], ids, attn, mask):
-        """Clipped token-level policy gradient. The behaviour log-probs are the rollout's own (the engine
-        matches a full forward to 1e-4 in fp32), so no extra forward pass is spent recomputing them."""
-        t = self.cfg.train
-        flat = lambda field: torch.tensor([v for x in items for v in getattr(x, field)], device=self.device)  # noqa: E731
-        logp = self.logprobs(ids, attn, mask, self.cfg.rollout.temperature)
-        ref = None
-        if t.kl_coef > 0:
-            with torch.no_grad():
-                ref = completion_logprobs(self._reference(), ids, attn, mask, self.cfg.rollout.temperature)
-        return policy_loss(logp, flat("old_logprobs"), flat("advantages"), flat("weights"),
-                           t.clip_low, t.clip_high, ref, t.kl_coef)
+    def logprobs(self, ids, attn, mask, temperature: float = 1.0) -> torch.Tensor:
+        """The policy's completion log-probs [N] (fp32) for a packed batch ([B, T] each), through the FSDP root."""
+        return self.root(ids, attn, mask, temperature)
 
-    def _sft_loss(self, items: list, ids, attn, mask):
-        """Mean negative log-likelihood over completion tokens (losses.sft_loss through the DDP wrapper)."""
-        return -self.logprobs(ids, attn, mask).mean(), {}
+    def reference_logprobs(self, ids, attn, mask, temperature: float) -> torch.Tensor:
+        """The KL reference's completion log-probs [N], no gradient. The reference is a frozen copy of the
+        weights at the first RL update that asks for it (after warm start)."""
+        if self.reference is None:
+            self.reference = parallel.frozen_copy(self.model, self.mesh, self.compute_dtype)
+        with torch.no_grad():
+            return self.reference(ids, attn, mask, temperature)
 
-    def _reference(self):
-        """The frozen policy the KL term pulls towards: the weights at the first RL update (after warm start)."""
-        if self.ref_model is None:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        return self.ref_model
+    def forward_only(self, items: list, sequence, temperature: float) -> tuple[list[list[float]], dict]:
+        """Every item's per-token completion log-probs under the current weights, no gradient, on every rank:
+        each rank computes its share (items[rank::W]) in micro-batches, then they swap results. Also the
+        pass's token counts over the ranks (forward_tokens, forward_context_sum)."""
+        mine: dict[int, list[float]] = {}
+        counts = Counter()
+        with torch.no_grad():
+            for chunk, _, real in self._micro_batches(list(enumerate(items)), lambda _: 1.0):
+                seqs = [sequence(x) for _, x in chunk]
+                ids, attn, mask = self._pack(seqs)
+                logp = self.logprobs(ids, attn, mask, temperature)
+                if real:
+                    for (i, _), lp in zip(chunk, logp.split([len(c) for _, c in seqs])):
+                        mine[i] = lp.tolist()
+                    counts.update(self._counts(attn, mask, 0))
+        parts = [mine]
+        if self.world > 1:
+            parts = [None] * self.world
+            dist.all_gather_object(parts, mine)
+        merged = {i: lp for part in parts for i, lp in part.items()}
+        total = self._sum_over_ranks({"forward_tokens": counts["processed_tokens"],
+                                      "forward_context_sum": counts["context_sum"]})
+        return [merged[i] for i in range(len(items))], {k: int(v) for k, v in total.items()}
 
-    def fit(self, items, epochs: int, batch_size: int, loss_fn=None, schedule=None, pairs=lambda x: x,
-            weight=None) -> dict:
-        """Minibatch passes over items, one optimizer step per batch_size items (over all ranks).
-        loss_fn(items, ids, attn, mask) -> (loss, stats) is a mean weighted by weight(item) per item (default:
-        SFT NLL, a mean over completion tokens). Every rank holds all items and shuffles with the same seed,
-        so all ranks walk the same minibatches. Returns totals over ranks, equal on every rank."""
-        loss_fn = loss_fn or self._sft_loss
-        weight = weight or (lambda x: len(pairs(x)[1]))
+    def fit(self, items: list, epochs: int, batch_size: int, objective, schedule=None,
+            prepared: dict | None = None) -> TrainStats:
+        """Minibatch passes over items, one optimizer step per batch_size items (over all ranks). Every rank holds
+        all items and shuffles with the same seed, so all ranks walk the same minibatches. prepared: stats of
+        the objective's preparation, already final."""
         t0, sums, steps = time.perf_counter(), Counter(dict.fromkeys(COUNTS, 0)), 0
         for _ in range(epochs):
             order = list(range(len(items)))
             self.rng.shuffle(order)
             for s in range(0, len(order), batch_size):
-                sums.update(self._step([items[i] for i in order[s:s + batch_size]], loss_fn, pairs, weight))
+                sums.update(self._step([items[i] for i in order[s:s + batch_size]], objective))
                 steps += 1
                 if schedule is not None:
                     schedule.step()
         sums = self._sum_over_ranks(sums)
         counts = {k: int(sums.pop(k)) for k in COUNTS}
-        return {"loss": sums.pop("loss", 0.0) / max(steps, 1), **counts, "seconds": time.perf_counter() - t0,
-                "sequences": len(items), **{k: v / steps for k, v in sums.items()}}
+        means = {k: v / max(steps, 1) for k, v in sums.items()}   # the loss and the objective's token-level stats
+        means.setdefault("loss", 0.0)
+        for k, v in (prepared or {}).items():
+            if k in counts:
+                counts[k] += v
+            else:
+                means[k] = v
+        return TrainStats(sequences=len(items), seconds=time.perf_counter() - t0,
+                          state_bytes=parallel.state_bytes(self.model, self.optimizer), **counts, **means)
 
-    def _step(self, minibatch: list, loss_fn, pairs, weight) -> Counter:
+    def _step(self, minibatch: list, objective) -> Counter:
         """One optimizer step; returns this rank's share of the stats. Each micro-batch's loss is scaled by
-        W * its weight / the minibatch's weight, so DDP's average over the W ranks of the summed micro-batch
-        gradients is the gradient of the whole minibatch's weighted mean, as one trainer computes it."""
-        micros = self._micro_batches(minibatch, weight)
+        W * its weight / the minibatch's weight, so the reduction's average over the W ranks of the summed
+        micro-batch gradients is the gradient of the whole minibatch's weighted mean, as one trainer computes it."""
+        micros = self._micro_batches(minibatch, objective.weight)
         total = self._sum_over_ranks({"weight": sum(w for _, w, _ in micros)})["weight"]
+        passes = objective.reference_forwards(self.cfg)
         sums = Counter()
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (batch, w, real) in enumerate(micros):
+        for batch, w, real in micros:
             share = w / total if total > 0 else 0.0
-            packed = pack_batch([pairs(x) for x in batch], self.tokenizer.pad_token_id)
-            ids, attn, mask = (x.to(self.device) for x in packed)
-            with self._sync_gradients(i == len(micros) - 1):
-                loss, stats = loss_fn(batch, ids, attn, mask)
-                (loss * (share * self.world)).backward()
+            ids, attn, mask = self._pack([objective.sequence(x) for x in batch])
+            loss, stats = objective.loss(self, batch, ids, attn, mask)
+            (loss * (share * self.world)).backward()
             sums.update({"loss": share * loss.item(), **{k: share * v for k, v in stats.items()}})
             if real:
-                lengths = attn.sum(1)                                     # [B]
-                sums.update({"trained_tokens": int(mask.sum()), "processed_tokens": int(lengths.sum()),
-                             "context_sum": int((lengths * (lengths + 1) // 2).sum())})  # causal attention positions
+                sums.update(self._counts(attn, mask, passes))
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         return sums
@@ -221,9 +226,16 @@ class Trainer(BroadcastMember):
         chunks = [mine[k * size:(k + 1) * size] for k in range(count)]
         return [(c, float(sum(map(weight, c))), True) if c else ([minibatch[0]], 0.0, False) for c in chunks]
 
-    def _sync_gradients(self, last: bool):
-        """DDP all-reduces the gradients in the backward of a rank's last micro-batch only."""
-        return self.logprobs.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+    def _pack(self, seqs: list[tuple[list[int], list[int]]]):
+        return (x.to(self.device) for x in pack_batch(seqs, self.tokenizer.pad_token_id))
+
+    @staticmethod
+    def _counts(attn: torch.Tensor, mask: torch.Tensor, forward_passes: int) -> dict[str, int]:
+        """A micro-batch's tokens for the ledger: trained, processed (and again per extra forward-only pass)."""
+        lengths = attn.sum(1).tolist()                                   # [B]
+        processed, context = sum(lengths), causal_context_sum(lengths)
+        return {"trained_tokens": int(mask.sum()), "processed_tokens": processed, "context_sum": context,
+                "forward_tokens": forward_passes * processed, "forward_context_sum": forward_passes * context}
 
     def _sum_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """Each value summed over the ranks (every rank passes the same keys); unchanged for a lone trainer."""
@@ -231,49 +243,67 @@ class Trainer(BroadcastMember):
             return dict(values)
         keys = sorted(values)
         summed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(summed)
+        dist.all_reduce(summed)
         return dict(zip(keys, summed.tolist()))
 
-    def weights(self) -> Weights:
-        return pack_weights(self.model, self.version)
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
-    def publish(self) -> dict:
-        """Put the current weights in the Ray object store once; returns version, checksum and the ref.
-        Only this small dict travels to the driver; the workers fetch the tensors from the store."""
-        import ray
-
-        w = self.weights()
-        self.published = (w.version, layout(w.state))
-        return {"version": w.version, "checksum": w.checksum, "ref": ray.put(w), "bytes": w.nbytes,
-                "layout": self.published[1]}
+    def publish(self) -> tuple[Published | None, Weights | None]:
+        """The current weights in the compute dtype, gathered from the shards (every rank calls it). Rank 0
+        returns what the driver checks (version, checksum, bytes, layout) and the weights; the others (None, None)."""
+        state = parallel.full_state(self.model, self.compute_dtype, keep=self.rank == 0)
+        if self.rank != 0:
+            return None, None
+        weights = Weights(self.version, state, state_checksum(state))
+        self.sent = weights if weight_sync_backend(self.cfg) else None   # only a broadcast sends them again
+        return Published(weights.version, weights.checksum, weights.nbytes, layout(state)), weights
 
     def send_weights(self, version: int) -> int:
-        """As the broadcast group's rank 0 (`join_broadcast`), send the weights just published as `version`;
-        returns the bytes sent. Nothing trains between publish and this call, so the model still holds them;
-        the driver checks every receiver's checksum against the published one all the same."""
-        state = self.model.state_dict()
-        if (version, layout(state)) != self.published:
-            raise RuntimeError(f"send_weights({version}): the trainer last published version {self.published[0]} "
-                               f"and now holds {self.version}; publish first")
-        return self._member().send(state)
+        """As the broadcast group's rank 0 (`join_broadcast`), send the weights published as `version`; returns
+        the bytes sent. The driver checks every receiver's checksum against the published one."""
+        if self.sent is None or self.sent.version != version:
+            held = self.sent.version if self.sent else None
+            raise RuntimeError(f"send_weights({version}): the last weights published for a broadcast are version "
+                               f"{held}; publish first")
+        return self._member().send(self.sent.state)
+
+    def checksum(self) -> str:
+        """sha256 of the whole policy in the compute dtype, as `publish` computes it (every rank gathers it all:
+        for tests and debugging, not for big models). Under ddp each rank hashes its own replica."""
+        return state_checksum(parallel.full_state(self.model, self.compute_dtype, keep=True))
 
     def save(self, path: str) -> str:
-        """HF directory (config, safetensors, tokenizer) that AutoModelForCausalLM / AutoTokenizer load, plus
-        the optimizer state (optimizer.pt) that a Trainer started from this directory continues with."""
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one tiny shard: a progress bar is only noise in the run log
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
-        torch.save(self.optimizer.state_dict(), Path(path) / OPTIMIZER_FILE)
-        (Path(path) / STATE_FILE).write_text(json.dumps({"version": self.version, "rng": self.rng.getstate()}))
+        """A checkpoint: an HF directory in model.dtype that AutoModelForCausalLM / AutoTokenizer load, plus the
+        fp32 master weights and optimizer state (sharded/, DCP) and trainer.json, from which a Trainer continues
+        exactly. Every rank calls it and writes its shards (the path must be on storage every rank sees)."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        state = parallel.full_state(self.model, self.compute_dtype, keep=self.rank == 0)
+        parallel.save_sharded(out / SHARDED_DIR, self.model, self.optimizer)
+        if self.rank == 0:
+            save_policy(out, self.model, state, self.tokenizer, self.cfg.model.dtype)
+            (out / STATE_FILE).write_text(json.dumps({"version": self.version, "rng": self.rng.getstate()}))
+        self._barrier()
         return path
 
     def resume(self, path: str) -> int:
-        """Continue a killed run from a checkpoint this trainer saved (weights and Adam moments are loaded at
-        construction from model.path): the same policy version and minibatch shuffling. Returns the version."""
+        """Continue from a checkpoint this group (with any number of ranks) saved: master weights and optimizer
+        state resharded to this group, the policy version and the minibatch shuffling. Returns the version."""
+        if self.loaded_from != Path(path):
+            self._load_sharded(Path(path))
         state = json.loads((Path(path) / STATE_FILE).read_text())
         self.version = state["version"]
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         return self.version
+
+    def _load_sharded(self, path: Path) -> None:
+        parallel.load_sharded(path / SHARDED_DIR, self.model, self.optimizer)
+        self._set_lr(self.cfg.train.lr)
+        self.loaded_from = path
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
