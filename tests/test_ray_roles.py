@@ -14,7 +14,9 @@ from branchrl.launch import LaunchError, launch
 from branchrl.loop import sync
 from branchrl.models import load_tokenizer
 from branchrl.rollout.sampler import BranchSettings
+from branchrl.training import parallel
 from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.group import TrainerGroup
 from branchrl.training.trainer import Trainer
 from branchrl.verifier_pool import VerifierWorker
 from branchrl.verifiers import warm_sandbox
@@ -98,55 +100,121 @@ def _batch(roles, algo: str, step: int) -> list:
     return batch
 
 
-def test_two_trainers_stay_bitwise_identical_through_warm_start_and_every_objective(ray_cluster, roles):
-    ray, group = ray_cluster, roles.trainer
+def _held(roles) -> list[tuple[int, str]]:
+    import ray
+
+    return ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
+
+
+def _on_every_rank(group, fn) -> list:
+    """fn(trainer) on every rank at once (the trainers' gathers are collectives); each rank's result."""
+    import ray
+
+    return ray.get([a.__ray_call__.remote(fn) for a in group.actors])
+
+
+def _master(group) -> dict[str, torch.Tensor]:
+    """The group's fp32 master weights, gathered whole from the shards."""
+    return _on_every_rank(group, lambda self: parallel.full_state(self.model, torch.float32, keep=True))[0]
+
+
+def test_two_fsdp_trainers_learn_through_warm_start_and_every_objective(ray_cluster, roles):
+    group = roles.trainer
     stats = group.warm_start(PAIRS)
-    sums = group.checksums()
     assert math.isfinite(stats.loss) and stats.sequences == len(PAIRS)
-    assert len(sums) == 2 and sums[0] == sums[1]
     for algo in ("sft", "grpo", "tree"):
         _set_algo(group, algo)
         for step in range(1, 3):
-            sync(roles)  # the rollout workers sample with the policy the trainers hold
-            before = sums[0]
+            version, _ = sync(roles)  # the rollout workers sample with the policy the trainers hold
+            before = roles.published.checksum
+            assert _held(roles) == [(version, before)] * 2
             update = group.train(_batch(roles, algo, step))
-            sums = group.checksums()
             assert math.isfinite(update.loss) and update.trained_tokens > 0
-            assert sums[0] == sums[1] != before, (algo, step)
+            assert len(set(group.checksums())) == 1 and group.checksums()[0] != before, (algo, step)
     version, _ = sync(roles)
-    published = group.publish()
-    assert (published.version, published.checksum) == (version, sums[0])
-    held = ray.get([w.__ray_call__.remote(lambda self: (self.version, self.checksum)) for w in roles.rollout])
-    assert held == [(version, sums[0])] * 2
+    assert _held(roles) == [(version, group.checksums()[0])] * 2 == [(version, roles.published.checksum)] * 2
 
 
-@pytest.mark.parametrize("algo", ["sft", "grpo"])
-def test_two_trainers_take_the_step_one_trainer_takes_on_the_same_batch(ray_cluster, roles, algo):
-    """The group (2 ranks, micro-batches of 1) and a lone in-process trainer (no accumulation) start from rank 0's
-    weights, Adam moments and shuffle state, and train on one batch: the same gradients and update up to float
-    reduction order. (The last minibatch of 2 or 1 sequences gives each rank one, or rank 1 none.)"""
-    ray, group = ray_cluster, roles.trainer
+@pytest.mark.parametrize("algo", ["sft", "grpo", "tree"])
+def test_two_fsdp_trainers_take_the_step_one_trainer_takes_on_the_same_batch(ray_cluster, roles, tmp_path, algo):
+    """The group (2 ranks, micro-batches of 1) saves a sharded checkpoint; a lone in-process trainer (no
+    accumulation) resumes it, resharded to one rank (weights, Adam moments, shuffle state); both train on one
+    batch: the same gradients and update up to float reduction order, and each rank holds about half the state.
+    (The last minibatch of 2 or 1 sequences gives each rank one, or rank 1 none.)"""
+    group = roles.trainer
     _set_algo(group, algo)
     sync(roles)
     batch = _batch(roles, algo, step=7)
+    group.save(str(tmp_path / "ckpt"))
     lone = Trainer(load_config(None, [*TINY, f"train.algo={algo}"]))
-    model, optimizer, rng = ray.get(group.actors[0].__ray_call__.remote(
-        lambda self: (self.model.state_dict(), self.optimizer.state_dict(), self.rng.getstate())))
-    lone.model.load_state_dict(model)
-    lone.optimizer.load_state_dict(optimizer)
-    lone.rng.setstate(rng)
+    assert lone.resume(str(tmp_path / "ckpt")) == roles.published.version
+    start = _master(group)
+    assert all(torch.equal(v, parallel.full_state(lone.model, torch.float32, True)[k]) for k, v in start.items())
     expected, got = lone.train(batch), group.train(batch)
-    assert {k: got[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")} == \
-           {k: expected[k] for k in ("trained_tokens", "processed_tokens", "context_sum", "sequences")}
-    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-7)
-    state = ray.get(group.publish().ref).state
-    assert all(not torch.equal(v, state[k]) for k, v in model.items())
-    for k, v in lone.model.state_dict().items():
+    fields = ("trained_tokens", "processed_tokens", "context_sum", "forward_tokens", "forward_context_sum", "sequences")
+    assert [getattr(got, k) for k in fields] == [getattr(expected, k) for k in fields]
+    assert got.loss == pytest.approx(expected.loss, rel=1e-5, abs=1e-7)
+    assert got.state_bytes <= 0.55 * expected.state_bytes
+    state = _master(group)
+    assert all(not torch.equal(v, state[k]) for k, v in start.items())
+    for k, v in parallel.full_state(lone.model, torch.float32, True).items():
         torch.testing.assert_close(state[k], v)
-    grads = ray.get(group.actors[0].__ray_call__.remote(  # the last step's, all-reduced
-        lambda self: {k: p.grad for k, p in self.model.named_parameters()}))
+    grads = _on_every_rank(group, lambda self: {k: p.grad.full_tensor() for k, p in self.model.named_parameters()})[0]
     for k, p in lone.model.named_parameters():
-        torch.testing.assert_close(grads[k], p.grad)
+        torch.testing.assert_close(grads[k], p.grad.to_local())
+    version, _ = sync(roles)
+    assert _held(roles) == [(version, roles.published.checksum)] * 2
+
+
+def test_two_ddp_trainers_hold_identical_replicas_and_take_the_lone_trainers_step(ray_cluster, tmp_path):
+    """train.sharding=ddp: the same machinery replicated. Each rank's own replica stays bitwise equal to the
+    other's, the step equals a lone trainer's, and each rank holds all the state."""
+    ray = ray_cluster
+    cfg = load_config(None, [*GROUP, "train.sharding=ddp"])
+    # a sliver of CPU each: the module's roles hold 3.5 of the session's 4
+    group = TrainerGroup([ray.remote(Trainer).options(num_cpus=0.1).remote(cfg) for _ in range(2)])
+    try:
+        group.connect()
+        tok = load_tokenizer(cfg.model)
+        batch = [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
+        group.train(batch)
+        group.save(str(tmp_path / "ckpt"))
+        lone = Trainer(load_config(None, TINY))
+        lone.resume(str(tmp_path / "ckpt"))
+        expected, got = lone.train(batch), group.train(batch)
+        sums = group.checksums()   # under ddp, each rank hashes its own replica
+        assert sums[0] == sums[1] and got.loss == pytest.approx(expected.loss, rel=1e-5)
+        for k, v in parallel.full_state(lone.model, torch.float32, True).items():
+            torch.testing.assert_close(_master(group)[k], v)
+        assert got.state_bytes == expected.state_bytes
+    finally:
+        for actor in group.actors:
+            ray.kill(actor)
+
+
+def test_two_bfloat16_fsdp_trainers_compute_the_lone_trainers_gradient_to_bf16_precision(ray_cluster, tmp_path):
+    """bf16 compute on differently packed micro-batches: the reduced gradient of 2 ranks is a lone trainer's up to
+    bf16 rounding (about 0.5% here); a wrongly scaled share would be off by 50-100%."""
+    ray = ray_cluster
+    cfg = load_config(None, [*GROUP, "model.dtype=bfloat16"])
+    group = TrainerGroup([ray.remote(Trainer).options(num_cpus=0.1).remote(cfg) for _ in range(2)])
+    try:
+        group.connect()
+        tok = load_tokenizer(cfg.model)
+        batch = [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
+        group.train(batch)
+        group.save(str(tmp_path / "ckpt"))
+        lone = Trainer(load_config(None, [*TINY, "model.dtype=bfloat16"]))
+        lone.resume(str(tmp_path / "ckpt"))
+        expected, got = lone.train(batch), group.train(batch)
+        assert math.isfinite(got.loss) and got.loss == pytest.approx(expected.loss, rel=1e-3)
+        grads = _on_every_rank(group, lambda self: {k: p.grad.full_tensor() for k, p in self.model.named_parameters()})
+        for k, p in lone.model.named_parameters():
+            mine = p.grad.to_local()
+            assert (grads[0][k] - mine).norm() <= 0.03 * mine.norm(), k
+    finally:
+        for actor in group.actors:
+            ray.kill(actor)
 
 
 def test_a_group_the_cluster_cannot_hold_fails_at_once_naming_what_is_missing(ray_cluster):
