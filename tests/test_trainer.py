@@ -463,3 +463,20 @@ def test_float16_and_unknown_sharding_are_refused_with_what_to_change():
         load_config(None, ["train.old_logprobs=engine"])
     with pytest.raises(ConfigError, match=r"train\.tis_cap: .*greater than or equal to 0"):
         load_config(None, ["train.tis_cap=-1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sharding", ["fsdp", "ddp"])
+def test_a_trainer_on_cuda_trains_in_bfloat16_over_nccl_and_publishes_cpu_weights(sharding):
+    """The GPU twin of the CPU tests above (run alone, as bench/gpu_check.sh does: a process holds one group)."""
+    trainer = Trainer(tiny_cfg("train.gpus=1", "model.dtype=bfloat16", f"train.sharding={sharding}",
+                               "train.activation_checkpointing=true"))
+    assert "nccl" in torch.distributed.get_backend_config() and trainer.device.type == "cuda"
+    before = master(trainer)
+    stats = trainer.train(sequences(trainer))
+    after = master(trainer)
+    assert math.isfinite(stats.loss)
+    assert all(not torch.equal(v, after[k]) for k, v in before.items() if "embed" not in k)
+    published = weights(trainer)
+    assert {(t.device.type, t.dtype) for t in published.state.values()} == {("cpu", torch.bfloat16)}

@@ -55,9 +55,11 @@ def init_process_group(address: str | None, rank: int, world: int, device: torch
     address None: a world of one in this process; a process that already has one keeps it."""
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if dist.is_initialized():
-        if address is None and dist.get_world_size() == 1:
-            return
-        raise RuntimeError(f"this process is already rank {dist.get_rank()} of {dist.get_world_size()} trainers")
+        usable = device.type != "cuda" or "cuda:nccl" in dist.get_backend_config()
+        if address is None and dist.get_world_size() == 1 and usable:
+            return   # tests build many lone trainers in one process: they share its world of one
+        raise RuntimeError(f"this process already has a torch.distributed group ({dist.get_backend_config()}, "
+                           f"{dist.get_world_size()} ranks); a trainer on {device.type} needs its own process")
     if address is None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=COLLECTIVE_TIMEOUT)
     else:
@@ -90,10 +92,13 @@ def shard(model: torch.nn.Module, mesh: DeviceMesh, compute_dtype: torch.dtype,
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     cast = None if compute_dtype == torch.float32 else compute_dtype
     policy = MixedPrecisionPolicy(param_dtype=cast, reduce_dtype=torch.float32)
+    # freeing a block's gathered parameters after forward (to gather them again in backward) saves memory only
+    # where the gather joins shards: not with one shard (one trainer, or ddp)
+    reshard = mesh.size(mesh.ndim - 1) > 1
     for block in decoder_blocks(model):
-        fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     root = CompletionLogprobs(model)
-    fully_shard(root, mesh=mesh, mp_policy=policy)
+    fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     return root
 
 
