@@ -1,15 +1,18 @@
 """Step checkpoints a killed run resumes from (`branchrl run --resume RUN_DIR`).
 
-Every `run.checkpoint_every` steps the driver has the trainer write `checkpoints/step-NNNNNN/` (HF
-files, optimizer.pt, trainer.json) and adds `driver.json`: the step, the policy version, the first
-rollout batch not yet trained on, the ledger and eval_before. The directory is written under a
-`.partial` name and renamed when complete, so a kill mid-write leaves the previous checkpoint intact;
-older step checkpoints are then removed. The run directory must be on storage the driver and the
-trainer both see (one machine, or a shared filesystem on a cluster).
+Every `run.checkpoint_every` steps (and once before the first step) the driver has the trainers write
+`checkpoints/step-NNNNNN/` (HF files in model.dtype; `sharded/`, each rank's shards of the fp32 master weights
+and optimizer state; trainer.json) and adds `driver.json`: the step, the policy version, the first rollout batch
+not yet trained on, the ledger and eval_before. The directory is written under a `.partial` name and renamed
+when complete, so a kill mid-write leaves the previous checkpoint intact; older step checkpoints are then
+removed. The run directory must be on storage the driver and every trainer see (one machine, or a shared
+filesystem on a cluster).
 
 Resuming starts attempt k (`resumes.jsonl` lists them): steps after the checkpoint run again, and
 their trees, sample ids and data shards carry `a<k>`, so nothing written before the kill is
 overwritten or repeated. Metrics lines of the steps that run again move to `metrics.attempt<k-1>.jsonl`.
+The same happens inside a run when a trainer dies (`loop.recover`). A resume may reshape the training group
+(RESHAPE_KEYS, e.g. `train.workers`): the sharded state is resharded to it on load.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from pathlib import Path
 from .config import ConfigError
 
 PREFIX = "step-"
+# what `branchrl run --resume RUN_DIR key=value` may change: the training group's shape and memory, not the math
+RESHAPE_KEYS = ("train.workers", "train.cpus", "train.gpus", "train.threads", "train.node_resource",
+                "train.sharding", "train.micro_batch_size", "train.activation_checkpointing")
 
 
 @dataclass
@@ -52,6 +58,15 @@ def save(ctx, step: int, next_key: int, eval_before: float) -> Path:
     return final
 
 
+def check_reshape(overrides: list[str]) -> None:
+    """A resume's overrides may only reshape the training group; anything else is a one-line error."""
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key not in RESHAPE_KEYS:
+            raise ConfigError(f"--resume continues the run with its own config.yaml; an override may only reshape the "
+                              f"training group ({', '.join(RESHAPE_KEYS)}), not {key!r}")
+
+
 def resume_point(run_dir: Path) -> ResumePoint:
     """The latest complete step checkpoint of a run and the next attempt number; one-line errors otherwise."""
     if not (run_dir / "config.yaml").is_file():
@@ -68,8 +83,9 @@ def resume_point(run_dir: Path) -> ResumePoint:
                        state["ledger"], attempt)
 
 
-def begin_attempt(run_dir: Path, point: ResumePoint) -> None:
-    """Record the attempt and set aside the metrics of the steps that will run again."""
+def begin_attempt(run_dir: Path, point: ResumePoint, why: str = "resume", overrides: list[str] = ()) -> None:
+    """Record the attempt (why: resume or a trainer restart; the overrides a resume reshaped the group with) and
+    set aside the metrics of the steps that will run again."""
     metrics = run_dir / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     kept = [line for line in lines if json.loads(line)["step"] <= point.step]
@@ -79,4 +95,5 @@ def begin_attempt(run_dir: Path, point: ResumePoint) -> None:
     metrics.write_text("".join(line + "\n" for line in kept))
     with open(run_dir / "resumes.jsonl", "a") as log:
         log.write(json.dumps({"attempt": point.attempt, "from_step": point.step, "checkpoint": point.checkpoint.name,
+                              "why": why, "overrides": list(overrides),
                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")

@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
     run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue this killed run (its own config.yaml) from its "
-                                                         "last step checkpoint (run.checkpoint_every)")
+                                                         "last step checkpoint (run.checkpoint_every); overrides may "
+                                                         "only reshape the training group, e.g. train.workers=1")
     run.set_defaults(handler=_run)
     train = sub.add_parser("train", help="fine-tune the configured policy on a stored verified data set (no sampling)",
                            description="SFT on every stored (prompt, completion) for train.epochs passes at train.lr; "
@@ -76,14 +77,18 @@ def _run(args) -> int:
     from .config import ConfigError
 
     if args.resume:
-        if args.config or args.overrides or args.out:
-            raise ConfigError("--resume RUN_DIR takes no config, overrides or --out: the run continues with its "
-                              "own config.yaml, in its own directory")
-        from .checkpoints import resume_point
-        from .loop import resume
+        # `run --resume DIR k=v` parses k=v as the config argument
+        overrides = [*([args.config] if args.config else []), *args.overrides]
+        if args.out or any("=" not in x for x in overrides):
+            raise ConfigError("--resume RUN_DIR takes no config or --out: the run continues with its own config.yaml, "
+                              "in its own directory")
+        from .checkpoints import check_reshape, resume_point
 
+        check_reshape(overrides)
         resume_point(Path(args.resume))  # a run dir with a checkpoint, or a one-line error before Ray starts
-        resume(Path(args.resume), address=args.address)
+        from .loop import resume  # torch and ray load only once the run dir is known good
+
+        resume(Path(args.resume), address=args.address, overrides=overrides)
         return 0
     if not args.config:
         raise ConfigError("branchrl run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")

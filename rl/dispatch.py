@@ -35,6 +35,7 @@ class Faults:
     verifier_resent: int = 0      # verifier shards sent again after their actor died
     verifier_errors: int = 0      # records that killed a verifier even alone: `error` verdicts
     sync_fallbacks: int = 0       # collective weight syncs that went through the object store instead
+    trainer_restarts: int = 0     # times the training group was restarted after a trainer died (loop.recover)
     pids: dict[int, int] = field(default_factory=dict, repr=False)   # rollout worker -> its last known pid
 
     def loaded(self, worker: int, result: dict) -> dict:

@@ -6,8 +6,9 @@
     -> eval_after -> checkpoint, summary
 
 With rollout.max_staleness >= 1 a step's update trains while the next step's batches are sampled
-(feed.py); `resume` continues a killed run from its last step checkpoint (checkpoints.py); work on the
-actor pools, and what happens when an actor dies, is in dispatch.py. The driver owns the tokenizer
+(feed.py); `resume` continues a killed run from its last step checkpoint (checkpoints.py), and `recover` does
+the same within the run when a trainer dies; work on the actor pools, and what happens when a rollout worker
+or verifier dies, is in dispatch.py. The driver owns the tokenizer
 (text <-> ids), the ledger and the files of the run directory; the roles own the compute. It never
 runs a model itself.
 """
@@ -28,6 +29,7 @@ from branchrl.envs import Environment, Problem, load_env
 from branchrl.rollout.sampler import BranchSettings
 from branchrl.training.advantages import informative
 from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
 
 from . import checkpoints, dispatch
@@ -75,14 +77,18 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     return drive(cfg, run_dir, address, env, tokenizer, eval_set, warm_set)
 
 
-def resume(run_dir: Path, address: str | None = None) -> dict:
-    """Continue a killed run from its last step checkpoint (checkpoints.py says what carries over)."""
+def resume(run_dir: Path, address: str | None = None, overrides: list[str] = ()) -> dict:
+    """Continue a killed run from its last step checkpoint (checkpoints.py says what carries over); overrides may
+    reshape the training group (checkpoints.RESHAPE_KEYS), and config.yaml keeps the new shape."""
+    checkpoints.check_reshape(overrides)
     point = checkpoints.resume_point(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    if overrides:
+        dump_config(cfg, run_dir / "config.yaml")
     env = load_env(cfg.env.name, **cfg.env.kwargs)
     cfg.model.path = str(point.checkpoint)  # weights, Adam moments and tokenizer as they were at the checkpoint
     cfg.warm_start.problems = 0
-    checkpoints.begin_attempt(run_dir, point)
+    checkpoints.begin_attempt(run_dir, point, overrides=overrides)
     return drive(cfg, run_dir, address or cfg.run.ray_address, env, load_tokenizer(cfg.model),
                  env.eval_problems(cfg.eval.problems), [], point)
 
@@ -164,14 +170,39 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     else:
         eval_before = evaluate(ctx, eval_set, step=0)
         ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
-    store = DataStore(ctx.run_dir / "data", attempt=ctx.attempt)
-    rl = train_steps(ctx, store, eval_set, eval_before, point)
+        if cfg.run.checkpoint_every:  # a point to resume or recover from before the first step checkpoint
+            checkpoints.save(ctx, 0, 1, eval_before)
+    while True:
+        store = DataStore(ctx.run_dir / "data", attempt=ctx.attempt)
+        try:
+            rl = train_steps(ctx, store, eval_set, eval_before, point)
+            break
+        except TrainerDied as e:
+            point = recover(ctx, e)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
     trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
     return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows, "seed": cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
             **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
+
+
+def recover(ctx: Context, died: TrainerDied) -> checkpoints.ResumePoint:
+    """A trainer died (the group has killed every rank and Ray restarts them): rendezvous the restarted group,
+    reload the last step checkpoint and go back to it as the next attempt, as `resume` does after a killed
+    driver: its ledger, its batch numbering, the steps after it sampled and trained again."""
+    if not ctx.cfg.run.checkpoint_every:
+        raise RuntimeError(f"{died}; run.checkpoint_every is 0, so there is no step checkpoint to continue from "
+                           f"(set it to recover from a dead trainer)") from died
+    ctx.progress.note(f"{died}; reloading the last step checkpoint")
+    ctx.roles.trainer.restart()
+    ctx.roles.faults.trainer_restarts += 1
+    point = checkpoints.resume_point(ctx.run_dir)
+    checkpoints.begin_attempt(ctx.run_dir, point, why="trainer restart")
+    ctx.attempt, ctx.ledger = point.attempt, Ledger(**point.ledger)
+    ctx.roles.trainer.resume(str(point.checkpoint))
+    sync(ctx.roles)
+    return point
 
 
 def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_before: float,
@@ -255,7 +286,8 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
             "train_seconds": stats.seconds if stats else 0.0, "sync_seconds": sync_s,
             "sync_bytes": ctx.roles.published.bytes, "sync_fallbacks": ctx.roles.faults.sync_fallbacks,
             "step_seconds": time.perf_counter() - t_step, "rollout_train_flop_ratio": led.ratio,
-            "rollout_restarts": ctx.roles.faults.rollout_restarts}
+            "rollout_restarts": ctx.roles.faults.rollout_restarts,
+            "trainer_restarts": ctx.roles.faults.trainer_restarts}
 
 
 def gather(ctx: Context, feed: Feed) -> Rollouts:

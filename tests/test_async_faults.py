@@ -7,6 +7,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+from test_resume import _ids
 from test_run import SMALL_RUN
 
 from branchrl.config import load_config
@@ -88,6 +89,40 @@ def test_a_rollout_worker_killed_mid_rollout_is_restarted_and_the_run_completes(
     assert len(rows) == sum(s["verified_samples"] for s in steps) == summary["verified_samples"]
     ids = [f"{t}/{b}" for t, b in zip(rows["tree_id"], rows["branch_path"])]
     assert len(set(ids)) == len(ids)
+
+
+def test_a_trainer_killed_mid_run_is_restarted_and_the_run_replays_from_its_last_checkpoint(ray_cluster, tmp_path):
+    """Two fsdp trainers; one is SIGKILLed once step 1 is done (busy or between calls: its death shows at the
+    group's next call). The group restarts, reloads the step-0 checkpoint and steps 1.. run again as attempt 1:
+    the run completes, every sample stored before the kill is still there, and no sample id is stored twice."""
+    run_dir, stop, killed, before = tmp_path / "out", threading.Event(), [], []
+
+    def kill_in_step_two():
+        while not stop.is_set() and len(_lines(run_dir / "metrics.jsonl")) < 1:
+            time.sleep(0.05)
+        _killer("ray::Trainer", stop, killed)
+        before.extend(_ids(run_dir))
+
+    thread = threading.Thread(target=kill_in_step_two, daemon=True)
+    thread.start()
+    try:
+        summary = run(load_config(None, [*SMALL_RUN, "run.steps=4", "run.checkpoint_every=2", "eval.every=0",
+                                         "train.workers=2", "train.cpus=0.5"]), run_dir)
+    finally:
+        stop.set()
+        thread.join()
+    assert killed and summary["trainer_restarts"] == 1
+    resumes = [json.loads(line) for line in _lines(run_dir / "resumes.jsonl")]
+    assert [(r["attempt"], r["from_step"], r["why"]) for r in resumes] == [(1, 0, "trainer restart")]
+    assert [s["step"] for s in _steps(run_dir)] == [1, 2, 3, 4] and summary["attempt"] == 1
+    after = _ids(run_dir)
+    assert len(after) == len(set(after)), "a sample id is stored twice"
+    assert before and set(before) <= set(after), "a sample stored before the kill is gone"
+    assert summary["verified_samples"] == len(after) and all("@a1/" in i for i in set(after) - set(before))
+
+
+def _lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_a_shard_sent_again_after_its_worker_died_gives_the_same_trees(ray_cluster):

@@ -74,6 +74,12 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
         "train data is a file": (["train", DEMO, "--from-data", a_file], f"data dir {a_file} is not a directory"),
         "train override": (["train", DEMO, "--from-data", no_samples, "train.epoch=2"],
                            "unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
+        "resume changes the math": (["run", "--resume", full_dir, "train.workers=1", "train.lr=0.1"],
+                                    "an override may only reshape the training group (train.workers, train.cpus, "
+                                    "train.gpus, train.threads, train.node_resource, train.sharding, "
+                                    "train.micro_batch_size, train.activation_checkpointing), not 'train.lr'"),
+        "resume with a config": (["run", "--resume", full_dir, DEMO], "--resume RUN_DIR takes no config or --out"),
+        "float16": (["run", DEMO, "model.dtype=float16"], "model.dtype=float16 would train without loss scaling"),
     }
 
 
@@ -81,7 +87,7 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
                                   "invalid yaml", "out not empty", "out is a file", "unknown env", "bad env kwargs",
                                   "override after --out", "verify missing file", "tree without branching",
                                   "unknown policy", "train missing data", "train empty data", "train data is a file",
-                                  "train override"])
+                                  "train override", "resume changes the math", "resume with a config", "float16"])
 def test_user_errors_are_one_line_and_exit_2(case, tmp_path, full_dir):
     argv, expected = error_cases(tmp_path, full_dir)[case]
     line = one_error_line(branchrl(*argv, cwd=tmp_path))

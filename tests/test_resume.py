@@ -1,5 +1,6 @@
 """SIGKILL the driver of a real `branchrl run` (its own process and embedded Ray), then `branchrl run --resume`:
-the run completes, and the data set keeps every sample stored before the kill, with no id twice."""
+the run completes, and the data set keeps every sample stored before the kill, with no id twice. The synchronous
+case runs two fsdp trainers and resumes with one (the sharded checkpoint is resharded on load)."""
 
 import json
 import os
@@ -29,11 +30,13 @@ def _steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.mark.parametrize("staleness", [0, 1])
-def test_a_driver_killed_mid_run_resumes_and_no_stored_sample_is_lost_or_repeated(tmp_path, staleness):
+@pytest.mark.parametrize("staleness, workers, reshape", [(0, 2, ["train.workers=1"]), (1, 1, [])])
+def test_a_driver_killed_mid_run_resumes_and_no_stored_sample_is_lost_or_repeated(tmp_path, staleness, workers,
+                                                                                  reshape):
     config, run_dir = tmp_path / "run.yaml", tmp_path / "out"
     dump_config(load_config(None, [*SMALL_RUN, "run.steps=6", "run.checkpoint_every=2", "eval.every=0",
-                                   f"rollout.max_staleness={staleness}"]), config)
+                                   f"rollout.max_staleness={staleness}", f"train.workers={workers}",
+                                   "train.cpus=0.5"]), config)
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own embedded Ray, not a cluster another test left behind
     driver = subprocess.Popen([BRANCHRL, "run", str(config), "--out", str(run_dir)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -46,11 +49,14 @@ def test_a_driver_killed_mid_run_resumes_and_no_stored_sample_is_lost_or_repeate
     before = _ids(run_dir)
     assert before and not (run_dir / "summary.json").exists()
 
-    done = subprocess.run([BRANCHRL, "run", "--resume", str(run_dir)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([BRANCHRL, "run", "--resume", str(run_dir), *reshape], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["steps"], summary["attempt"], summary["resumed_from_step"]) == (6, 1, 2)
+    assert load_config(run_dir / "config.yaml").train.workers == (1 if reshape else workers)
+    assert json.loads((run_dir / "resumes.jsonl").read_text())["overrides"] == reshape
+    assert summary["train_state_bytes_per_rank"] > 0
     assert _steps(run_dir) == [1, 2, 3, 4, 5, 6]
     assert [json.loads(x)["step"] for x in (run_dir / "metrics.attempt0.jsonl").read_text().splitlines()][0] == 3
     after = _ids(run_dir)
