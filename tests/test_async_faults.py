@@ -16,6 +16,7 @@ from branchrl.envs import load_env
 from branchrl.launch import launch
 from branchrl.loop import Context, branch_settings, gather, run, sync
 from branchrl.models import load_tokenizer
+from branchrl.sync.weight_sync import Published
 from branchrl.tree import Tree
 
 
@@ -182,7 +183,7 @@ class OldBatches:
 
 def test_a_batch_more_versions_behind_than_the_bound_is_dropped_unverified_and_counted():
     cfg = load_config(None, ["rollout.max_staleness=1", "rollout.max_batches_per_step=2"])
-    ctx = Context(cfg, env=None, tokenizer=None, roles=SimpleNamespace(published={"version": 5}), ledger=None,
+    ctx = Context(cfg, env=None, tokenizer=None, roles=SimpleNamespace(published=Published(5, "", 0, [])), ledger=None,
                   run_dir=None, progress=None, settings=None)
     got = gather(ctx, OldBatches())  # env=None: verifying would fail, so nothing stale reaches it
     assert (got.batches, got.stale_batches, got.stale_tokens, got.trees) == (2, 2, 6, [])
