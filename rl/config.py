@@ -157,8 +157,9 @@ class TrainConfig(Section):
     algo: Literal["sft", "grpo", "tree"] = Field(
         "sft", description="objective: sft = fine-tune on distinct verified paths, grpo = policy gradient with group "
                            "advantages on leaves, tree = policy gradient with TreeRL span advantages")
-    workers: int = Field(1, gt=0, description="trainer actors forming one data-parallel torch.distributed job "
-                                              "(gloo on CPU, nccl on GPUs)")
+    workers: int = Field(1, gt=0, description="trainer actors forming one torch.distributed job over which the "
+                                              "model is sharded or replicated (train.sharding; gloo on CPU, nccl on "
+                                              "GPUs)")
     cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per trainer actor")
     gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved per trainer actor")
     threads: int = Field(2, gt=0, description="torch CPU threads in each trainer actor")

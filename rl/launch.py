@@ -2,7 +2,7 @@
 
 The rollout workers live in one placement group (the inference group) and the trainers, one bundle
 each, in another (the training group), so on a real cluster they can sit on different machines. The
-trainers then rendezvous into one data-parallel job (`TrainerGroup.connect`). Without an address
+trainers then rendezvous into one torch.distributed job (`TrainerGroup.connect`). Without an address
 Ray starts embedded on this machine. The role classes stay plain Python; `ray.remote` is applied
 only here. A group the cluster cannot place fails fast with what is missing instead of hanging.
 """

@@ -1,6 +1,7 @@
 """The roles on real Ray actors: placement groups, versioned weight sync, failing fast on missing resources,
 and the training group as one data-parallel job of two trainers."""
 
+import contextlib
 import math
 import os
 import shutil
@@ -159,19 +160,19 @@ def test_two_fsdp_trainers_take_the_step_one_trainer_takes_on_the_same_batch(ray
     assert all(not torch.equal(v, state[k]) for k, v in start.items())
     for k, v in parallel.full_state(lone.model, torch.float32, True).items():
         torch.testing.assert_close(state[k], v)
-    grads = _on_every_rank(group, lambda self: {k: p.grad.full_tensor() for k, p in self.model.named_parameters()})[0]
+    grads = _grads(group)
     for k, p in lone.model.named_parameters():
         torch.testing.assert_close(grads[k], p.grad.to_local())
     version, _ = sync(roles)
     assert _held(roles) == [(version, roles.published.checksum)] * 2
 
 
-def test_two_ddp_trainers_hold_identical_replicas_and_take_the_lone_trainers_step(ray_cluster, tmp_path):
-    """train.sharding=ddp: the same machinery replicated. Each rank's own replica stays bitwise equal to the
-    other's, the step equals a lone trainer's, and each rank holds all the state."""
-    ray = ray_cluster
-    cfg = load_config(None, [*GROUP, "train.sharding=ddp"])
-    # a sliver of CPU each: the module's roles hold 3.5 of the session's 4
+@contextlib.contextmanager
+def _bare_group_and_lone(ray, tmp_path, *extra):
+    """Two trainers without a rollout group (a sliver of CPU each: the module's roles hold 3.5 of the session's 4)
+    train PAIRS once and save; a lone in-process trainer resumes that checkpoint; then both train PAIRS again.
+    Yields (group, lone, the group's stats, the lone trainer's)."""
+    cfg = load_config(None, [*GROUP, *extra])
     group = TrainerGroup([ray.remote(Trainer).options(num_cpus=0.1).remote(cfg) for _ in range(2)])
     try:
         group.connect()
@@ -179,42 +180,40 @@ def test_two_ddp_trainers_hold_identical_replicas_and_take_the_lone_trainers_ste
         batch = [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
         group.train(batch)
         group.save(str(tmp_path / "ckpt"))
-        lone = Trainer(load_config(None, TINY))
+        lone = Trainer(load_config(None, [*TINY, *extra]))
         lone.resume(str(tmp_path / "ckpt"))
-        expected, got = lone.train(batch), group.train(batch)
+        expected = lone.train(batch)
+        yield group, lone, group.train(batch), expected
+    finally:
+        for actor in group.actors:
+            ray.kill(actor)
+
+
+def _grads(group) -> dict[str, torch.Tensor]:
+    """The last step's reduced gradients, gathered whole."""
+    return _on_every_rank(group, lambda self: {k: p.grad.full_tensor() for k, p in self.model.named_parameters()})[0]
+
+
+def test_two_ddp_trainers_hold_identical_replicas_and_take_the_lone_trainers_step(ray_cluster, tmp_path):
+    """train.sharding=ddp: the same machinery replicated. Each rank's own replica stays bitwise equal to the
+    other's, the step equals a lone trainer's, and each rank holds all the state."""
+    with _bare_group_and_lone(ray_cluster, tmp_path, "train.sharding=ddp") as (group, lone, got, expected):
         sums = group.checksums()   # under ddp, each rank hashes its own replica
         assert sums[0] == sums[1] and got.loss == pytest.approx(expected.loss, rel=1e-5)
         for k, v in parallel.full_state(lone.model, torch.float32, True).items():
             torch.testing.assert_close(_master(group)[k], v)
         assert got.state_bytes == expected.state_bytes
-    finally:
-        for actor in group.actors:
-            ray.kill(actor)
 
 
 def test_two_bfloat16_fsdp_trainers_compute_the_lone_trainers_gradient_to_bf16_precision(ray_cluster, tmp_path):
     """bf16 compute on differently packed micro-batches: the reduced gradient of 2 ranks is a lone trainer's up to
     bf16 rounding (about 0.5% here); a wrongly scaled share would be off by 50-100%."""
-    ray = ray_cluster
-    cfg = load_config(None, [*GROUP, "model.dtype=bfloat16"])
-    group = TrainerGroup([ray.remote(Trainer).options(num_cpus=0.1).remote(cfg) for _ in range(2)])
-    try:
-        group.connect()
-        tok = load_tokenizer(cfg.model)
-        batch = [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
-        group.train(batch)
-        group.save(str(tmp_path / "ckpt"))
-        lone = Trainer(load_config(None, [*TINY, "model.dtype=bfloat16"]))
-        lone.resume(str(tmp_path / "ckpt"))
-        expected, got = lone.train(batch), group.train(batch)
+    with _bare_group_and_lone(ray_cluster, tmp_path, "model.dtype=bfloat16") as (group, lone, got, expected):
         assert math.isfinite(got.loss) and got.loss == pytest.approx(expected.loss, rel=1e-3)
-        grads = _on_every_rank(group, lambda self: {k: p.grad.full_tensor() for k, p in self.model.named_parameters()})
+        grads = _grads(group)
         for k, p in lone.model.named_parameters():
             mine = p.grad.to_local()
-            assert (grads[0][k] - mine).norm() <= 0.03 * mine.norm(), k
-    finally:
-        for actor in group.actors:
-            ray.kill(actor)
+            assert (grads[k] - mine).norm() <= 0.03 * mine.norm(), k
 
 
 def test_a_group_the_cluster_cannot_hold_fails_at_once_naming_what_is_missing(ray_cluster):
