@@ -141,13 +141,14 @@ def test_train_from_data_checkpoint_loads_and_its_parameters_changed(finished_ru
     out, _ = trained_from_data
     start = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "warm_start").state_dict()
     final = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "final").state_dict()
-    assert (out / "checkpoints" / "final" / "optimizer.pt").is_file()
+    assert (out / "checkpoints" / "final" / "sharded" / ".metadata").is_file()   # master weights + Adam state
     assert final.keys() == start.keys()
     assert [k for k in final if torch.equal(final[k], start[k])] == []
 
 
-def test_a_run_with_two_data_parallel_trainers_completes(ray_cluster, tmp_path):
-    """train.workers=2 (0.5 CPU each, so the roles fit the session's 4 CPUs), with gradient accumulation."""
+def test_a_run_with_two_fsdp_trainers_completes_and_each_holds_half_the_state(ray_cluster, finished_run, tmp_path):
+    """train.workers=2 (0.5 CPU each, so the roles fit the session's 4 CPUs), with gradient accumulation; each rank
+    holds at most 55% of the parameter, gradient and optimizer bytes the one-trainer run's trainer held."""
     extra = ["train.workers=2", "train.cpus=0.5", "train.batch_size=8", "train.micro_batch_size=2", "run.steps=2",
              "eval.every=0", "eval.problems=4"]
     summary = run(load_config(None, SMALL_RUN + extra), tmp_path / "out")
@@ -155,7 +156,9 @@ def test_a_run_with_two_data_parallel_trainers_completes(ray_cluster, tmp_path):
     assert summary["steps"] == 2 and summary["trained_tokens"] == sum(s["trained_tokens"] for s in steps) > 0
     assert all(s["loss"] is None or math.isfinite(s["loss"]) for s in steps)
     assert steps[-1]["policy_version"] == sum(s["trained_tokens"] > 0 for s in steps)
-    assert (tmp_path / "out" / "checkpoints" / "final" / "optimizer.pt").is_file()
+    assert (tmp_path / "out" / "checkpoints" / "final" / "sharded" / ".metadata").is_file()
+    one = finished_run[2]["train_state_bytes_per_rank"]
+    assert 0 < summary["train_state_bytes_per_rank"] <= 0.55 * one and summary["trainer_restarts"] == 0
 
 
 def test_a_run_with_collective_weight_sync_completes_and_records_the_bytes_of_each_sync(ray_cluster, tmp_path):
