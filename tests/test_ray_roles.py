@@ -120,9 +120,11 @@ def _master(group) -> dict[str, torch.Tensor]:
 
 
 def test_two_fsdp_trainers_learn_through_warm_start_and_every_objective(ray_cluster, roles):
+    """With a KL term, so the frozen reference is built from the shards too."""
     group = roles.trainer
     stats = group.warm_start(PAIRS)
     assert math.isfinite(stats.loss) and stats.sequences == len(PAIRS)
+    _on_every_rank(group, lambda self: setattr(self.cfg.train, "kl_coef", 0.1))
     for algo in ("sft", "grpo", "tree"):
         _set_algo(group, algo)
         for step in range(1, 3):
@@ -132,6 +134,8 @@ def test_two_fsdp_trainers_learn_through_warm_start_and_every_objective(ray_clus
             update = group.train(_batch(roles, algo, step))
             assert math.isfinite(update.loss) and update.trained_tokens > 0
             assert len(set(group.checksums())) == 1 and group.checksums()[0] != before, (algo, step)
+            assert algo == "sft" or update.kl > 0 or (algo, step) == ("grpo", 1)   # the reference is the start
+    _on_every_rank(group, lambda self: setattr(self.cfg.train, "kl_coef", 0.0))
     version, _ = sync(roles)
     assert _held(roles) == [(version, group.checksums()[0])] * 2 == [(version, roles.published.checksum)] * 2
 
