@@ -79,7 +79,7 @@ elif ! ensure pytest; then
 else
   # only the files that hold gpu tests: the others import Ray, which this machine need not have
   mapfile -t FILES < <(grep -l "pytest.mark.gpu" tests/test_*.py)
-  if part "gpu tests" 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${FILES[@]}"; then :; fi
+  if part "gpu tests" 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${FILES[@]}"; then :; fi
   summary=$(grep -E "passed|skipped|failed|error" "$WORK/out" | tail -n 1)
   row "gpu tests" "$(basename -a "${FILES[@]}" | tr '\n' ' ')" "${summary:-no summary line}"
 fi
@@ -91,7 +91,7 @@ if [ "$READY" = 1 ]; then
   else
     ENGINE=(--shapes tiny --batches 4 --prompt 8 --new 8 --cases throughput fork --threads 1)
   fi
-  if part "engine" 240 "$PY" bench/engine.py "${ENGINE[@]}"; then
+  if part "engine" 210 "$PY" bench/engine.py "${ENGINE[@]}"; then
     while IFS= read -r line; do
       case "$line" in
         "#"*|"") ;;
@@ -108,7 +108,7 @@ if [ "$READY" = 1 ]; then
   else
     TRAIN=(--shape tiny --batch 2 --seq 64 --ranks 1 --sharding fsdp --ac false true --cpu)
   fi
-  part "trainer" 200 "$PY" bench/train_memory.py "${TRAIN[@]}" --workdir "$WORK/models"
+  part "trainer" 150 "$PY" bench/train_memory.py "${TRAIN[@]}" --workdir "$WORK/models"
 
   # --- mismatch --------------------------------------------------------------------------------------------------
   if [ "$MODE" = gpu ]; then
@@ -116,7 +116,7 @@ if [ "$READY" = 1 ]; then
   else
     MISMATCH=(--shapes tiny --dtypes bfloat16 --prompts 2 --roots 2 --new 8 --threads 1)
   fi
-  part "mismatch" 120 "$PY" bench/logprob_mismatch.py "${MISMATCH[@]}" --workdir "$WORK/models"
+  part "mismatch" 90 "$PY" bench/logprob_mismatch.py "${MISMATCH[@]}" --workdir "$WORK/models"
 else
   for name in engine fork trainer mismatch; do row "$name" "skipped" "branchrl or its dependencies are missing"; done
 fi

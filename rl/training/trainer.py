@@ -70,7 +70,8 @@ class Trainer(BroadcastMember):
         self.cfg = cfg
         self.compute_dtype = getattr(torch, cfg.model.dtype)
         self.model, self.tokenizer = load_policy(cfg.model, cfg.run.seed, dtype=torch.float32)  # the master copy
-        self.device = torch.device("cuda" if cfg.train.gpus > 0 and torch.cuda.is_available() else "cpu")
+        gpu = cfg.train.gpus > 0 and torch.cuda.is_available()   # Ray shows a trainer its own GPU as the current one
+        self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
         self.version = 0
         self.rng = random.Random(cfg.run.seed)
         self.rank, self.world = 0, 1
@@ -84,7 +85,7 @@ class Trainer(BroadcastMember):
         """Become rank `rank` of a `world`-trainer job (every rank at once; address: rank 0's tcp://ip:port),
         shard the model, make the optimizer and load a checkpoint's sharded state if model.path is one."""
         if self.device.type == "cuda":
-            torch.cuda.set_device(self.device.index or 0)
+            torch.cuda.set_device(self.device)
         parallel.init_process_group(address, rank, world, self.device)
         self.rank, self.world = rank, world
         t = self.cfg.train
