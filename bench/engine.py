@@ -22,8 +22,9 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+from branchrl.config import BranchConfig
 from branchrl.engine import Decoder, Engine, SamplingParams
-from branchrl.rollout.sampler import BranchSampler, BranchSettings
+from branchrl.rollout.sampler import BranchSampler
 
 SHAPES = {  # name: (config class, kwargs)
     "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -144,7 +145,7 @@ def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int 
     min_prefix / min_gap allow; no EOS, so every tree ends at the length limit and a cap runs in waves."""
     decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
-    settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
+    settings = BranchConfig(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
     batch = [(f"p{i}", p) for i, p in enumerate(prompts[:max(1, len(prompts) // 8)].tolist())]
     BranchSampler(Engine(decoder), -1, 4, SamplingParams(), 0, max_rows).run(batch, settings, 0)  # warm-up
     sync(prompts.device)

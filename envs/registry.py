@@ -16,6 +16,7 @@ from .base import EnvError, Environment
 BUILTIN: dict[str, str] = {
     "arithmetic": "branchrl.envs.arithmetic:load_environment",
     "countdown": "branchrl.envs.countdown:load_environment",
+    "echo": "branchrl.envs.echo:load_environment",
     "gsm8k": "branchrl.envs.gsm8k:load_environment",
     "humaneval": "branchrl.envs.humaneval:load_environment",
     "math": "branchrl.envs.math_problems:load_environment",  # module name never shadows stdlib math
