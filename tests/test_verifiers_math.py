@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from branchrl.verifiers import VERDICTS, VERIFIERS, Result, math_answer, verifier_version, verify, verify_math
-from branchrl.verifiers.math_answer import extract_final_answer, normalise
+from branchrl.verifiers.math_answer.extract import extract_final_answer, normalise
+from branchrl.verifiers.math_answer.pool import POOL
 
 SLOW_HANG = r"\boxed{(x+1)^{10000}-(x-1)^{10000}}"  # sympy expands this for minutes
 
@@ -28,10 +29,15 @@ def test_last_boxed_wins_and_escaped_braces_stay_inside():
     assert extract_final_answer(r"try \boxed{3}, no: \boxed{\{1,2\}}") == r"\{1,2\}"
 
 
-def test_several_equal_boxed_pass_but_different_boxed_fail():
+def test_with_several_boxed_the_last_is_the_answer_as_the_math_graders_read_it():
     assert check(r"\boxed{42} so again \boxed{42}", "42").verdict == "pass"
-    result = check(r"\boxed{42} or maybe \boxed{43}", "42")
-    assert result.verdict == "fail" and "several different" in result.details
+    first_try = r"At first \boxed{43}. Checking again, I made an error: the answer is \boxed{42}."
+    assert check(first_try, "42").verdict == "pass"
+    result = check(first_try, "43")
+    assert result.verdict == "fail" and "'42' != gold '43'" in result.details, result.details
+    symbolic = check(r"\boxed{\sqrt{2}} or rather \boxed{\frac{\sqrt{8}}{2}}", r"\sqrt{2}")
+    assert symbolic.verdict == "pass" and symbolic.details.startswith("math-verify:"), symbolic.details
+    assert check(r"\boxed{\sqrt{8}/2} then \boxed{\sqrt{3}}", r"\sqrt{2}").verdict == "fail"
 
 
 def test_gsm8k_marker_with_thousands_comma():
@@ -118,8 +124,8 @@ def test_timeout_kills_the_worker_and_the_next_call_works():
 
 def test_worker_that_died_while_idle_is_replaced():
     assert check(r"\boxed{\sqrt{2}^2}", "2").verdict == "pass"
-    os.kill(math_answer._WORKERS.workers[0]._proc.pid, 9)
-    math_answer._WORKERS.workers[0]._proc.wait()
+    os.kill(POOL.workers[0]._proc.pid, 9)
+    POOL.workers[0]._proc.wait()
     assert check(r"\boxed{\sqrt{2}^2}", "2").verdict == "pass"
 
 
