@@ -91,7 +91,7 @@ def _load(name: str) -> Verifier:
         found = load_entry_point(ep) if ep is not None else load_target(name, DEFAULT_ATTR)
     except PluginError as e:
         if not e.found:
-            raise UnknownVerifier(f"unknown verifier {name!r} ({e}); registered: {', '.join(sorted(listed()))}, "
+            raise UnknownVerifier(f"unknown verifier {name!r} ({e}); registered: {', '.join(names())}, "
                                   f"or a dotted path 'pkg.module[:attr]' or a .py file") from None
         raise UnknownVerifier(f"verifier {name!r}: {e}") from None
     if not isinstance(found, Verifier):
@@ -99,12 +99,25 @@ def _load(name: str) -> Verifier:
     return found
 
 
+def names() -> list[str]:
+    """Every registered name: built-ins and entry points (dotted paths and files are not listed)."""
+    return sorted(set(VERIFIERS) | set(registered(GROUP)))
+
+
 def listed() -> dict[str, str]:
-    """Every registered name (built-ins, then entry points) and where it comes from."""
-    names = {name: f"built-in ({verifier.version})" for name, verifier in VERIFIERS.items()}
-    for name, ep in registered(GROUP).items():
-        names.setdefault(name, f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else ""))
-    return names
+    """Each registered name with where it comes from, its version and record fields (or why it does not load)."""
+    out = {}
+    for name in names():
+        ep = None if name in VERIFIERS else registered(GROUP)[name]
+        source = "built-in" if ep is None else f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
+        try:
+            v = get_verifier(name)
+        except UnknownVerifier as e:
+            out[name] = f"{source}: {e}"
+            continue
+        fields = ", ".join([*v.required, *(f"[{key}]" for key in v.optional)])
+        out[name] = f"{v.version}  {source}  fields: {fields}"
+    return out
 
 
 def verifier_version(name: str) -> str:
@@ -126,7 +139,7 @@ def verify(record: dict) -> Result:
         return failed("error", f"record is a {type(record).__name__}, not a JSON object")
     name = record.get("verifier")
     if name is None:
-        return failed("error", f"record has no 'verifier' field (one of: {', '.join(sorted(listed()))})")
+        return failed("error", f"record has no 'verifier' field (one of: {', '.join(names())})")
     if not isinstance(name, str):
         return failed("error", f"the 'verifier' field must be a string, got {type(name).__name__}")
     try:
