@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from branchrl.verifiers.plugins import PluginError, load_entry_point, load_target, registered
+from branchrl.verifiers.plugins import PluginError, describe, load_entry_point, load_target, registered
 
 from .base import EnvError, Environment
 
@@ -32,7 +32,7 @@ def listed() -> dict[str, str]:
     """Every registered name (built-ins, then entry points) and what it loads."""
     names = {name: f"built-in {target}" for name, target in BUILTIN.items()}
     for name, ep in registered(GROUP).items():
-        names.setdefault(name, f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else ""))
+        names.setdefault(name, describe(ep))
     return names
 
 

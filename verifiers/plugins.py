@@ -36,6 +36,11 @@ def registered(group: str) -> dict[str, EntryPoint]:
     return found
 
 
+def describe(ep: EntryPoint) -> str:
+    """'entry point module:attr (distribution)', for listings."""
+    return f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
+
+
 def load_entry_point(ep: EntryPoint) -> object:
     try:
         return ep.load()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import countdown, math_answer, python_tests
-from .plugins import PluginError, load_entry_point, load_target, registered
+from .plugins import PluginError, describe, load_entry_point, load_target, registered
 from .result import Result, failed
 
 GROUP = "branchrl.verifiers"  # the entry-point group third-party verifiers register under
@@ -109,7 +109,7 @@ def listed() -> dict[str, str]:
     out = {}
     for name in names():
         ep = None if name in VERIFIERS else registered(GROUP)[name]
-        source = "built-in" if ep is None else f"entry point {ep.value}" + (f" ({ep.dist.name})" if ep.dist else "")
+        source = "built-in" if ep is None else describe(ep)
         try:
             v = get_verifier(name)
         except UnknownVerifier as e:
