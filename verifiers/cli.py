@@ -20,6 +20,8 @@ from typing import TextIO
 from .registry import verify
 from .result import VERDICTS
 
+AHEAD_PER_JOB = 4  # with jobs > 1, records in flight per job: enough to keep every job busy, few enough to stream
+
 
 def main_verify(path: str, out: TextIO | None = None, jobs: int = 1, summary: TextIO | None = None,
                 strict: bool = False) -> int:
@@ -53,7 +55,7 @@ def _rows(numbered, jobs: int):
         window: collections.deque = collections.deque()
         for n, line in numbered:
             window.append(pool.submit(_verify_line, n, line))
-            if len(window) >= 4 * jobs:
+            if len(window) >= AHEAD_PER_JOB * jobs:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()

@@ -15,6 +15,8 @@ fresh fork of the harness inside a warm sandbox (warm_sandbox.py) that is wiped 
 Verdicts: "pass" when every test passes (score 1.0); otherwise the score is the fraction of tests
 passed and the verdict is "timeout" (a test ran out of time), "memory" (hit the memory limit), or
 "fail"; "error" only for our own problems (bad record, sandbox could not start, harness crash).
+`code_signature` is this verifier's de-duplication signature: two programs that differ only in
+comments, docstrings or layout are the same sample.
 
 Deliberately not here: third-party packages inside the sandbox (standard library only), comparing
 mutated arguments, or any reward shaping.

@@ -45,6 +45,7 @@ SCRATCH = ("/tmp", WORKDIR, "/dev/shm", "/dev/mqueue")  # the writable places in
 STDERR_TAIL_BYTES = 600  # the end of a sandbox's stderr quoted when it died without a report
 HOST_MEMORY_HEADROOM_MB = 512  # address space for bwrap and the interpreter above the per-record limit
 _MiB = 1 << 20
+PIPE_CHUNK_BYTES = 1 << 16  # one read or write on a sandbox pipe (the pipe buffer's size)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def read_capped(stdin_fd: int, stdin: bytes, outputs: dict[str, tuple[int, int]]
             for key, _ in sel.select(left):
                 if key.data is None:
                     try:
-                        pending = pending[os.write(stdin_fd, pending[: 1 << 16]) :]
+                        pending = pending[os.write(stdin_fd, pending[:PIPE_CHUNK_BYTES]) :]
                     except BrokenPipeError:
                         pending = pending[len(pending) :]
                     except BlockingIOError:
@@ -207,7 +208,7 @@ def read_capped(stdin_fd: int, stdin: bytes, outputs: dict[str, tuple[int, int]]
                         os.close(stdin_fd)
                         stdin_open = False
                     continue
-                chunk = os.read(key.fd, 1 << 16)
+                chunk = os.read(key.fd, PIPE_CHUNK_BYTES)
                 if not chunk:
                     sel.unregister(key.fd)
                     open_reads -= 1
