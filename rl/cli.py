@@ -178,8 +178,6 @@ def _verifiers(args) -> int:
 
 
 def _env_check(args) -> int:
-    import yaml
-
     from branchrl.envs import load_env
     from branchrl.envs.check import check_env
 
@@ -187,14 +185,7 @@ def _env_check(args) -> int:
 
     if args.problems < 1 or args.seeds < 1:
         raise ConfigError("--problems and --seeds must be at least 1")
-    pairs = [item.partition("=") for item in args.overrides]
-    if any(not key or not sep for key, sep, _ in pairs):
-        raise ConfigError(f"env arguments look like key=value, got {' '.join(args.overrides)}")
-    try:
-        kwargs = {key: yaml.safe_load(value) if value else "" for key, _, value in pairs}
-    except yaml.YAMLError:
-        raise ConfigError(f"env arguments are key=value with YAML values (quote a string): {args.overrides}") from None
-    env = load_env(args.name, **kwargs)
+    env = load_env(args.name, **_env_kwargs(args.overrides))
     report = check_env(env, args.problems, tuple(range(args.seeds)))
     print(f"env {env.name}: verifier {env.verifier}, answer marker {env.answer_marker!r}")
     print("drawn: " + ", ".join(f"{split} {n}" for split, n in report.drawn.items()) + f" (seeds 0..{args.seeds - 1})")
@@ -204,6 +195,21 @@ def _env_check(args) -> int:
           f"{report.solutions - len(report.failures)} of {report.solutions} pass")
     print("ok" if report.ok else "FAILED")
     return 0 if report.ok else 1
+
+
+def _env_kwargs(items: list[str]) -> dict:
+    """load_environment() arguments from key=value words, values read as YAML (as config overrides are)."""
+    import yaml
+
+    from .config import ConfigError
+
+    pairs = [item.partition("=") for item in items]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise ConfigError(f"env arguments look like key=value, got {' '.join(items)}")
+    try:
+        return {key: yaml.safe_load(value) if value else "" for key, _, value in pairs}
+    except yaml.YAMLError:
+        raise ConfigError(f"env arguments are key=value with YAML values (quote a string): {items}") from None
 
 
 def _report(args) -> int:
