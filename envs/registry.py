@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from branchrl.verifiers.plugins import PluginError, describe, load_entry_point, load_target, registered
+from branchrl.verifiers.registry import UnknownVerifier, get_verifier
 
 from .base import EnvError, Environment
 
@@ -58,4 +59,8 @@ def load_env(name: str, **kwargs) -> Environment:
         raise EnvError(f"env {name!r}: {e}") from None
     if not isinstance(env, Environment):
         raise EnvError(f"env {name!r}: load_environment() returned {type(env).__name__}, not an Environment")
+    try:
+        get_verifier(env.verifier)  # a verifier that does not resolve fails now, not in the verifier pool mid-run
+    except UnknownVerifier as e:
+        raise EnvError(f"env {name!r}: {e}") from None
     return env

@@ -99,6 +99,10 @@ def test_an_env_named_by_its_py_file_uses_its_own_verifier_and_signature(plugin_
         load_env("nope.py")
     with pytest.raises(EnvError, match=r"env '.*broken\.py': .*does not load \(ModuleNotFoundError"):
         load_env(str(plugin_dir / "broken.py"))
+    orphan = plugin_dir / "orphan_env.py"  # its verifier file does not exist: a one-line error at load time
+    orphan.write_text(ENV_FILE.replace('"echo_verifier.py"', '"missing_checker.py"'))
+    with pytest.raises(EnvError, match=r"env '.*orphan_env\.py': unknown verifier '.*missing_checker\.py' \(no file"):
+        load_env(str(orphan))
 
 
 def test_signatures_come_from_the_verifier():
