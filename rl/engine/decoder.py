@@ -110,7 +110,8 @@ class Decoder:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(rms_norm(x, self.w["model.norm.weight"], self.eps), self.w["lm_head.weight"]).float()
 
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor,
+                pool: torch.Tensor) -> torch.Tensor:
         """tokens [N, S] right-padded to lengths [N], new rows; slots [2, T]: (page, offset) of each real token
         in row-major order (`PagedKV.admit`). Writes their keys and values; returns logits [N, V] after each
         row's last token."""

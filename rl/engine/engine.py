@@ -97,4 +97,7 @@ class Engine:
     @torch.no_grad()
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows in this order; a repeated index forks that row (its KV pages shared, not recomputed)."""
+        if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < self.batch_size:
+            raise IndexError(f"select: row indices {int(rows.min())}..{int(rows.max())} outside the batch of "
+                             f"{self.batch_size} rows")
         self.kv.select(rows)

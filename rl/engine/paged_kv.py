@@ -129,7 +129,7 @@ class PagedKV:
             self.fill[dst], self.refs[dst] = self.fill[src], 1
             self.refs.index_add_(0, src, torch.full_like(src, -1, dtype=torch.int32))
             table[copy, col] = dst.int()
-        self._release((before > 0) & (self.refs == 0))
+        self._release((before > 0) & (self.refs[:len(before)] == 0))                   # the pool may have grown
         self.table[:max(n, old), :width] = 0
         self.table[:n, :width], self.lengths[:n], self.limits[:n] = table, lengths, limits
         self.lengths[n:old], self.limits[n:old] = 0, 0
@@ -164,7 +164,7 @@ class PagedKV:
         return self.free[top - k:top].clone()
 
     def _release(self, freed: torch.Tensor) -> None:
-        """Push pages (a bool mask [pages]) back on the free stack; never the trash page."""
+        """Push pages (a bool mask over the first pages) back on the free stack; never the trash page."""
         freed[0] = False
         idx = freed.nonzero()[:, 0]
         top = int(self.top)
@@ -213,14 +213,14 @@ class PagedKV:
         self.version += 1
 
 
-def advance(t: StepTensors, active: torch.Tensor, page_size: int):
-    """The decode step's bookkeeping: append one token to every active row ([B] bool) of a static batch, in
-    place in `t`. Rows starting a page take one off the free stack (the caller reserved enough). Returns the
-    new token's position, page and slot ([B] each; inactive rows get the trash page 0) and the pages each
-    row now reads ([B], 0 for inactive rows)."""
+def advance(t: StepTensors, active: torch.Tensor | None, page_size: int):
+    """The decode step's bookkeeping: append one token to every active row ([B] bool; None: every row) of a
+    static batch, in place in `t`. Rows starting a page take one off the free stack (the caller reserved
+    enough). Returns the new token's position, page and slot ([B] each; inactive rows get the trash page 0)
+    and the pages each row now reads ([B], 0 for inactive rows)."""
     pos = t.lengths.clone()                                                  # [B] where the new token goes
     col, off = pos // page_size, pos % page_size
-    need = active & (off == 0)                                               # rows starting a new page
+    need = off == 0 if active is None else active & (off == 0)               # rows starting a new page
     rank = need.cumsum(0) - need.long()                                      # [B] exclusive count
     fresh = t.free[(t.top - 1 - rank).clamp(min=0)]                          # [B] a page for each needing row
     current = t.blocks.gather(1, col[:, None])[:, 0].long()                  # [B]
@@ -228,6 +228,10 @@ def advance(t: StepTensors, active: torch.Tensor, page_size: int):
     t.blocks.scatter_(1, col[:, None], page[:, None].int())                  # unchanged unless a page was added
     t.refs.index_add_(0, page, need.int())
     t.top.sub_(need.sum())
+    if active is None:
+        t.fill.index_put_((page,), (off + 1).int())
+        t.lengths.add_(1)
+        return pos, page, off, col + 1
     page = torch.where(active, page, 0)                                      # padded rows write the trash page
     t.fill.index_put_((page,), torch.where(active, off + 1, 0).int())
     t.lengths.add_(active.long())

@@ -30,9 +30,9 @@ def bucket(rows: int) -> int:
     return max(8, 1 << (rows - 1).bit_length())
 
 
-def decode_step(decoder: Decoder, tokens: torch.Tensor, active: torch.Tensor, t: StepTensors, page_size: int,
+def decode_step(decoder: Decoder, tokens: torch.Tensor, active: torch.Tensor | None, t: StepTensors, page_size: int,
                 paged: bool, width: int) -> torch.Tensor:
-    """Append tokens [B] to the rows of `t` where active [B] is True; returns next-token logits [B, V].
+    """Append tokens [B] to the rows of `t` where active [B] is True (None: all); returns logits [B, V].
     paged: FlexAttention over pages in place (compiled only), else the gather over `width` pages per row."""
     pos, page, offset, pages = advance(t, active, page_size)
     if paged:
@@ -75,8 +75,7 @@ class StepRunner:
         B, kv = len(tokens), self.kv
         if self.compiled is None:
             width = -(-(kv.max_len + 1) // kv.page_size)                              # pages of the longest row
-            active = torch.ones(B, dtype=torch.bool, device=tokens.device)
-            return decode_step(self.decoder, tokens, active, kv.tensors(B), kv.page_size, False, width)
+            return decode_step(self.decoder, tokens, None, kv.tensors(B), kv.page_size, False, width)
         size = bucket(B)
         if len(self.tokens) < size:
             self.tokens = torch.zeros(size, dtype=torch.long, device=tokens.device)

@@ -36,7 +36,8 @@ class RolloutWorker(BroadcastMember):
         torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.cfg, self.eos_id = cfg, eos_id
-        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id)
+        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id,
+                                  decode=cfg.rollout.decode)
         self.decoder = self.engine.decoder
         self.seed = cfg.run.seed * 1000 + rank
         self.version = -1
