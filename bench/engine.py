@@ -5,11 +5,11 @@ Random weights, forced length (no early EOS), same device and dtype for both. Ca
   memory-bandwidth floor (each decode step must read the weights once plus the live KV cache).
 - graph: throughput with eager and graph decoding (graph = compiled FlexAttention step per batch
   bucket, captured as a CUDA graph on a GPU; compiled, uncaptured on a CPU), with compile/capture time.
-- overhead: host time per decode step: the CPU time of the calling thread (`time.thread_time`, so
-  waiting for a loaded machine's cores does not count) spent in `Engine.step` outside the model math
-  (outside `Decoder.decode` when eager; outside the compiled call when compiled: with graphs that call
-  is the graph's replay), median over the steps; and the KV bytes a step moves against the live KV
-  bytes it must read (`attention.step_bytes`). Use --threads 1: the thread's CPU time is then the step's.
+- overhead: host time per decode step, as CPU time of the calling thread (`time.thread_time`: waiting
+  for a loaded machine's cores does not count): what `Engine.step` spends outside the model call
+  (`Decoder.decode` eager; the compiled call compiled, which a GPU replaces by a graph replay), in
+  situ and alone (see `overhead`), and how many ATen ops it dispatches there; and the KV bytes a step
+  moves against the live KV bytes it must read (`attention.step_bytes`). Use --threads 1.
 - branched: the BranchSampler's tokens/s with forks, for each row cap in --max-rows (0 = no cap).
 - fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, KV pages in use.
 
@@ -29,6 +29,7 @@ import argparse
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from branchrl.engine import DECODE_MODES, Decoder, Engine, SamplingParams
@@ -113,10 +114,13 @@ def engine_tokens_per_s(model, prompts: torch.Tensor, new: int, decode: str = "e
 
 
 def overhead(model, prompts: torch.Tensor, new: int, decode: str) -> dict:
-    """Medians over `new` decode steps of this thread's CPU ms: the whole step, and the host part (outside
-    Decoder.decode eager, outside the compiled call compiled); and the KV bytes of the middle step."""
-    engine = make_engine(model, decode, len(prompts), prompts.shape[1] + new)
-    logits = engine.start(prompts.tolist(), new)
+    """Per decode step, medians over `new` steps, in this thread's CPU ms: the step; its host part in situ (the
+    step less the model call: Decoder.decode eager, the compiled call compiled); its host part alone (the
+    same steps with the model call replaced by one returning the last logits: the host's share without the
+    model's memory traffic evicting its caches, as on a GPU host); the ATen ops it dispatches outside the
+    model call; and the KV bytes the middle step moves."""
+    engine = make_engine(model, decode, len(prompts), prompts.shape[1] + 3 * new)
+    logits = engine.start(prompts.tolist(), 3 * new)
     for _ in range(2):                                               # warm-up (compiles this bucket)
         logits = engine.step(logits.argmax(-1))
     owner, name = (engine.runner, "compiled") if engine.runner.compiled else (engine.decoder, "decode")
@@ -130,19 +134,41 @@ def overhead(model, prompts: torch.Tensor, new: int, decode: str) -> dict:
         return out
 
     setattr(owner, name, timed)
-    steps, traffic = [], None
-    for i in range(new - 3):
-        if i == (new - 3) // 2:
-            traffic = step_bytes(engine.kv, len(prompts), paged=engine.runner.compiled is not None)
+    traffic = step_bytes(engine.kv, len(prompts), paged=engine.runner.compiled is not None)
+    steps = step_times(engine, logits, new)
+    in_situ = [s - m for s, m in zip(steps, math)]
+    setattr(owner, name, lambda *args, **kwargs: logits)             # the model call removed
+    alone = step_times(engine, logits, new)
+    with OpCounter() as ops:
+        engine.step(logits.argmax(-1))
+    med = lambda xs: 1e3 * sorted(xs)[len(xs) // 2]  # noqa: E731
+    return dict(step_ms=med(steps), host_ms=med(in_situ), alone_ms=med(alone), ops=ops.count, moved=traffic[0],
+                live=traffic[1])
+
+
+def step_times(engine, logits: torch.Tensor, steps: int) -> list[float]:
+    """This thread's CPU seconds of each of `steps` engine steps (greedy tokens)."""
+    out = []
+    for _ in range(steps):
         token = logits.argmax(-1)
-        sync(prompts.device)
+        sync(token.device)
         t = time.thread_time()
         logits = engine.step(token)
-        sync(prompts.device)
-        steps.append(time.thread_time() - t)
-    host = sorted(s - m for s, m in zip(steps, math))
-    return dict(step_ms=1e3 * sorted(steps)[len(steps) // 2], host_ms=1e3 * host[len(host) // 2],
-                moved=traffic[0], live=traffic[1])
+        sync(token.device)
+        out.append(time.thread_time() - t)
+    return out
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 @torch.inference_mode()
@@ -232,9 +258,9 @@ def report_throughput(model, shape: str, prompts: torch.Tensor, args, modes, bw:
 def report_overhead(model, shape: str, prompts: torch.Tensor, args) -> None:
     for mode in args.decode:
         o = overhead(model, prompts, args.new, mode)
-        print(f"{shape:14s} batch {len(prompts):4d} {mode:7s}: step {o['step_ms']:.3f} ms  "
-              f"host {o['host_ms']:.3f} ms  KV moved {o['moved'] / 2**20:.2f} MiB / live {o['live'] / 2**20:.2f} MiB "
-              f"= {o['moved'] / o['live']:.2f}x")
+        print(f"{shape:14s} batch {len(prompts):4d} {mode:7s}: step {o['step_ms']:.3f} ms  host in situ "
+              f"{o['host_ms']:.3f} ms, alone {o['alone_ms']:.3f} ms, {o['ops']} ops  KV moved "
+              f"{o['moved'] / 2**20:.2f} MiB / live {o['live'] / 2**20:.2f} MiB = {o['moved'] / o['live']:.2f}x")
 
 
 def main() -> None:
