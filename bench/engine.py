@@ -135,10 +135,10 @@ def overhead(model, prompts: torch.Tensor, new: int, decode: str) -> dict:
 
     setattr(owner, name, timed)
     traffic = step_bytes(engine.kv, len(prompts), paged=engine.runner.compiled is not None)
-    steps = step_times(engine, logits, new)
-    in_situ = [s - m for s, m in zip(steps, math)]
+    steps, in_model = step_times(engine, logits, new, math)
+    in_situ = [s - m for s, m in zip(steps, in_model)]
     setattr(owner, name, lambda *args, **kwargs: logits)             # the model call removed
-    alone = step_times(engine, logits, new)
+    alone, _ = step_times(engine, logits, new, [])
     with OpCounter() as ops:
         engine.step(logits.argmax(-1))
     med = lambda xs: 1e3 * sorted(xs)[len(xs) // 2]  # noqa: E731
@@ -146,17 +146,20 @@ def overhead(model, prompts: torch.Tensor, new: int, decode: str) -> dict:
                 live=traffic[1])
 
 
-def step_times(engine, logits: torch.Tensor, steps: int) -> list[float]:
-    """This thread's CPU seconds of each of `steps` engine steps (greedy tokens)."""
-    out = []
+def step_times(engine, logits: torch.Tensor, steps: int, math: list[float]) -> tuple[list[float], list[float]]:
+    """This thread's CPU seconds in each of `steps` engine steps (greedy tokens), and in the model calls that
+    `math` collects during each (none when a CUDA graph replays). The device is synced after the clock stops,
+    so on a GPU an asynchronous step counts only its launches."""
+    out, model = [], []
     for _ in range(steps):
         token = logits.argmax(-1)
         sync(token.device)
-        t = time.thread_time()
+        before, t = len(math), time.thread_time()
         logits = engine.step(token)
-        sync(token.device)
         out.append(time.thread_time() - t)
-    return out
+        model.append(sum(math[before:]))
+        sync(token.device)
+    return out, model
 
 
 class OpCounter(TorchDispatchMode):
@@ -221,7 +224,7 @@ def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> 
     return (f"fork {children} from {prefix} tokens: {fork * 1e3:.3f} ms = {100 * fork / prefill:.2f}% of the "
             f"{prefill * 1e3:.1f} ms prefill; KV in use {before:.2f} MiB -> {after:.2f} MiB after the fork -> "
             f"{decoded:.2f} MiB after {new} tokens per child (copying rows: {children * before:.2f} MiB); "
-            f"pool {engine.kv.kv.numel() * engine.kv.kv.element_size() / 2**20:.2f} MiB")
+            f"pool {engine.kv.pool_bytes / 2**20:.2f} MiB")
 
 
 def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int = 0) -> tuple[float, int]:

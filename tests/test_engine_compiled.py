@@ -104,7 +104,7 @@ def test_forked_row_continues_exactly_as_an_unforked_one(decode, dtype):
 def test_bf16_engine_follows_transformers_within_bf16_rounding():
     model = tiny_hf("qwen3", kv_heads=2)
     eng = engine(model, dtype=torch.bfloat16)
-    assert eng.kv.kv.dtype == torch.bfloat16
+    assert eng.kv.keys[0].dtype == eng.kv.values[-1].dtype == torch.bfloat16
     seqs = [list(p) for p in PROMPTS]
     logits = eng.start(seqs, max_new_tokens=6)
     for t in range(4):

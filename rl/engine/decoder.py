@@ -4,10 +4,11 @@ Two forwards share one layer: `prefill` runs whole prompts (causal attention ove
 only, since an admitted row starts empty) and writes their keys and values into pages; `decode`
 runs one token per row, writes it at the slot `advance` chose, and lets an attention function read
 the cache (`attention.py`: a gather for eager decoding, FlexAttention over pages in place when
-compiled). Weights keep their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), so a
-trainer's `state_dict()` or a checkpoint's safetensors load directly, and reloading copies into the
-same tensors, so a compiled or captured step keeps working. Deliberately not here: sampling,
-batching policy, other architectures (they raise `UnsupportedModel`).
+compiled). Both write keys and values with one index_put_ on each layer's pool tensor. Weights keep
+their HF names (`model.layers.0.self_attn.q_proj.weight`, ...), so a trainer's `state_dict()` or a
+checkpoint's safetensors load directly, and reloading copies into the same tensors, so a compiled or
+captured step keeps working. Deliberately not here: sampling, batching policy, other architectures
+(they raise `UnsupportedModel`).
 """
 
 from __future__ import annotations
@@ -110,18 +111,25 @@ class Decoder:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(rms_norm(x, self.w["model.norm.weight"], self.eps), self.w["lm_head.weight"]).float()
 
-    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor,
-                pool: torch.Tensor) -> torch.Tensor:
-        """tokens [N, S] right-padded to lengths [N], new rows; slots [2, T]: (page, offset) of each real token
-        in row-major order (`PagedKV.admit`). Writes their keys and values; returns logits [N, V] after each
-        row's last token."""
+    def _write(self, pool: torch.Tensor, slots: torch.Tensor, new: torch.Tensor) -> None:
+        """new [T, Hkv, D] into pool [1, Hkv, pages * page_size, D] at token slots [T]: one index_put_ on the
+        pool itself (written through a view, a compiled step would copy the whole layer)."""
+        zero = torch.zeros(1, dtype=torch.long, device=slots.device)
+        heads = torch.arange(self.kv_heads, device=slots.device)[:, None]                  # [Hkv, 1]
+        pool.index_put_((zero, heads, slots[None]), new.transpose(0, 1))                   # [Hkv, T, D]
+
+    def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, keys: list[torch.Tensor],
+                values: list[torch.Tensor]) -> torch.Tensor:
+        """tokens [N, S] right-padded to lengths [N], new rows; slots [T]: the cache slot (page * page_size +
+        offset) of each real token in row-major order (`PagedKV.admit`). Writes their keys and values into the
+        layers' pools; returns logits [N, V] after each row's last token."""
         N, S = tokens.shape
         real = torch.arange(S, device=tokens.device)[None] < lengths[:, None]             # [N, S]
         mask = real[:, None, None, :] & torch.ones(S, S, dtype=torch.bool, device=tokens.device).tril()  # [N,1,S,S]
 
         def attend(i, q, k, v):                                                           # q [N, S, H, D]
-            for j, new in enumerate((k, v)):
-                pool[i, j][:, slots[0], slots[1]] = new[real].transpose(0, 1)             # [Hkv, T, D]
+            self._write(keys[i], slots, k[real])
+            self._write(values[i], slots, v[real])
             a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                                enable_gqa=self.kv_heads != self.heads)    # [N, H, S, D]
             return a.transpose(1, 2).reshape(N, S, -1)
@@ -132,15 +140,14 @@ class Decoder:
             x = self._layer(i, x, cos, sin, attend)
         return self._logits(x[torch.arange(N, device=x.device), lengths - 1])
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, page: torch.Tensor, offset: torch.Tensor,
-               pool: torch.Tensor, attend: Attend) -> torch.Tensor:
-        """One token per row: tokens, pos, page, offset [B]. Writes each token's keys and values at (page,
-        offset) of `pool` [L, 2, Hkv, pages, page_size, D]; attend(layer, q [B, H, D]) reads the cache.
-        Returns next-token logits [B, V]."""
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, keys: tuple[torch.Tensor, ...],
+               values: tuple[torch.Tensor, ...], attend: Attend) -> torch.Tensor:
+        """One token per row: tokens, pos, slots [B] (its cache slot, page * page_size + offset). Writes each
+        token's keys and values there; attend(layer, q [B, H, D]) reads the cache. Returns logits [B, V]."""
 
-        def write_then_attend(i, q, k, v):
-            for j, new in enumerate((k, v)):
-                pool[i, j][:, page, offset] = new.transpose(0, 1)                          # [Hkv, B, D]
+        def write_then_attend(i, q, k, v):                                                 # k, v [B, Hkv, D]
+            self._write(keys[i], slots, k)
+            self._write(values[i], slots, v)
             return attend(i, q)
 
         x = F.embedding(tokens, self.w["model.embed_tokens.weight"])                         # [B, hidden]

@@ -77,7 +77,8 @@ class Engine:
         limits = [n + k for n, k in zip(lengths, per_prompt(max_new_tokens, len(prompts)))]
         slots = self.kv.admit(lengths, limits)
         device = self.decoder.device
-        return self.decoder.prefill(tokens.to(device), torch.tensor(lengths, device=device), slots, self.kv.kv)
+        return self.decoder.prefill(tokens.to(device), torch.tensor(lengths, device=device), slots, self.kv.keys,
+                                    self.kv.values)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row ([B]); returns next-token logits [B, V], valid until the next step."""

@@ -6,7 +6,10 @@ repeated row shares the parent's pages and copies only a partially filled last p
 costs at most one page per layer, never a re-prefill. Page 0 is a trash page that is never handed
 out: table entries past a row's pages hold 0, and padded rows of a static-shape step write there.
 
-Everything a decode step needs is a tensor updated in place: the block table, lengths, each page's
+The pool is one tensor per layer for keys and one for values, [1, Hkv, pages * page_size, D]: the
+sequence FlexAttention reads in place, written with index_put_ on the tensor itself (a write through a
+view of a larger pool compiles into a copy of the layer). Everything a decode step needs is a tensor
+updated in place: the block table, lengths, each page's
 filled slots (`fill`, which is what attention masks with), refcounts and a stack of free pages.
 `advance` is the decode step's bookkeeping as pure tensor ops (no Python per row, no host sync), so
 it compiles into the step and replays inside a CUDA graph. `select` and `admit` run between steps
@@ -29,7 +32,8 @@ import torch
 class StepTensors(NamedTuple):
     """The cache's tensors a decode step of B rows reads and updates in place (views of the cache's own)."""
 
-    kv: torch.Tensor       # [L, 2, Hkv, pages, page_size, D] the pool
+    keys: tuple[torch.Tensor, ...]    # per layer [1, Hkv, pages * page_size, D]: the pool, FlexAttention's layout
+    values: tuple[torch.Tensor, ...]  # the same for values
     blocks: torch.Tensor   # [B, W] int32 block table, W >= pages; entries past a row's pages are 0
     lengths: torch.Tensor  # [B] long tokens cached per row
     fill: torch.Tensor     # [pages] int32 slots written per page
@@ -44,7 +48,7 @@ class PagedKV:
                  rows: int = 8):
         self.page_size, self.device, self.dtype = page_size, torch.device(device), dtype
         self.width = math.ceil(max_seq_len / page_size)      # most pages one row may hold
-        self.shape = (layers, 2, kv_heads, head_dim)
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.rows, self.max_len, self.headroom = 0, 0, math.inf  # host scalars, see the module docstring
         self.version = 0
         self._alloc_pages(max(pages, 2))
@@ -53,7 +57,7 @@ class PagedKV:
     # ------------------------------------------------------------------ sizes
     @property
     def pages(self) -> int:
-        return self.kv.shape[3]
+        return self.fill.shape[0]
 
     @property
     def table(self) -> torch.Tensor:
@@ -63,14 +67,23 @@ class PagedKV:
     @property
     def page_bytes(self) -> int:
         """Bytes of one page over every layer, keys and values."""
-        return self.kv[:, :, :, :1].numel() * self.kv.element_size()
+        return 2 * self.layers * self.kv_heads * self.page_size * self.head_dim * self.keys[0].element_size()
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.pages * self.page_bytes
+
+    def page_view(self, pool: torch.Tensor) -> torch.Tensor:
+        """A layer's keys or values as [Hkv, pages, page_size, D]."""
+        return pool.view(self.kv_heads, self.pages, self.page_size, self.head_dim)
 
     @property
     def pages_in_use(self) -> int:
         return self.pages - 1 - int(self.top)
 
     def tensors(self, rows: int) -> StepTensors:
-        return StepTensors(self.kv, self.blocks[:rows], self.lengths[:rows], self.fill, self.refs, self.free, self.top)
+        return StepTensors(tuple(self.keys), tuple(self.values), self.blocks[:rows], self.lengths[:rows], self.fill,
+                           self.refs, self.free, self.top)
 
     def row_pages(self, lengths: torch.Tensor) -> torch.Tensor:
         return (lengths + self.page_size - 1) // self.page_size
@@ -82,7 +95,8 @@ class PagedKV:
 
     def admit(self, lengths: list[int], limits: list[int]) -> torch.Tensor:
         """Add rows holding lengths[i] tokens each (pages allocated here, filled by the caller's prefill), each
-        allowed up to limits[i] tokens. Returns (page, offset) of every new token, row-major: [2, sum(lengths)]."""
+        allowed up to limits[i] tokens. Returns the cache slot (page * page_size + offset) of every new token,
+        row-major: [sum(lengths)]."""
         n, old = len(lengths), self.rows
         self._ensure_rows(old + n)
         counts = [-(-k // self.page_size) for k in lengths]
@@ -103,7 +117,7 @@ class PagedKV:
         self.headroom = min([self.headroom] + [b - a for a, b in zip(lengths, limits)])
         pos = torch.arange(max(lengths), device=dev)[None]                           # [1, S]
         r, p = (pos < lens[:, None]).nonzero(as_tuple=True)                          # [N] each
-        return torch.stack([self.table[old + r, p // self.page_size].long(), p % self.page_size])
+        return self.table[old + r, p // self.page_size].long() * self.page_size + p % self.page_size
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows in this order; a repeated row shares its full pages and copies its partial last page."""
@@ -125,7 +139,9 @@ class PagedKV:
             col = (lengths[copy] - 1) // self.page_size
             src = table[copy, col].long()
             dst = self._take(len(copy))
-            self.kv[:, :, :, dst] = self.kv[:, :, :, src]
+            for pool in self.keys + self.values:
+                view = self.page_view(pool)
+                view[:, dst] = view[:, src]
             self.fill[dst], self.refs[dst] = self.fill[src], 1
             self.refs.index_add_(0, src, torch.full_like(src, -1, dtype=torch.int32))
             table[copy, col] = dst.int()
@@ -186,9 +202,9 @@ class PagedKV:
         self.limits = torch.zeros(rows, dtype=torch.long, device=self.device)    # most tokens a row may hold
 
     def _alloc_pages(self, pages: int) -> None:
-        L, two, H, D = self.shape
-        # head-major: one head's pages are one [pages * page_size, D] run, the layout FlexAttention reads in place
-        self.kv = torch.zeros(L, two, H, pages, self.page_size, D, device=self.device, dtype=self.dtype)
+        shape = (1, self.kv_heads, pages * self.page_size, self.head_dim)
+        self.keys, self.values = ([torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.layers)]
+                                  for _ in range(2))
         self.fill = torch.zeros(pages, dtype=torch.int32, device=self.device)    # slots written per page
         self.refs = torch.zeros(pages, dtype=torch.int32, device=self.device)    # rows holding each page
         self.free = torch.zeros(pages, dtype=torch.long, device=self.device)     # stack: free[:top] are free
@@ -199,9 +215,11 @@ class PagedKV:
     def _grow(self, need: int) -> None:
         """Double the pool (or more, to have `need` free pages); rows, tables and free pages carry over."""
         old_pages, top = self.pages, int(self.top)
-        kv, fill, refs, free = self.kv, self.fill, self.refs, self.free
+        pools, fill, refs, free = self.keys + self.values, self.fill, self.refs, self.free
         self._alloc_pages(max(2 * old_pages, old_pages + need - top))
-        self.kv[:, :, :, :old_pages], self.fill[:old_pages], self.refs[:old_pages] = kv, fill, refs
+        for new, old in zip(self.keys + self.values, pools):
+            new[:, :, :old.shape[2]] = old
+        self.fill[:old_pages], self.refs[:old_pages] = fill, refs
         added = torch.arange(self.pages - 1, old_pages - 1, -1, device=self.device)
         self.free[:top], self.free[top:top + len(added)] = free[:top], added
         self.top.fill_(top + len(added))
@@ -216,8 +234,8 @@ class PagedKV:
 def advance(t: StepTensors, active: torch.Tensor | None, page_size: int):
     """The decode step's bookkeeping: append one token to every active row ([B] bool; None: every row) of a
     static batch, in place in `t`. Rows starting a page take one off the free stack (the caller reserved
-    enough). Returns the new token's position, page and slot ([B] each; inactive rows get the trash page 0)
-    and the pages each row now reads ([B], 0 for inactive rows)."""
+    enough). Returns the new token's position and cache slot (page * page_size + offset; inactive rows get
+    a slot of the trash page 0) and the pages each row now reads ([B] each, 0 for inactive rows)."""
     pos = t.lengths.clone()                                                  # [B] where the new token goes
     col, off = pos // page_size, pos % page_size
     need = off == 0 if active is None else active & (off == 0)               # rows starting a new page
@@ -231,8 +249,8 @@ def advance(t: StepTensors, active: torch.Tensor | None, page_size: int):
     if active is None:
         t.fill.index_put_((page,), (off + 1).int())
         t.lengths.add_(1)
-        return pos, page, off, col + 1
+        return pos, page * page_size + off, col + 1
     page = torch.where(active, page, 0)                                      # padded rows write the trash page
     t.fill.index_put_((page,), torch.where(active, off + 1, 0).int())
     t.lengths.add_(active.long())
-    return pos, page, off, torch.where(active, col + 1, 0)
+    return pos, page * page_size + off, torch.where(active, col + 1, 0)

@@ -34,12 +34,12 @@ def decode_step(decoder: Decoder, tokens: torch.Tensor, active: torch.Tensor | N
                 paged: bool, width: int) -> torch.Tensor:
     """Append tokens [B] to the rows of `t` where active [B] is True (None: all); returns logits [B, V].
     paged: FlexAttention over pages in place (compiled only), else the gather over `width` pages per row."""
-    pos, page, offset, pages = advance(t, active, page_size)
+    pos, slots, pages = advance(t, active, page_size)
     if paged:
-        attend = paged_flex(t.kv, t.blocks, pages, t.fill, decoder.heads // decoder.kv_heads)
+        attend = paged_flex(t.keys, t.values, t.blocks, pages, t.fill, decoder.heads // decoder.kv_heads, page_size)
     else:
-        attend = gathered(t.kv, t.blocks[:, :width], pos + 1, decoder.kv_heads)
-    return decoder.decode(tokens, pos, page, offset, t.kv, attend)
+        attend = gathered(t.keys, t.values, t.blocks[:, :width], pos + 1, page_size)
+    return decoder.decode(tokens, pos, slots, t.keys, t.values, attend)
 
 
 def _padded_step(decoder: Decoder, tokens: torch.Tensor, n: torch.Tensor, t: StepTensors, page_size: int):
