@@ -81,6 +81,10 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rollout worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs reserved per rollout worker")
     threads_per_worker: int = Field(1, gt=0, description="torch CPU threads in each rollout worker")
+    decode: Literal["eager", "compile", "graph"] = Field(
+        "eager",
+        description="how the engine runs decode steps: eager; compile = torch.compile per batch bucket, attention "
+                    "reading KV pages in place; graph = that, captured as a CUDA graph per bucket (compile on CPU)")
     node_resource: str | None = Field(
         None, min_length=1,
         description="custom Ray resource marking inference nodes (e.g. inference_node): rollout workers run only on "

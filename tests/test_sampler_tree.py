@@ -139,6 +139,19 @@ def test_stored_logprobs_equal_a_full_forward_at_the_sampling_temperature(branch
         assert_leaves_match_a_full_forward(model, tree)
 
 
+def test_a_compiled_engine_grows_the_same_trees_with_the_same_logprobs(branched, model):
+    """rollout.decode=compile: FlexAttention over pages, batches padded to buckets (up to 15 rows here: 8 and 16)."""
+    settings, trees = branched
+    decoder = Decoder(model.config.to_dict())
+    decoder.load_state_dict(model.state_dict())
+    compiled = sampler(model, engine=Engine(decoder, pad_id=0, page_size=4, decode="compile"))
+    again = compiled.run(PROMPTS, settings, policy_version=7)
+    for tree, other in zip(trees, again):
+        assert_leaves_match_a_full_forward(model, other)
+        assert [other.completion_ids(leaf) for leaf in other.leaves()] == [tree.completion_ids(leaf)
+                                                                         for leaf in tree.leaves()]
+
+
 def test_same_seed_same_trees(model, branched):
     settings, trees = branched
     again = sampler(model).run(PROMPTS, settings, policy_version=7)

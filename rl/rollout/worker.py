@@ -39,7 +39,8 @@ class RolloutWorker(BroadcastMember):
         torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         self.cfg, self.eos_id, self.rank, self.answer_ids = cfg, eos_id, rank, frozenset(answer_ids)
-        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id)
+        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id,
+                                  decode=cfg.rollout.decode)
         self.decoder = self.engine.decoder
         self.version = -1
         self.checksum = ""
