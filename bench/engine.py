@@ -1,15 +1,24 @@
-"""Engine throughput against transformers `generate`, and the cost and memory of a fork.
+"""Engine throughput against transformers `generate`, its decode modes, per-step overhead, and the cost of a fork.
 
-Random weights, forced length (no early EOS), same device and dtype for both. Prints decode tokens/s,
-the speed-up over `generate`, and the fraction of the memory-bandwidth floor (each decode step must
-read the weights once plus the live KV cache). Branched: the BranchSampler's tokens/s with forks, for
-each row cap in --max-rows (0 = no cap; a cap admits prompts as trees finish, continuous batching).
-Fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, with the KV
-pages in use before and after.
+Random weights, forced length (no early EOS), same device and dtype for both. Cases:
+- throughput: decode tokens/s for each mode in --decode, against `generate`, and the share of the
+  memory-bandwidth floor (each decode step must read the weights once plus the live KV cache).
+- graph: throughput with eager and graph decoding (graph = compiled FlexAttention step per batch
+  bucket, captured as a CUDA graph on a GPU; compiled, uncaptured on a CPU), with compile/capture time.
+- overhead: host time per decode step, as CPU time of the calling thread (`time.thread_time`: waiting
+  for a loaded machine's cores does not count): what `Engine.step` spends outside the model call
+  (`Decoder.decode` eager; the compiled call compiled, which a GPU replaces by a graph replay), in
+  situ and alone (see `overhead`), and how many ATen ops it dispatches there; and the KV bytes a step
+  moves against the live KV bytes it must read (`attention.step_bytes`). Use --threads 1.
+- branched: the BranchSampler's tokens/s with forks, for each row cap in --max-rows (0 = no cap).
+- fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, KV pages in use.
 
-    .venv/bin/python bench/engine.py                                   # CPU: tiny demo shape
-    .venv/bin/python bench/engine.py --cases branched --max-rows 0 64  # sampler with and without a row cap
-    python bench/engine.py --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256   # GPU
+    .venv/bin/python bench/engine.py --threads 1                               # CPU: tiny demo shape
+    .venv/bin/python bench/engine.py --threads 1 --cases overhead --shapes qwen2-1layer --prompt 256 \
+        --decode eager compile
+    .venv/bin/python bench/engine.py --cases graph --shapes tiny --batches 8 --prompt 16 --new 8   # CPU smoke
+    python bench/engine.py --cases graph --shapes qwen2.5-0.5b qwen2.5-1.5b --batches 256 64 --prompt 256 --new 128 \
+        --dtype bfloat16                                                                       # GPU
 
 Record results in docs/BENCHMARKS.md with date, device and the exact command. Not a test.
 """
@@ -20,12 +29,19 @@ import argparse
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from branchrl.engine import Decoder, Engine, SamplingParams
-from branchrl.rollout.sampler import BranchSampler, BranchSettings
+from branchrl.config import BranchConfig
+from branchrl.engine import DECODE_MODES, Decoder, Engine, SamplingParams
+from branchrl.engine.attention import step_bytes
+from branchrl.engine.step import bucket
+from branchrl.rollout.sampler import BranchSampler
 
 SHAPES = {  # name: (config class, kwargs)
+    # issue 17's overhead shape: one small Qwen2 layer, so the step's bookkeeping is a visible share of it
+    "qwen2-1layer": (Qwen2Config, dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)),
     "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)),
     "qwen2.5-0.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
@@ -35,7 +51,7 @@ SHAPES = {  # name: (config class, kwargs)
                                        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
 }
-CASES = ("throughput", "branched", "fork")
+CASES = ("throughput", "graph", "overhead", "branched", "fork")
 # bytes/s by GPU name, first match wins: the PCIe H100 has HBM2e at 2.0 TB/s, the SXM one HBM3 at 3.35
 PEAK_BANDWIDTH = {"H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 
@@ -66,13 +82,28 @@ def build(shape: str, max_pos: int, device, dtype):
     return model.to(device).eval()
 
 
-def engine_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, float]:
-    """(decode tokens/s, prefill seconds) for the engine, greedy, forced length."""
-    decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
+def make_engine(model, decode: str = "eager", rows: int = 0, tokens: int = 0) -> Engine:
+    """An engine holding the model's weights; its pool pre-sized for `rows` rows of `tokens` tokens, so no pool
+    growth (which recompiles a compiled step) falls inside a timed loop."""
+    decoder = Decoder(model.config.to_dict(), device=model.device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
-    engine = Engine(decoder)
-    engine.step(engine.start(prompts.tolist(), new).argmax(-1))  # warm-up; the KV pool grows to the prompts
+    engine = Engine(decoder, decode=decode)
+    if rows:
+        engine.kv.reserve(rows * engine.kv.row_pages(torch.tensor(tokens)).item() + rows, bucket(rows))
+    return engine
+
+
+def engine_tokens_per_s(model, prompts: torch.Tensor, new: int, decode: str = "eager"):
+    """(decode tokens/s, prefill seconds, seconds of the warm-up: compiling and capturing included, the last
+    step's logits [B, V]) for the engine, greedy, forced length."""
+    engine = make_engine(model, decode, len(prompts), prompts.shape[1] + new)
     sync(prompts.device)
+    t0 = time.perf_counter()
+    logits = engine.start(prompts.tolist(), new)
+    for _ in range(2):                                           # warm-up: compiles and captures this bucket
+        logits = engine.step(logits.argmax(-1))
+    sync(prompts.device)
+    warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     logits = engine.start(prompts.tolist(), new)
     sync(prompts.device)
@@ -80,7 +111,68 @@ def engine_tokens_per_s(model, prompts: torch.Tensor, new: int) -> tuple[float, 
     for _ in range(new - 1):
         logits = engine.step(logits.argmax(-1))
     sync(prompts.device)
-    return prompts.shape[0] * (new - 1) / (time.perf_counter() - t1), t1 - t0
+    return prompts.shape[0] * (new - 1) / (time.perf_counter() - t1), t1 - t0, warm, logits
+
+
+def overhead(model, prompts: torch.Tensor, new: int, decode: str) -> dict:
+    """Per decode step, medians over `new` steps, in this thread's CPU ms: the step; its host part in situ (the
+    step less the model call: Decoder.decode eager, the compiled call compiled); its host part alone (the
+    same steps with the model call replaced by one returning the last logits: the host's share without the
+    model's memory traffic evicting its caches, as on a GPU host); the ATen ops it dispatches outside the
+    model call; and the KV bytes the middle step moves."""
+    engine = make_engine(model, decode, len(prompts), prompts.shape[1] + 3 * new)
+    logits = engine.start(prompts.tolist(), 3 * new)
+    for _ in range(2):                                               # warm-up (compiles this bucket)
+        logits = engine.step(logits.argmax(-1))
+    owner, name = (engine.runner, "compiled") if engine.runner.compiled else (engine.decoder, "decode")
+    inner, math = getattr(owner, name), []
+
+    def timed(*args, **kwargs):
+        t = time.thread_time()
+        out = inner(*args, **kwargs)
+        sync(prompts.device)
+        math.append(time.thread_time() - t)
+        return out
+
+    setattr(owner, name, timed)
+    traffic = step_bytes(engine.kv, len(prompts), paged=engine.runner.compiled is not None)
+    steps, in_model = step_times(engine, logits, new, math)
+    in_situ = [s - m for s, m in zip(steps, in_model)]
+    setattr(owner, name, lambda *args, **kwargs: logits)             # the model call removed
+    alone, _ = step_times(engine, logits, new, [])
+    with OpCounter() as ops:
+        engine.step(logits.argmax(-1))
+    med = lambda xs: 1e3 * sorted(xs)[len(xs) // 2]  # noqa: E731
+    return dict(step_ms=med(steps), host_ms=med(in_situ), alone_ms=med(alone), ops=ops.count, moved=traffic[0],
+                live=traffic[1])
+
+
+def step_times(engine, logits: torch.Tensor, steps: int, math: list[float]) -> tuple[list[float], list[float]]:
+    """This thread's CPU seconds in each of `steps` engine steps (greedy tokens), and in the model calls that
+    `math` collects during each (none when a CUDA graph replays). The device is synced after the clock stops,
+    so on a GPU an asynchronous step counts only its launches."""
+    out, model = [], []
+    for _ in range(steps):
+        token = logits.argmax(-1)
+        sync(token.device)
+        before, t = len(math), time.thread_time()
+        logits = engine.step(token)
+        out.append(time.thread_time() - t)
+        model.append(sum(math[before:]))
+        sync(token.device)
+    return out, model
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 @torch.inference_mode()
@@ -107,9 +199,7 @@ def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> 
     """Fork `children` rows from one `prefix`-token sequence vs prefilling it (medians of `repeats`), and KV
     pages in use before the fork, after it, and after `new` decode steps of every child."""
     device = model.device
-    decoder = Decoder(model.config.to_dict(), device=device, dtype=model.dtype)
-    decoder.load_state_dict(model.state_dict())
-    engine = Engine(decoder)
+    engine = make_engine(model)
     prompt = torch.randint(3, model.config.vocab_size, (prefix,)).tolist()
     engine.start([prompt], new)  # warm-up, and the pool reaches its working size
     prefills, forks = [], []
@@ -135,7 +225,7 @@ def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> 
     return (f"fork {children} from {prefix} tokens: {fork * 1e3:.3f} ms = {100 * fork / prefill:.2f}% of the "
             f"{prefill * 1e3:.1f} ms prefill; KV in use {before:.2f} MiB -> {after:.2f} MiB after the fork -> "
             f"{decoded:.2f} MiB after {new} tokens per child (copying rows: {children * before:.2f} MiB); "
-            f"pool {engine.kv.kv.numel() * engine.kv.kv.element_size() / 2**20:.2f} MiB")
+            f"pool {engine.kv.pool_bytes / 2**20:.2f} MiB")
 
 
 def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int = 0) -> tuple[float, int]:
@@ -144,7 +234,7 @@ def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int 
     min_prefix / min_gap allow; no EOS, so every tree ends at the length limit and a cap runs in waves."""
     decoder = Decoder(model.config.to_dict(), device=prompts.device, dtype=model.dtype)
     decoder.load_state_dict(model.state_dict())
-    settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
+    settings = BranchConfig(roots=4, max_leaves=8, entropy_threshold=0.5, min_prefix=2, min_gap=4)
     batch = [(f"p{i}", p) for i, p in enumerate(prompts[:max(1, len(prompts) // 8)].tolist())]
     BranchSampler(Engine(decoder), -1, 4, SamplingParams(), 0, max_rows).run(batch, settings, 0)  # warm-up
     sync(prompts.device)
@@ -155,6 +245,28 @@ def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int 
     return tokens / (time.perf_counter() - t0), sum(len(t.leaves()) for t in trees)
 
 
+def report_throughput(model, shape: str, prompts: torch.Tensor, args, modes, bw: float) -> None:
+    batch = len(prompts)
+    theirs = generate_tokens_per_s(model, prompts, args.new)
+    floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
+    reference = None
+    for mode in modes:
+        ours, prefill, warm, logits = engine_tokens_per_s(model, prompts, args.new, mode)
+        reference = logits if reference is None else reference   # same tokens so far: the first mode's last logits
+        print(f"{shape:14s} batch {batch:4d} {mode:7s}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
+              f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
+              f"prefill {prefill * 1e3:.0f} ms  warm-up {warm:.1f} s  "
+              f"last logits vs {modes[0]} {(logits - reference).abs().max().item():.1e}")
+
+
+def report_overhead(model, shape: str, prompts: torch.Tensor, args) -> None:
+    for mode in args.decode:
+        o = overhead(model, prompts, args.new, mode)
+        print(f"{shape:14s} batch {len(prompts):4d} {mode:7s}: step {o['step_ms']:.3f} ms  host in situ "
+              f"{o['host_ms']:.3f} ms, alone {o['alone_ms']:.3f} ms, {o['ops']} ops  KV moved "
+              f"{o['moved'] / 2**20:.2f} MiB / live {o['live'] / 2**20:.2f} MiB = {o['moved'] / o['live']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["tiny"], choices=sorted(SHAPES))
@@ -162,13 +274,15 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens per row")
     ap.add_argument("--new", type=int, default=64, help="generated tokens per row (forced)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on a GPU, float32 on a CPU")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--decode", nargs="+", default=["eager"], choices=DECODE_MODES,
+                    help="throughput and overhead: decode modes to run")
     ap.add_argument("--max-rows", nargs="+", type=int, default=[0], help="branched: row caps to run (0 = no cap)")
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES,
-                    help="throughput: engine vs generate; branched: BranchSampler tokens/s; fork: fork cost and KV")
+    ap.add_argument("--cases", nargs="+", default=["throughput", "branched", "fork"], choices=CASES)
     args = ap.parse_args()
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if args.threads:
         torch.set_num_threads(args.threads)
     bw = bandwidth(device)
@@ -179,12 +293,11 @@ def main() -> None:
         for batch in args.batches:
             prompts = torch.randint(3, model.config.vocab_size, (batch, args.prompt), device=device)
             if "throughput" in args.cases:
-                ours, prefill = engine_tokens_per_s(model, prompts, args.new)
-                theirs = generate_tokens_per_s(model, prompts, args.new)
-                floor = floor_tokens_per_s(model, batch, args.prompt, args.new, bw)
-                print(f"{shape:14s} batch {batch:4d}: engine {ours:10.0f} tok/s  generate {theirs:10.0f} tok/s  "
-                      f"x{ours / theirs:5.1f}  floor {floor:10.0f} tok/s ({100 * ours / floor:5.1f}% of floor)  "
-                      f"prefill {prefill * 1e3:.0f} ms")
+                report_throughput(model, shape, prompts, args, args.decode, bw)
+            if "graph" in args.cases:
+                report_throughput(model, shape, prompts, args, ["eager", "graph"], bw)
+            if "overhead" in args.cases:
+                report_overhead(model, shape, prompts, args)
             for max_rows in args.max_rows if "branched" in args.cases else []:
                 rate, leaves = branched_tokens_per_s(model, prompts, args.new, max_rows)
                 cap = f"max_rows {max_rows}" if max_rows else "no cap"
@@ -193,6 +306,7 @@ def main() -> None:
             for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
                 print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")
         del model
+
 
 if __name__ == "__main__":
     main()

@@ -55,14 +55,12 @@ def roles(shape: str, dtype: str, args):
 
 def samples(trainer, worker, args) -> list:
     """PGSamples of the chains the engine samples from random prompts (rewards alternate, so every tree counts)."""
-    from branchrl.rollout.sampler import BranchSettings
     from branchrl.training.advantages import grpo_samples
 
     gen = torch.Generator().manual_seed(0)
     vocab = trainer.model.config.vocab_size
     prompts = [(f"p{i}", torch.randint(4, vocab, (args.prompt,), generator=gen).tolist()) for i in range(args.prompts)]
-    settings = BranchSettings.from_config(trainer.cfg.branch)
-    trees, _ = worker.rollout(prompts, step=1, settings=settings)
+    trees, _ = worker.rollout(prompts, step=1)
     for tree in trees:
         for i, leaf in enumerate(tree.leaves()):
             tree.nodes[leaf].reward = float(i % 2)

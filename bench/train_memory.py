@@ -144,11 +144,12 @@ def _state_bytes(trainer) -> int:
 
 def _flops(trainer, args) -> float:
     """Model FLOPs of one step on the whole batch (all ranks): the ledger's 6N + 12*L*d*context rule."""
-    from branchrl.data.ledger import Ledger, causal_context_sum
+    from branchrl.data.ledger import Ledger
+    from branchrl.tree import attended_positions
 
     info = trainer.describe()
     ledger = Ledger(info["flop_params"], info["layers"], info["hidden"])
-    return 3.0 * ledger.forward_flops(args.batch * args.seq, causal_context_sum([args.seq] * args.batch))
+    return 3.0 * ledger.forward_flops(args.batch * args.seq, args.batch * attended_positions(args.seq))
 
 
 def run_case(args, case: dict, path: Path) -> dict:

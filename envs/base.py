@@ -1,16 +1,23 @@
 """What an environment is: problems (train / warm-start / held-out eval) plus how to verify an answer.
 
 An environment never imports `branchrl` internals outside `branchrl.verifiers`; it hands the rollout
-side prompts and hands the verifier pool records in the `branchrl verify` format.
+side prompts and hands the verifier pool records in the `branchrl verify` format. It names its
+verifier rather than calling it, so records cross process boundaries as plain data.
+Deliberately not here: checking answers (the verifier's job) and tokenizers or models.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Callable
+
+from branchrl.verifiers.registry import get_verifier
+
+BUCKETS = 100  # a problem key hashes to one of this many buckets; SPLITS assigns bucket ranges
+SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, BUCKETS)}
+DRAWS_PER_PROBLEM, EXTRA_DRAWS = 200, 1000  # a procedural env gives up after 200 n + 1000 candidates
 
 
 class EnvError(ValueError):
@@ -52,11 +59,9 @@ class Environment:
         raise NotImplementedError
 
     def signature(self, completion: str) -> str:
-        """What makes two verified completions the same sample: normalised code for code tasks (comments,
-        docstrings and layout do not count), whitespace-normalised text otherwise."""
-        if self.verifier == "python_tests":
-            return code_signature(completion)
-        return " ".join(completion.split())
+        """What makes two verified completions the same sample: the verifier's signature (normalised
+        code for python_tests, whitespace-normalised text by default); an env may override it."""
+        return get_verifier(self.verifier).signature(completion)
 
     def verifier_record(self, problem: Problem, completion: str) -> dict:
         """The record `branchrl verify` (and the verifier pool) checks for one completion.
@@ -68,30 +73,9 @@ class Environment:
         return {"verifier": self.verifier, "completion": completion, **answer, **self.verifier_args, **problem.extras}
 
 
-def code_signature(completion: str) -> str:
-    """The program in a completion (as python_tests extracts it) unparsed from its AST without
-    docstrings: equal for copies that differ only in comments, quotes or layout."""
-    from branchrl.verifiers.python_tests import extract_code
-
-    code = extract_code(completion)
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return " ".join(code.split())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
-                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
-
-
-SPLITS = {"eval": range(0, 10), "warm_start": range(10, 20), "train": range(20, 100)}  # buckets of 100
-
-
 def bucket(key: str) -> int:
-    """0..99 from the key's text (whitespace-normalised); the same text always lands in the same bucket."""
-    return int(hashlib.sha256(" ".join(key.split()).encode()).hexdigest(), 16) % 100
+    """0..BUCKETS-1 from the key's text (whitespace-normalised); the same text always lands in the same bucket."""
+    return int(hashlib.sha256(" ".join(key.split()).encode()).hexdigest(), 16) % BUCKETS
 
 
 def hashed_split(key: str) -> str:
@@ -102,12 +86,13 @@ def hashed_split(key: str) -> str:
 
 class ProceduralEnvironment(Environment):
     """Problems from a seeded generator; each problem id falls in exactly one split by `split_of(id)`,
-    so train, warm-start and eval never overlap whatever the seed. Subclasses give `candidate`."""
+    so train, warm-start and eval never overlap whatever the seed. Subclasses give `candidate`, and
+    override `split_of` when two ids name one problem (`12+34` and `34+12`)."""
 
-    too_few_hint = "ask for fewer"
+    too_few_hint = "ask for fewer"  # the end of the error when a split holds fewer problems than asked
 
     def split_of(self, problem_id: str) -> str:
-        raise NotImplementedError
+        return hashed_split(problem_id)
 
     def candidate(self, rng: random.Random) -> tuple[str, Callable[[], "Problem | None"]] | None:
         """One random (problem id, build the problem) or None; build() may return None to reject it."""
@@ -116,7 +101,7 @@ class ProceduralEnvironment(Environment):
     def _draw(self, split: str, n: int, seed: int) -> list[Problem]:
         rng = random.Random(f"{split}:{seed}")
         seen: dict[str, Problem] = {}
-        for _ in range(200 * n + 1000):
+        for _ in range(DRAWS_PER_PROBLEM * n + EXTRA_DRAWS):
             if len(seen) == n:
                 break
             drawn = self.candidate(rng)

@@ -25,6 +25,8 @@ from .base import EnvError, Environment, Problem, bucket
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 SPLIT_NAMES = ("train", "test", "validation", "prompt")
+ERROR_CHARS = 200  # a hub error's text is cut to this
+SHOWN = 3  # repeated problem ids named in the error
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -81,7 +83,7 @@ def read_hub(dataset: str, config: str | None = None) -> dict[str, list[dict]]:
     try:
         loaded = datasets.load_dataset(dataset, config) if config else datasets.load_dataset(dataset)
     except Exception as e:  # offline, renamed, gated: the user's to fix, so say how
-        raise ValueError(f"could not load {dataset!r} from the hub ({type(e).__name__}: {str(e)[:200]}); "
+        raise ValueError(f"could not load {dataset!r} from the hub ({type(e).__name__}: {str(e)[:ERROR_CHARS]}); "
                          f"pass path= a local copy") from None
     return {name: [dict(row) for row in split] for name, split in loaded.items()}
 
@@ -143,7 +145,7 @@ class DatasetEnvironment(Environment):
         for name, problems in splits.items():  # ids must be unique across all splits
             dupes = [p.id for p in problems if p.id in seen or seen.add(p.id)]
             if dupes:
-                raise ValueError(f"problem ids repeat: {dupes[:3]}; ids must be unique in the data set")
+                raise ValueError(f"problem ids repeat: {dupes[:SHOWN]}; ids must be unique in the data set")
         return splits
 
     def _pick(self, split: str, n: int, seed: int | None) -> list[Problem]:

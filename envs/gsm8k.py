@@ -10,7 +10,7 @@ annotations are kept as they are (`<<3*4=12>>`), since the verifier only reads t
 
 from __future__ import annotations
 
-import re
+from branchrl.verifiers.math_answer.extract import gsm8k_answer, normalise
 
 from .base import Problem
 from .datafile import DatasetEnvironment, build, load_records, require
@@ -18,15 +18,15 @@ from .datafile import DatasetEnvironment, build, load_records, require
 HUB = ("openai/gsm8k", "main")
 PROMPT = ("Solve the following math problem step by step. End your reply with a line of the form "
           "`#### <answer>`, where <answer> is just the final number.\n\n{question}\n")
-_FINAL = re.compile(r"####\s*(.+?)\s*$")
+QUOTE_CHARS = 80  # how much of a malformed solution the error quotes
 
 
 def gold_answer(solution: str) -> str:
-    """'... #### 1,234' -> '1234' (the number after the last ####, thousands separators dropped)."""
-    match = _FINAL.search(solution.strip().splitlines()[-1] if solution.strip() else "")
-    if match is None:
-        raise ValueError(f"GSM8K answer does not end with '#### <number>': {solution[-80:]!r}")
-    return match.group(1).replace(",", "")
+    """'... #### 1,234' -> '1234': the last `####` line as the math verifier reads it, normalised."""
+    answer = normalise(gsm8k_answer(solution) or "")
+    if not answer:
+        raise ValueError(f"GSM8K answer has no '#### <number>' line: {solution[-QUOTE_CHARS:]!r}")
+    return answer
 
 
 def to_problem(record: dict, split: str, index: int) -> tuple[Problem, str]:

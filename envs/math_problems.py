@@ -12,7 +12,7 @@ stay in the text as they are.
 
 from __future__ import annotations
 
-from branchrl.verifiers.math_answer import boxed_contents
+from branchrl.verifiers.math_answer.extract import boxed_contents
 
 from .base import Problem
 from .datafile import DatasetEnvironment, build, load_records, require

@@ -1,21 +1,27 @@
-"""Find an environment by name: the built-in dict, the `branchrl.envs` entry points, or a dotted path.
+"""Find an environment by name: the built-in dict, the `branchrl.envs` entry points, a dotted path, or a file.
 
 A new environment is one file exposing `load_environment(**kwargs)`. Third-party packages register
-it under the entry-point group `branchrl.envs`; a config may also name `pkg.module` or
-`pkg.module:function` directly.
+it under the entry-point group `branchrl.envs`; a config may also name `pkg.module[:function]` (an
+importable module) or `path/to/file.py[:function]` (any file, no PYTHONPATH needed). Names resolve
+the same way as verifier names (`branchrl.verifiers.plugins`).
+Deliberately not here: what an environment is (base.py) and checking one (check.py).
 """
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import Callable
+
+from branchrl.verifiers.plugins import PluginError, describe, load_entry_point, load_target, registered
+from branchrl.verifiers.registry import UnknownVerifier, get_verifier
 
 from .base import EnvError, Environment
 
+GROUP = "branchrl.envs"
+DEFAULT_FUNCTION = "load_environment"
 BUILTIN: dict[str, str] = {
     "arithmetic": "branchrl.envs.arithmetic:load_environment",
     "countdown": "branchrl.envs.countdown:load_environment",
+    "echo": "branchrl.envs.echo:load_environment",
     "gsm8k": "branchrl.envs.gsm8k:load_environment",
     "humaneval": "branchrl.envs.humaneval:load_environment",
     "math": "branchrl.envs.math_problems:load_environment",  # module name never shadows stdlib math
@@ -24,30 +30,25 @@ BUILTIN: dict[str, str] = {
 }
 
 
+def listed() -> dict[str, str]:
+    """Every registered name (built-ins, then entry points) and what it loads."""
+    names = {name: f"built-in {target}" for name, target in BUILTIN.items()}
+    for name, ep in registered(GROUP).items():
+        names.setdefault(name, describe(ep))
+    return names
+
+
 def _resolve(name: str) -> Callable[..., Environment]:
-    target = BUILTIN.get(name)
-    if target is None:
-        found = [ep for ep in entry_points(group="branchrl.envs") if ep.name == name]
-        if found:
-            try:
-                return found[0].load()
-            except (ImportError, AttributeError) as e:
-                raise EnvError(f"env {name!r}: entry point {found[0].value} does not load ({e})") from None
-        target = name
-    module_name, _, fn_name = target.partition(":")
+    ep = None if name in BUILTIN else registered(GROUP).get(name)
     try:
-        # "" and ".relative" names raise ValueError / TypeError, not ImportError
-        module = importlib.import_module(module_name) if module_name and not module_name.startswith(".") else None
-    except ImportError as e:
-        module, why = None, f" ({e})"
-    else:
-        why = ""
-    if module is None:
-        known = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group="branchrl.envs")})
-        raise EnvError(f"unknown env {name!r}{why}; known: {', '.join(known)}, or a dotted path 'pkg.module[:fn]'")
-    fn = getattr(module, fn_name or "load_environment", None)
+        fn = load_entry_point(ep) if ep is not None else load_target(BUILTIN.get(name, name), DEFAULT_FUNCTION)
+    except PluginError as e:
+        if not e.found:
+            raise EnvError(f"unknown env {name!r} ({e}); known: {', '.join(sorted(listed()))}, or a dotted path "
+                           f"'pkg.module[:fn]' or a .py file") from None
+        raise EnvError(f"env {name!r}: {e}") from None
     if not callable(fn):
-        raise EnvError(f"env {name!r}: module {module_name} has no function {fn_name or 'load_environment'}()")
+        raise EnvError(f"env {name!r}: {type(fn).__name__} is not a function returning an Environment")
     return fn
 
 
@@ -59,4 +60,8 @@ def load_env(name: str, **kwargs) -> Environment:
         raise EnvError(f"env {name!r}: {e}") from None
     if not isinstance(env, Environment):
         raise EnvError(f"env {name!r}: load_environment() returned {type(env).__name__}, not an Environment")
+    try:
+        get_verifier(env.verifier)  # a verifier that does not resolve fails now, not in the verifier pool mid-run
+    except UnknownVerifier as e:
+        raise EnvError(f"env {name!r}: {e}") from None
     return env

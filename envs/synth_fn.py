@@ -16,10 +16,16 @@ from __future__ import annotations
 import random
 import string
 
-from .base import Problem, ProceduralEnvironment, hashed_split
+from .base import Problem, ProceduralEnvironment
 
 TYPES = {"int": "int", "list": "list[int]", "str": "str"}
 MAX_ABS_OUTPUT = 10**6  # chains whose outputs grow past this are redrawn (keeps tests readable)
+MAX_OUTPUT_LEN = 40  # ...and so are chains whose list or string outputs get longer than this
+INT_INPUTS = (-20, 50)  # an int input is drawn from this range
+LIST_VALUES, LIST_LENGTH = (-9, 20), (0, 7)  # a list input: values and length
+STR_LENGTH = (1, 8)  # a string input: lower-case letters, this many
+MIN_DISTINCT_OUTPUTS = 3  # a chain that maps its inputs to fewer distinct outputs is too easy to guess
+INPUT_DRAWS = 200  # tries to find enough distinct inputs for one problem
 PROMPT = ("Write a Python function `{signature}` that fits these examples:\n{examples}\n"
           "Reply with the function in one ```python code block.\n")
 
@@ -52,10 +58,6 @@ def _ops() -> dict[str, tuple[str, str, str]]:
 OPS = _ops()
 
 
-def split_of(problem_id: str) -> str:
-    return hashed_split(problem_id)
-
-
 def source(problem_id: str) -> str:
     """The worked solution for a chain id such as 'list:sort|sum'."""
     kind, chain = problem_id.split(":")
@@ -66,16 +68,16 @@ def source(problem_id: str) -> str:
 
 def random_input(kind: str, rng: random.Random):
     if kind == "int":
-        return rng.randint(-20, 50)
+        return rng.randint(*INT_INPUTS)
     if kind == "list":
-        return [rng.randint(-9, 20) for _ in range(rng.randint(0, 7))]
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 8)))
+        return [rng.randint(*LIST_VALUES) for _ in range(rng.randint(*LIST_LENGTH))]
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(*STR_LENGTH)))
 
 
 def _too_big(value) -> bool:
     if isinstance(value, int):
         return abs(value) > MAX_ABS_OUTPUT
-    return len(value) > 40 or (isinstance(value, list) and any(_too_big(v) for v in value))
+    return len(value) > MAX_OUTPUT_LEN or (isinstance(value, list) and any(_too_big(v) for v in value))
 
 
 class SynthFn(ProceduralEnvironment):
@@ -94,14 +96,14 @@ class SynthFn(ProceduralEnvironment):
         exec(compile(code, f"<synth_fn {problem_id}>", "exec"), namespace)  # our own generated code
         rng = random.Random(problem_id)
         inputs: list = []
-        for _ in range(200):
+        for _ in range(INPUT_DRAWS):
             if len(inputs) == self.n_examples + self.n_tests:
                 break
             value = random_input(problem_id.split(":")[0], rng)
             if value not in inputs:
                 inputs.append(value)
         outputs = [namespace["f"](list(v) if isinstance(v, list) else v) for v in inputs]
-        if len(inputs) < self.n_examples + self.n_tests or len({repr(o) for o in outputs}) < 3 \
+        if len(inputs) < self.n_examples + self.n_tests or len({repr(o) for o in outputs}) < MIN_DISTINCT_OUTPUTS \
                 or outputs == inputs or any(_too_big(o) for o in outputs):
             return None
         pairs = [f"f({i!r}) == {o!r}" for i, o in zip(inputs, outputs)]
@@ -119,8 +121,6 @@ class SynthFn(ProceduralEnvironment):
             names.append(rng.choice(choices))
             current = OPS[names[-1]][1]
         return f"{kind}:{'|'.join(names)}"
-
-    split_of = staticmethod(split_of)
 
     def candidate(self, rng: random.Random):
         pid = self._chain(rng)

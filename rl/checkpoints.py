@@ -22,8 +22,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ConfigError
+
+if TYPE_CHECKING:  # the driver's context imports Ray; `resume_point` runs before Ray is imported
+    from .context import Context
 
 PREFIX = "step-"
 # what `branchrl run --resume RUN_DIR key=value` may change: the training group's shape and memory, not the math
@@ -42,7 +46,7 @@ class ResumePoint:
     attempt: int         # this resume's number (1 for the first)
 
 
-def save(ctx, step: int, next_key: int, eval_before: float) -> Path:
+def save(ctx: Context, step: int, next_key: int, eval_before: float) -> Path:
     """A resumable checkpoint after `step`'s update; removes the older step checkpoints."""
     root = ctx.run_dir / "checkpoints"
     final, partial = root / f"{PREFIX}{step:06d}", root / f"{PREFIX}{step:06d}.partial"

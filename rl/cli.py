@@ -1,4 +1,5 @@
-"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run.
+"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run;
+`envs`, `verifiers` and `env check` show what is registered and check an environment.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
 (bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
@@ -65,12 +66,31 @@ def _parser() -> argparse.ArgumentParser:
                             description="Verify one JSON record per line ('-' = stdin).")
     verify.add_argument("file", help="JSONL file of records, or - for stdin")
     verify.add_argument("--jobs", type=int, default=1, help="records checked at once (default 1)")
+    verify.add_argument("--strict", action="store_true", help="exit 1 when any record is an error")
     verify.set_defaults(handler=_verify)
     report = sub.add_parser("report", help="Markdown summary and PNG plots of a run directory",
                             description="Write report.md, learning.png, compute.png and trees.png into RUN_DIR.")
     report.add_argument("run_dir", help="a branchrl run directory (holds metrics.jsonl)")
     report.set_defaults(handler=_report)
+    _add_registry_commands(sub)
     return parser
+
+
+def _add_registry_commands(sub) -> None:
+    sub.add_parser("envs", help="list the registered environments (built-ins and entry points)").set_defaults(
+        handler=_envs)
+    sub.add_parser("verifiers", help="list the registered verifiers (built-ins and entry points)").set_defaults(
+        handler=_verifiers)
+    env = sub.add_parser("env", help="check an environment: `branchrl env check NAME [KEY=VALUE ...]`")
+    check = env.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
+        "check", help="disjoint splits and passing worked solutions",
+        description="Draw eval, warm-start and train problems (several seeds), report any problem two splits "
+                    "share, and verify every warm-start problem's worked solution; exit 1 on any failure.")
+    check.add_argument("name", help="env name, entry point, dotted path 'pkg.module[:fn]' or a .py file")
+    check.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="load_environment() arguments (YAML values)")
+    check.add_argument("--problems", type=int, default=50, help="problems drawn per split and seed (default 50)")
+    check.add_argument("--seeds", type=int, default=3, help="seeds drawn for warm-start and train (default 3)")
+    check.set_defaults(handler=_env_check)
 
 
 def _run(args) -> int:
@@ -143,7 +163,58 @@ def _verify(args) -> int:
         from .config import ConfigError
 
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    return main_verify(args.file, jobs=args.jobs)
+    return main_verify(args.file, jobs=args.jobs, strict=args.strict)
+
+
+def _envs(args) -> int:
+    from branchrl.envs.registry import listed
+
+    for name, source in listed().items():
+        print(f"{name:12s} {source}")
+    return 0
+
+
+def _verifiers(args) -> int:
+    from branchrl.verifiers.registry import listed
+
+    for name, description in listed().items():
+        print(f"{name:12s} {description}")
+    return 0
+
+
+def _env_check(args) -> int:
+    from branchrl.envs import load_env
+    from branchrl.envs.check import check_env
+
+    from .config import ConfigError
+
+    if args.problems < 1 or args.seeds < 1:
+        raise ConfigError("--problems and --seeds must be at least 1")
+    env = load_env(args.name, **_env_kwargs(args.overrides))
+    report = check_env(env, args.problems, tuple(range(args.seeds)))
+    print(f"env {env.name}: verifier {env.verifier}, answer marker {env.answer_marker!r}")
+    print("drawn: " + ", ".join(f"{split} {n}" for split, n in report.drawn.items()) + f" (seeds 0..{args.seeds - 1})")
+    for line in [*report.notes, *report.overlaps, *report.failures]:
+        print(line)
+    print(f"splits: {'disjoint' if not report.overlaps else 'OVERLAP'}; worked solutions: "
+          f"{report.solutions - len(report.failures)} of {report.solutions} pass")
+    print("ok" if report.ok else "FAILED")
+    return 0 if report.ok else 1
+
+
+def _env_kwargs(items: list[str]) -> dict:
+    """load_environment() arguments from key=value words, values read as YAML (as config overrides are)."""
+    import yaml
+
+    from .config import ConfigError
+
+    pairs = [item.partition("=") for item in items]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise ConfigError(f"env arguments look like key=value, got {' '.join(items)}")
+    try:
+        return {key: yaml.safe_load(value) if value else "" for key, _, value in pairs}
+    except yaml.YAMLError:
+        raise ConfigError(f"env arguments are key=value with YAML values (quote a string): {items}") from None
 
 
 def _report(args) -> int:

@@ -10,14 +10,27 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from branchrl.rollout.policies import POLICIES  # both registries are plain Python: no torch, no ray
+from branchrl.training.algos import ALGOS
 
 
 class ConfigError(ValueError):
     """A config problem the user must fix; its message is one line."""
+
+
+def registered(names: dict) -> AfterValidator:
+    """A name that must be a key of `names`, the extension point's one dict (e.g. ALGOS)."""
+    def check(value: str) -> str:
+        if value not in names:
+            *rest, last = (f"'{n}'" for n in names)
+            raise ValueError(f"Input should be {', '.join(rest)} or {last}" if rest else f"Input should be {last}")
+        return value
+    return AfterValidator(check)
 
 
 class Section(BaseModel):
@@ -77,6 +90,10 @@ class RolloutConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs reserved per rollout worker")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs reserved per rollout worker")
     threads_per_worker: int = Field(1, gt=0, description="torch CPU threads in each rollout worker")
+    decode: Literal["eager", "compile", "graph"] = Field(
+        "eager",
+        description="how the engine runs decode steps: eager; compile = torch.compile per batch bucket, attention "
+                    "reading KV pages in place; graph = that, captured as a CUDA graph per bucket (compile on CPU)")
     node_resource: str | None = Field(
         None, min_length=1,
         description="custom Ray resource marking inference nodes (e.g. inference_node): rollout workers run only on "
@@ -118,7 +135,7 @@ class RolloutConfig(Section):
 
 
 class BranchConfig(Section):
-    policy: Literal["independent", "entropy", "eptree"] = Field(
+    policy: Annotated[str, registered(POLICIES)] = Field(
         "entropy", description="where trees fork: independent = N chains, entropy = online at uncertain tokens, "
                                "eptree = top-N uncertain positions of finished chains")
     roots: int = Field(4, gt=0, description="root chains per problem (N samples for `independent`)")
@@ -154,7 +171,7 @@ class VerifyConfig(Section):
 
 
 class TrainConfig(Section):
-    algo: Literal["sft", "grpo", "tree"] = Field(
+    algo: Annotated[str, registered(ALGOS)] = Field(
         "sft", description="objective: sft = fine-tune on distinct verified paths, grpo = policy gradient with group "
                            "advantages on leaves, tree = policy gradient with TreeRL span advantages")
     workers: int = Field(1, gt=0, description="trainer actors forming one torch.distributed job over which the "
@@ -244,18 +261,13 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _combination(self) -> "Config":
-        if self.train.algo == "tree" and self.branch.policy == "independent":
-            raise ValueError("train.algo=tree needs a branching policy (branch.policy=entropy or eptree); "
-                             "with independent chains use train.algo=grpo")
+        problems = ALGOS[self.train.algo].problems(self)
+        if problems:
+            raise ValueError(problems[0])
         if self.warm_start.problems and self.warm_start.batch_size < self.train.workers:
             raise ValueError(f"warm_start.batch_size ({self.warm_start.batch_size}) is below train.workers "
                              f"({self.train.workers}); every trainer needs a sequence per warm-start step")
         r = self.rollout
-        if (r.top_p < 1 or r.top_k > 0) and self.train.algo != "sft":
-            raise ValueError(f"rollout.top_p={r.top_p} / rollout.top_k={r.top_k} truncate what rollouts sample from, "
-                             "but "
-                             f"train.algo={self.train.algo}'s loss compares against the untruncated policy at the "
-                             "temperature; use rollout.top_p=1 and rollout.top_k=0, or train.algo=sft")
         if 0 < r.max_rows < self.branch.max_leaves:
             raise ValueError(f"rollout.max_rows={r.max_rows} cannot hold one tree: branch.max_leaves="
                              f"{self.branch.max_leaves} rows may decode at once; raise max_rows, or 0 for no cap")

@@ -21,6 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from branchrl.envs import Problem
 from branchrl.rollout.worker import NoWeights
+from branchrl.verifiers.result import Result, failed
 
 from .tree import Tree
 
@@ -59,17 +60,17 @@ class Batch:
         return self.prompts[worker::workers]
 
 
-def submit(roles, settings, problems: list[Problem], prompts: list[tuple[str, list[int]]], key: int,
+def submit(roles, problems: list[Problem], prompts: list[tuple[str, list[int]]], key: int,
            greedy: bool = False) -> Batch:
     """Send a batch to the rollout workers (round-robin shards); returns at once. `key` seeds the samplers."""
     batch = Batch(key, problems, prompts, greedy)
     workers = roles.rollout
-    batch.refs = [w.rollout.remote(s, key, settings, greedy) if (s := batch.shard(i, len(workers))) else None
+    batch.refs = [w.rollout.remote(s, key, greedy) if (s := batch.shard(i, len(workers))) else None
                   for i, w in enumerate(workers)]
     return batch
 
 
-def collect(roles, settings, batch: Batch) -> tuple[list[Tree], list[float]]:
+def collect(roles, batch: Batch) -> tuple[list[Tree], list[float]]:
     """Wait for a batch: its trees in problem order and each worker's busy seconds. A worker that died (or
     came back without weights) is revived and its shard sent again, at most RETRIES times in a row."""
     workers = roles.rollout
@@ -88,7 +89,7 @@ def collect(roles, settings, batch: Batch) -> tuple[list[Tree], list[float]]:
                                        f"{type(e).__name__}") from e
                 roles.faults.rollout_resent += 1
                 revive(roles, i)
-                ref = workers[i].rollout.remote(batch.shard(i, len(workers)), batch.key, settings, batch.greedy)
+                ref = workers[i].rollout.remote(batch.shard(i, len(workers)), batch.key, batch.greedy)
         trees[i::len(workers)] = shard_trees
     return trees, busy
 
@@ -125,17 +126,17 @@ def revive(roles, worker: int) -> dict:
             raise RuntimeError(f"rollout worker {worker} did not come back within {REVIVE_TIMEOUT_S:.0f}s") from None
 
 
-def verify(roles, records: list[dict]) -> list[dict]:
-    """One verdict dict per record, in order, spread over the verifier pool."""
+def verify(roles, records: list[dict]) -> list[Result]:
+    """One Result per record, in order, spread over the verifier pool."""
     pool = roles.verifiers
     refs = [(i, v.verify_batch.remote(records[i::len(pool)])) for i, v in enumerate(pool) if records[i::len(pool)]]
-    results: list[dict | None] = [None] * len(records)
+    results: list[Result | None] = [None] * len(records)
     for i, ref in refs:
         results[i::len(pool)] = verified(pool[i], records[i::len(pool)], ref, roles.faults)
     return results
 
 
-def verified(actor, records: list[dict], ref, faults: Faults) -> list[dict]:
+def verified(actor, records: list[dict], ref, faults: Faults) -> list[Result]:
     """The shard's verdicts; if the actor dies, once more whole, then record by record (one try each)."""
     for attempt in range(2):
         try:
@@ -150,6 +151,5 @@ def verified(actor, records: list[dict], ref, faults: Faults) -> list[dict]:
             out += ray.get(actor.verify_batch.remote([record]))[0]
         except RayActorError as e:
             faults.verifier_errors += 1
-            out.append({"verdict": "error", "score": 0.0, "seconds": 0.0,
-                        "details": f"the verifier process died on this record ({type(e).__name__})"})
+            out.append(failed("error", f"the verifier process died on this record ({type(e).__name__})"))
     return out

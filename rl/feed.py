@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections import deque
 
+from .context import Context
 from .dispatch import Batch, collect, submit
+from .seeding import derive_seed
 from .tree import Tree
 
 
 class Feed:
-    def __init__(self, ctx, depth: int, next_key: int = 1):
+    def __init__(self, ctx: Context, depth: int, next_key: int = 1):
         self.ctx, self.depth, self.next_key = ctx, depth, next_key
         self.queue: deque[Batch] = deque()
         self.busy = [0.0] * len(ctx.roles.rollout)   # each rollout worker's seconds of work on training batches
@@ -32,7 +34,7 @@ class Feed:
         """The oldest batch in flight (sending one first if none is), with its finished trees and the seconds
         its slowest worker spent sampling it (time queued behind other batches not counted)."""
         batch = self.queue.popleft() if self.queue else self._send()
-        trees, busy = collect(self.ctx.roles, self.ctx.settings, batch)
+        trees, busy = collect(self.ctx.roles, batch)
         self.busy = [a + b for a, b in zip(self.busy, busy)]
         for i, tree in enumerate(trees):  # workers number trees within their shard; ids must be run-unique
             tree.tree_id = f"{tree.problem_id}#b{batch.key}#{i}"
@@ -53,6 +55,7 @@ class Feed:
     def _send(self) -> Batch:
         ctx, key = self.ctx, self.next_key
         self.next_key += 1
-        problems = ctx.env.train_problems(ctx.cfg.rollout.prompts_per_step, seed=ctx.cfg.run.seed * 1_000_003 + key)
+        seed = derive_seed(ctx.cfg.run.seed, "problems", key)
+        problems = ctx.env.train_problems(ctx.cfg.rollout.prompts_per_step, seed=seed)
         prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
-        return submit(ctx.roles, ctx.settings, problems, prompts, key)
+        return submit(ctx.roles, problems, prompts, key)

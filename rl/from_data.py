@@ -20,7 +20,8 @@ from branchrl.data.datastore import find_data_dir, read_data_set
 from branchrl.envs import load_env
 
 from .config import Config, ConfigError
-from .loop import Context, evaluate, launched, prepare, sync
+from .context import Context
+from .loop import evaluate, launched, prepare, sync
 from .models import load_tokenizer
 from .progress import Progress
 

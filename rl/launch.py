@@ -93,8 +93,9 @@ def wanted_bundles(cfg: Config) -> dict[str, list[dict[str, float]]]:
             "verifier": [bundle(v.cpus_per_worker, 0, v.node_resource)] * v.workers}
 
 
-def launch(cfg: Config) -> Roles:
-    """Place the training group, then the inference group, then the verifier pool; returns their handles."""
+def launch(cfg: Config, answer_ids: frozenset[int] = frozenset()) -> Roles:
+    """Place the training group, then the inference group, then the verifier pool; returns their handles.
+    answer_ids: the tokens that start the env's final answer, which the rollout workers do not fork after."""
     r, t = cfg.rollout, cfg.train
     wanted = wanted_bundles(cfg)
     check_cluster(wanted, [n["Resources"] for n in ray.nodes() if n["Alive"]])  # before placing anything
@@ -118,7 +119,7 @@ def launch(cfg: Config) -> Roles:
             ray.remote(RolloutWorker).options(
                 num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=-1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
-            ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i)
+            ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i, answer_ids)
             for i in range(r.workers)
         ]
         marker = cfg.verify.node_resource

@@ -8,9 +8,8 @@
 With rollout.max_staleness >= 1 a step's update trains while the next step's batches are sampled
 (feed.py); `resume` continues a killed run from its last step checkpoint (checkpoints.py), and `recover` does
 the same within the run when a trainer dies; work on the actor pools, and what happens when a rollout worker
-or verifier dies, is in dispatch.py. The driver owns the tokenizer
-(text <-> ids), the ledger and the files of the run directory; the roles own the compute. It never
-runs a model itself.
+or verifier dies, is in dispatch.py. The driver owns the tokenizer (text <-> ids), the ledger and the files
+of the run directory; the roles own the compute. It never runs a model itself.
 """
 
 from __future__ import annotations
@@ -26,32 +25,19 @@ from branchrl.data.datastore import DataStore, sample_id
 from branchrl.data.ledger import Ledger
 from branchrl.data.prune import Selection, select_verified
 from branchrl.envs import Environment, Problem, load_env
-from branchrl.rollout.sampler import BranchSettings
-from branchrl.training.advantages import informative
-from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
 
 from . import checkpoints, dispatch
 from .config import Config, ConfigError, dump_config, load_config
+from .context import Context
 from .feed import Feed
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
+from .records import Leaf
 from .tree import Tree
-
-
-@dataclass
-class Context:
-    cfg: Config
-    env: Environment
-    tokenizer: object
-    roles: Roles
-    ledger: Ledger
-    run_dir: Path
-    progress: Progress
-    settings: BranchSettings   # the branch policy's settings, with the env's answer-start tokens
-    attempt: int = 0           # 0 for a fresh run, k for its k-th resume
 
 
 @dataclass
@@ -59,7 +45,7 @@ class Rollouts:
     """One step's sampled and verified batches, concatenated."""
     problems: list[Problem] = field(default_factory=list)
     trees: list[Tree] = field(default_factory=list)
-    leaves: list[dict] = field(default_factory=list)
+    leaves: list[Leaf] = field(default_factory=list)
     rollout_seconds: float = 0.0
     verify_seconds: float = 0.0
     batches: int = 0
@@ -114,12 +100,11 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     """Ray started or joined, the roles launched, the driver's Context (its ledger continued from the resume
     point, if any); the roles go down on the way out."""
     start_ray(cfg, address)
-    roles = launch(cfg)
+    roles = launch(cfg, answer_start_ids(cfg, env, tokenizer))
     try:
         info = roles.policy
         ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
-        yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, branch_settings(cfg, env, tokenizer),
-                      attempt=point.attempt if point else 0)
+        yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, attempt=point.attempt if point else 0)
     finally:
         roles.shutdown()
 
@@ -146,12 +131,16 @@ def prepare(cfg: Config, run_dir: Path):
     return env, tokenizer, eval_set, warm_set
 
 
-def branch_settings(cfg: Config, env: Environment, tokenizer) -> BranchSettings:
-    """cfg.branch plus the token ids that start the env's answer marker (alone and after a space, as
-    BPE vocabularies spell it both ways). Token-level on purpose: the workers hold no tokenizer."""
+def answer_start_ids(cfg: Config, env: Environment, tokenizer) -> frozenset[int]:
+    """The token ids that start the env's answer marker (alone and after a space, as BPE vocabularies spell
+    it both ways): no fork at or after them, unless branch.fork_in_answer. A first token that is only
+    whitespace (a character-level vocabulary spells " ####" as " ", "#", ...) is not the marker's: it
+    would end forking at the first space. Token-level on purpose: the rollout workers hold no tokenizer."""
     marker = env.answer_marker
-    ids = {tokenizer.encode(m, add_special_tokens=False)[0] for m in (marker, " " + marker)} if marker else set()
-    return BranchSettings.from_config(cfg.branch, tuple(sorted(ids)))
+    if not marker or cfg.branch.fork_in_answer:
+        return frozenset()
+    firsts = {tokenizer.encode(m, add_special_tokens=False)[0] for m in (marker, " " + marker)}
+    return frozenset(i for i in firsts if tokenizer.decode([i]).strip())
 
 
 def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Problem],
@@ -251,9 +240,8 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     got = gather(ctx, feed)
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
     store.write(step, provenance(ctx, chosen, step, store.attempt))
-    algo = ALGOS[cfg.train.algo]
-    batch, dropped = (pg_batch(algo, got.trees, cfg.train.shared_spans, cfg.rollout.prompts_per_step)
-                      if algo.policy_gradient else (chosen.sequences, 0))
+    batch, dropped = ALGOS[cfg.train.algo].batch(got.trees, chosen.sequences, cfg.train.shared_spans,
+                                                 cfg.rollout.prompts_per_step)
     update = ctx.roles.trainer.start_train(batch) if batch else None
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
     led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
@@ -296,7 +284,7 @@ def gather(ctx: Context, feed: Feed) -> Rollouts:
     (dynamic sampling); at most rollout.max_batches_per_step batches. A batch from a policy more than
     rollout.max_staleness versions behind the one this step's update starts from is dropped unverified."""
     cfg, got = ctx.cfg, Rollouts()
-    pg = ALGOS[cfg.train.algo].policy_gradient
+    algo = ALGOS[cfg.train.algo]
     while got.batches < cfg.rollout.max_batches_per_step:
         batch, trees, seconds = feed.take()
         feed.top_up()  # the workers start the next batch while this one is verified
@@ -314,25 +302,24 @@ def gather(ctx: Context, feed: Feed) -> Rollouts:
         got.leaves += leaves
         got.verify_seconds += verify_s
         budget_met = got.generated_tokens() >= cfg.rollout.tokens_per_step
-        if budget_met and (not pg or sum(map(informative, got.trees)) >= cfg.rollout.prompts_per_step):
+        if budget_met and algo.enough(got.trees, cfg.rollout.prompts_per_step):
             break
     return got
 
 
-def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> tuple[list[dict], float]:
+def verify_leaves(ctx: Context, problems: list[Problem], trees: list[Tree]) -> tuple[list[Leaf], float]:
     """Every leaf's text and verdict, verified on the pool; rewards are written onto the tree leaves."""
     t0 = time.perf_counter()
     leaves = []
     for p, tree in zip(problems, trees):
-        for leaf in tree.leaves():
-            ids = tree.completion_ids(leaf)
+        for node in tree.leaves():
+            ids = tree.completion_ids(node)
             text = ctx.tokenizer.decode(ids, skip_special_tokens=True)
-            leaves.append({"tree": tree, "leaf": leaf, "ids": ids, "text": text,
-                           "record": {**ctx.env.verifier_record(p, text), "timeout_s": ctx.cfg.verify.timeout_s}})
-    results = dispatch.verify(ctx.roles, [leaf["record"] for leaf in leaves])
-    for leaf, result in zip(leaves, results):
-        leaf["result"] = result
-        leaf["tree"].nodes[leaf["leaf"]].reward = result["score"] if result["verdict"] == "pass" else 0.0
+            record = {**ctx.env.verifier_record(p, text), "timeout_s": ctx.cfg.verify.timeout_s}
+            leaves.append(Leaf(tree, node, ids, text, record))
+    for leaf, result in zip(leaves, dispatch.verify(ctx.roles, [leaf.record for leaf in leaves]), strict=True):
+        leaf.result = result
+        leaf.tree.nodes[leaf.node].reward = leaf.reward
     return leaves, time.perf_counter() - t0
 
 
@@ -340,14 +327,14 @@ def provenance(ctx: Context, chosen: Selection, step: int, attempt: int = 0) -> 
     """The data-set rows of a step's chosen samples; attempt: which (re)start of the run sampled them."""
     env, seed = ctx.env, ctx.cfg.run.seed
     version = verifier_version(env.verifier)
-    trees = {leaf["tree"].tree_id: leaf["tree"] for _, leaf in chosen.samples}
-    tree_value = {tree_id: tree.values()[0] for tree_id, tree in trees.items()}  # once per tree, not per row
-    return [{"sample_id": sample_id(leaf["tree"].tree_id, leaf["tree"].branch_path(leaf["leaf"]), attempt),
-             "env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf["text"], "answer": p.answer,
-             "policy_version": leaf["tree"].policy_version, "verifier": env.verifier, "verifier_version": version,
-             "verdict": leaf["result"]["verdict"], "score": leaf["result"]["score"], "tree_id": leaf["tree"].tree_id,
-             "branch_path": leaf["tree"].branch_path(leaf["leaf"]), "tree_value": tree_value[leaf["tree"].tree_id],
-             "num_tokens": len(leaf["ids"]), "seed": seed, "step": step, "attempt": attempt}
+    trees = {leaf.tree.tree_id: leaf.tree for _, leaf in chosen.samples}
+    tree_value = {tree_id: tree.values()[0] for tree_id, tree in trees.items()}  # V(root): once per tree, not per row
+    return [{"sample_id": sample_id(leaf.tree.tree_id, leaf.branch_path, attempt),
+             "env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf.text, "answer": p.answer,
+             "policy_version": leaf.tree.policy_version, "verifier": env.verifier, "verifier_version": version,
+             "verdict": leaf.result.verdict, "score": leaf.result.score, "tree_id": leaf.tree.tree_id,
+             "branch_path": leaf.branch_path, "tree_value": tree_value[leaf.tree.tree_id],
+             "num_tokens": len(leaf.ids), "seed": seed, "step": step, "attempt": attempt}
             for p, leaf in chosen.samples]
 
 
@@ -368,11 +355,10 @@ def sync(roles: Roles) -> tuple[int, float]:
 def evaluate(ctx: Context, problems: list[Problem], step: int) -> float:
     """Held-out pass@1: one greedy chain per problem, verified like any other leaf."""
     prompts = [(p.id, ctx.tokenizer.encode(p.prompt)) for p in problems]
-    trees, _ = dispatch.collect(ctx.roles, ctx.settings, dispatch.submit(ctx.roles, ctx.settings, problems, prompts,
-                                                                         key=step, greedy=True))
+    trees, _ = dispatch.collect(ctx.roles, dispatch.submit(ctx.roles, problems, prompts, key=step, greedy=True))
     for i, tree in enumerate(trees):
         tree.tree_id = f"{tree.problem_id}#e{step}#{i}"
     leaves, _ = verify_leaves(ctx, problems, trees)
     ctx.ledger.add_eval(sum(t.generated_tokens() + len(t.prompt_ids) for t in trees),
                         sum(t.context_sum() for t in trees))
-    return sum(leaf["result"]["verdict"] == "pass" for leaf in leaves) / len(problems)
+    return sum(leaf.passed for leaf in leaves) / len(problems)

@@ -11,6 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def attended_positions(new: int, cached: int = 0) -> int:
+    """Attention positions when `new` tokens are computed after `cached` ones (a causal mask: each attends to
+    itself and everything before it): new * cached + new * (new + 1) / 2. The ledger's attention FLOPs
+    count these for prefill, decode, re-prefill and training alike."""
+    return new * cached + new * (new + 1) // 2
+
+
 @dataclass
 class Node:
     id: int
@@ -25,11 +32,11 @@ class Node:
 
 @dataclass
 class Tree:
-    tree_id: str
     problem_id: str
     prompt_ids: list[int]
     policy_version: int
     nodes: list[Node] = field(default_factory=lambda: [Node(0, None)])
+    tree_id: str = ""            # unique in the run; the driver names each tree it receives
     reprefill_tokens: int = 0    # prefix tokens computed again to fork a finished chain (eptree's second phase)
     reprefill_context: int = 0   # their attention positions
 
@@ -85,10 +92,9 @@ class Tree:
         """Attention positions over the whole tree: the prompt's prefill once, then each decoded token
         attends to everything before it on its path (shared prefixes computed once, as the engine does)."""
         p = len(self.prompt_ids)
-        total = p * (p + 1) // 2 + self.reprefill_context
+        total = attended_positions(p) + self.reprefill_context
         for n, s in zip(self.nodes[1:], self.span_starts()[1:]):
-            k = len(n.tokens)
-            total += k * (p + s) + k * (k + 1) // 2
+            total += attended_positions(len(n.tokens), cached=p + s)
         return total
 
     def split(self, node: int, offset: int) -> int:

@@ -1,7 +1,7 @@
 """The verifier role: checks leaf records in its own process, off the trainer's path.
 
 A plain class (Ray wraps it in `branchrl.launch`; several run side by side). Records are in the
-`branchrl verify` format; each comes back as a verdict dict. A crash inside a verifier is a
+`branchrl verify` format; each comes back as a `Result`. A crash inside a verifier is a
 counted `error` verdict, never a silent 0.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 
 from branchrl.verifiers import verify
+from branchrl.verifiers.result import Result
 
 
 class VerifierWorker:
-    def verify_batch(self, records: list[dict]) -> tuple[list[dict], float]:
-        """Returns one {verdict, score, seconds, details} per record, and the busy seconds."""
+    def verify_batch(self, records: list[dict]) -> tuple[list[Result], float]:
+        """Returns one Result (verdict, score, seconds, details) per record, and the busy seconds."""
         t0 = time.perf_counter()
-        return [verify(r).to_dict() for r in records], time.perf_counter() - t0
+        return [verify(r) for r in records], time.perf_counter() - t0

@@ -14,13 +14,13 @@ from branchrl.training.advantages import (
     tree_advantages,
     tree_samples,
 )
-from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.algos import ALGOS
 from branchrl.training.losses import policy_loss
 from branchrl.tree import Tree
 
 
 def build(spec) -> Tree:
-    t = Tree("t", "p", [1, 2, 3], policy_version=0)
+    t = Tree("p", [1, 2, 3], policy_version=0, tree_id="t")
     for parent, tokens, reward in spec:
         node = t.nodes[t.add_child(parent)]
         node.tokens, node.logprobs, node.entropies = tokens, [-0.1 * x for x in tokens], [0.0] * len(tokens)
@@ -108,9 +108,9 @@ def test_dynamic_sampling_drops_uniform_trees_and_keeps_the_rest(tree):
     all_right = build([(0, [5], 1.0), (0, [6], 1.0)])
     all_wrong = build([(0, [5], 0.0), (0, [6], 0.0), (0, [7], 0.0)])
     assert informative(tree) and not informative(all_right) and not informative(all_wrong)
-    samples, dropped = pg_batch(ALGOS["tree"], [all_right, tree, all_wrong], "once", max_trees=8)
+    samples, dropped = ALGOS["tree"].batch([all_right, tree, all_wrong], [], "once", max_trees=8)
     assert dropped == 2 and len(samples) == 4            # only the mixed tree's four leaves
-    samples, _ = pg_batch(ALGOS["grpo"], [tree, tree, tree], "once", max_trees=2)
+    samples, _ = ALGOS["grpo"].batch([tree, tree, tree], [], "once", max_trees=2)
     assert len(samples) == 8                              # over-sampled: the first two informative trees
 
 

@@ -11,13 +11,15 @@ from test_resume import _ids
 from test_run import SMALL_RUN
 
 from branchrl.config import load_config
+from branchrl.context import Context
 from branchrl.dispatch import Batch, Faults, collect, submit, verified
 from branchrl.envs import load_env
 from branchrl.launch import launch
-from branchrl.loop import Context, branch_settings, gather, run, sync
+from branchrl.loop import gather, run, sync
 from branchrl.models import load_tokenizer
 from branchrl.sync.weight_sync import Published
 from branchrl.tree import Tree
+from branchrl.verifiers.result import Result
 
 
 def _steps(run_dir):
@@ -130,16 +132,15 @@ def test_a_shard_sent_again_after_its_worker_died_gives_the_same_trees(ray_clust
     cfg = load_config(None, [*SMALL_RUN, "rollout.workers=2", "rollout.prompts_per_step=32"])
     roles = launch(cfg)
     try:
-        env, tokenizer = load_env("arithmetic", digits=1), load_tokenizer(cfg.model)
-        settings = branch_settings(cfg, env, tokenizer)
+        env, tokenizer = load_env("echo"), load_tokenizer(cfg.model)
         sync(roles)
         problems = env.train_problems(32, seed=3)
         prompts = [(p.id, tokenizer.encode(p.prompt)) for p in problems]
-        clean, _ = collect(roles, settings, submit(roles, settings, problems, prompts, key=7))
+        clean, _ = collect(roles, submit(roles, problems, prompts, key=7))
         pid = ray_cluster.get(roles.rollout[0].__ray_call__.remote(lambda self: os.getpid()))
-        batch = submit(roles, settings, problems, prompts, key=7)
+        batch = submit(roles, problems, prompts, key=7)
         os.kill(pid, signal.SIGKILL)  # the batch is queued or running on it: either way in flight
-        again, _ = collect(roles, settings, batch)
+        again, _ = collect(roles, batch)
         assert (roles.faults.rollout_resent, roles.faults.rollout_restarts) == (1, 1)
         assert [t.completion_ids(leaf) for t in again for leaf in t.leaves()] == \
                [t.completion_ids(leaf) for t in clean for leaf in t.leaves()]
@@ -157,14 +158,14 @@ def test_a_verifier_that_dies_on_one_record_gives_it_an_error_verdict_and_checks
         def verify_batch(self, records):
             if any(r.get("die") for r in records):
                 os._exit(1)
-            return [{"verdict": "pass", "score": 1.0, "seconds": 0.0, "details": ""} for _ in records], 0.0
+            return [Result("pass", 1.0, 0.0, "") for _ in records], 0.0
 
     actor = ray.remote(Dying).options(max_restarts=-1).remote()
     records = [{"n": 0}, {"n": 1, "die": True}, {"n": 2}]
     faults = Faults()
     results = verified(actor, records, actor.verify_batch.remote(records), faults)
-    assert [r["verdict"] for r in results] == ["pass", "error", "pass"]
-    assert "died" in results[1]["details"]
+    assert [r.verdict for r in results] == ["pass", "error", "pass"]
+    assert "died" in results[1].details
     assert (faults.verifier_resent, faults.verifier_errors) == (2, 1)
     ray.kill(actor)
 
@@ -173,7 +174,7 @@ class OldBatches:
     """A feed whose batches all come from policy version 3 (the real loop cannot fall that far behind)."""
 
     def take(self):
-        tree = Tree("p#0", "p", [1, 2], policy_version=3)
+        tree = Tree("p", [1, 2], policy_version=3, tree_id="p#0")
         tree.nodes[tree.add_child(0)].tokens += [5, 6, 7]
         return Batch(1, [], [], False), [tree], 0.1
 
@@ -184,6 +185,6 @@ class OldBatches:
 def test_a_batch_more_versions_behind_than_the_bound_is_dropped_unverified_and_counted():
     cfg = load_config(None, ["rollout.max_staleness=1", "rollout.max_batches_per_step=2"])
     ctx = Context(cfg, env=None, tokenizer=None, roles=SimpleNamespace(published=Published(5, "", 0, [])), ledger=None,
-                  run_dir=None, progress=None, settings=None)
+                  run_dir=None, progress=None)
     got = gather(ctx, OldBatches())  # env=None: verifying would fail, so nothing stale reaches it
     assert (got.batches, got.stale_batches, got.stale_tokens, got.trees) == (2, 2, 6, [])

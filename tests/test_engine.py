@@ -274,16 +274,19 @@ def test_fork_shares_full_pages_and_copies_only_a_partial_last_page():
     assert kv.pages_in_use == 3
     engine.select(torch.tensor([0, 0, 0]))                     # two children copy the partial page
     assert kv.pages_in_use == 5
-    assert [t[:2] for t in kv.tables] == [kv.tables[0][:2]] * 3 and len({t[2] for t in kv.tables}) == 3
-    assert [kv.refs[p] for p in kv.tables[0]] == [3, 3, 1]
+    table = kv.table[:3, :3].tolist()
+    assert [t[:2] for t in table] == [table[0][:2]] * 3 and len({t[2] for t in table}) == 3
+    assert kv.refs[kv.table[0, :3].long()].tolist() == [3, 3, 1]
+    assert kv.fill[kv.table[:3, 2].long()].tolist() == [2, 2, 2]  # each copy holds the 2 written slots
     engine.step(torch.tensor([20, 21, 22]))
     engine.step(torch.tensor([20, 21, 22]))                    # 12 tokens: every last page full now
     engine.select(torch.tensor([1, 1, 2]))                     # a fork at a page boundary copies nothing
-    assert kv.pages_in_use == 4 and kv.refs[kv.tables[0][2]] == 2
+    assert kv.pages_in_use == 4 and kv.refs[kv.table[0, 2]] == 2
     engine.step(torch.tensor([23, 24, 25]))                    # each row starts its own page
-    assert kv.pages_in_use == 7
+    assert kv.pages_in_use == 7 and kv.table[:3, 3].unique().numel() == 3
     engine.select(torch.tensor([], dtype=torch.long))
-    assert kv.pages_in_use == 0 and sorted(kv.free) == list(range(len(kv.refs)))
+    assert kv.pages_in_use == 0 and int(kv.refs[1:].abs().sum()) == 0 and int(kv.table.abs().sum()) == 0
+    assert sorted(kv.free[:int(kv.top)].tolist()) == list(range(1, kv.pages))  # page 0 is never handed out
 
 
 def test_fork_memory_grows_with_new_tokens_not_with_children():
@@ -323,15 +326,15 @@ def test_random_forks_drops_and_admissions_match_a_full_forward(page_size):
 def test_pool_grows_mid_decode_and_keeps_every_row():
     model = tiny_hf("llama")
     engine = Engine(engine_for(model).decoder, page_size=1)
-    engine.start(PROMPTS, max_new_tokens=4)                    # 12 tokens in a first pool of 16 pages
-    assert engine.kv.kv.shape[2] == 16
+    engine.start(PROMPTS, max_new_tokens=4)                    # 12 tokens in a first pool of 15 usable pages
+    assert engine.kv.pages == 16
     engine.select(torch.tensor([0, 1, 2, 0, 1, 2]))
     seqs = [list(PROMPTS[r]) for r in [0, 1, 2, 0, 1, 2]]
     for t in range(3):                                         # 18 more pages: the pool doubles on the way
         tokens = torch.arange(6) + 3 + t
         seqs = [s + [x] for s, x in zip(seqs, tokens.tolist())]
         logits = engine.step(tokens)
-    assert engine.kv.kv.shape[2] == 32 and engine.kv.pages_in_use == 30
+    assert engine.kv.pages == 32 and engine.kv.pages_in_use == 30 and engine.kv.version == 1
     torch.testing.assert_close(logits, hf_next_logits(model, seqs), atol=1e-4, rtol=1e-4)
 
 

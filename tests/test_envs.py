@@ -143,7 +143,7 @@ def test_dotted_path_module_and_function(user_module):
 
 
 def test_dotted_path_mistakes_name_the_env(user_module):
-    with pytest.raises(EnvError, match=f"env '{user_module}:missing'.*has no function missing"):
+    with pytest.raises(EnvError, match=f"env '{user_module}:missing'.*has no attribute 'missing'"):
         load_env(f"{user_module}:missing")
     with pytest.raises(EnvError, match=f"env '{user_module}:not_an_env'.*returned int, not an Environment"):
         load_env(f"{user_module}:not_an_env")

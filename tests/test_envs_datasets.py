@@ -14,7 +14,7 @@ import pytest
 
 from branchrl.envs import EnvError, load_env
 from branchrl.envs.datafile import DatasetEnvironment
-from branchrl.envs.synth_fn import SynthFn, split_of
+from branchrl.envs.synth_fn import SynthFn
 from branchrl.verifiers import verify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -95,7 +95,7 @@ def test_bad_files_name_the_problem(tmp_path):
     with pytest.raises(EnvError, match=r"gsm8k all record 0: record has no 'answer' field"):
         load_env("gsm8k", path=str(tmp_path / "nofield.jsonl"))
     (tmp_path / "noanswer.jsonl").write_text('{"question": "q", "answer": "it is 4"}\n')
-    with pytest.raises(EnvError, match=r"does not end with '#### <number>'"):
+    with pytest.raises(EnvError, match=r"GSM8K answer has no '#### <number>' line: 'it is 4'"):
         load_env("gsm8k", path=str(tmp_path / "noanswer.jsonl"))
 
 
@@ -220,7 +220,7 @@ def test_synth_fn_splits_never_overlap(synth):
     warm = {p.id for s in (0, 1) for p in synth.warm_start_problems(100, s)}
     train = {p.id for s in (0, 1) for p in synth.train_problems(300, s)}
     assert not evals & warm and not evals & train and not warm & train
-    assert {split_of(i) for i in evals} == {"eval"} and {split_of(i) for i in warm} == {"warm_start"}
+    assert {synth.split_of(i) for i in evals} == {"eval"} and {synth.split_of(i) for i in warm} == {"warm_start"}
     assert synth.train_problems(30, seed=4) == SynthFn().train_problems(30, seed=4)
     assert synth.eval_problems(10) == synth.eval_problems(40)[:10]
 

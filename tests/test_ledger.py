@@ -2,8 +2,9 @@
 
 import pytest
 
-from branchrl.data.ledger import Ledger, causal_context_sum
+from branchrl.data.ledger import Ledger
 from branchrl.training.trainer import TrainStats
+from branchrl.tree import attended_positions
 
 # N = 1000 FLOP parameters, 2 layers, width 32: a forward costs 2000 per token + 256 per attended position
 
@@ -44,7 +45,6 @@ def test_forward_only_passes_count_one_forward_and_state_bytes_keep_the_largest(
     assert led.train_state_bytes_per_rank == 900
 
 
-def test_causal_context_sum():
-    assert causal_context_sum([]) == 0
-    assert causal_context_sum([1, 2, 3]) == 1 + 3 + 6
-    assert causal_context_sum([4]) == 1 + 2 + 3 + 4
+def test_attended_positions():
+    assert [attended_positions(n) for n in (0, 1, 2, 3)] == [0, 1, 1 + 2, 1 + 2 + 3]
+    assert attended_positions(2, cached=5) == 6 + 7   # two decode steps after 5 cached tokens

@@ -17,10 +17,12 @@ from branchrl.data.datastore import (
 )
 from branchrl.data.prune import select_verified
 from branchrl.envs import Problem, load_env
+from branchrl.records import Leaf
 from branchrl.tree import Tree
+from branchrl.verifiers.result import Result
 
-PASS = {"verdict": "pass", "score": 1.0, "seconds": 0.0, "details": ""}
-FAIL = {"verdict": "fail", "score": 0.0, "seconds": 0.0, "details": ""}
+PASS = Result("pass", 1.0, 0.0, "")
+FAIL = Result("fail", 0.0, 0.0, "")
 
 
 def problem(i: int) -> Problem:
@@ -42,11 +44,11 @@ def tree_with(tree_id: str, spans: list[list[int]], fork_after_first: bool = Fal
     return tree
 
 
-def leaves_of(tree: Tree, texts: list[str], results: list[dict]) -> list[dict]:
-    """The dicts loop.verify_leaves builds: one per leaf, in tree order."""
+def leaves_of(tree: Tree, texts: list[str], results: list[Result]) -> list[Leaf]:
+    """The leaves loop.verify_leaves builds: one per leaf, in tree order."""
     leaf_ids = tree.leaves()
     assert len(leaf_ids) == len(texts) == len(results)
-    return [{"tree": tree, "leaf": leaf, "ids": tree.completion_ids(leaf), "text": text, "result": result}
+    return [Leaf(tree, leaf, tree.completion_ids(leaf), text, {}, result)
             for leaf, text, result in zip(leaf_ids, texts, results)]
 
 
@@ -70,14 +72,14 @@ def test_signatures_decide_what_is_distinct():
     tree = tree_with("t0", [[1], [2], [3]])
     leaves = leaves_of(tree, ["#### 4", "####  4 ", "#### 5"], [PASS, PASS, PASS])
     chosen = select_verified([problem(0)], [tree], leaves, cap=4, signature=lambda t: " ".join(t.split()))
-    assert [leaf["text"] for _, leaf in chosen.samples] == ["#### 4", "#### 5"] and chosen.distinct == 2
+    assert [leaf.text for _, leaf in chosen.samples] == ["#### 4", "#### 5"] and chosen.distinct == 2
 
 
 def test_distinct_texts_and_cap_per_problem_in_leaf_order():
     tree = tree_with("t0", [[1], [2], [3], [4], [5], [6]])
     leaves = leaves_of(tree, ["x", "x", "y", "z", "w", "v"], [PASS, PASS, PASS, FAIL, PASS, PASS])
     chosen = select_verified([problem(0)], [tree], leaves, cap=3)
-    assert [leaf["text"] for _, leaf in chosen.samples] == ["x", "y", "w"]
+    assert [leaf.text for _, leaf in chosen.samples] == ["x", "y", "w"]
     assert [ids for _, ids in chosen.sequences] == [[1], [3], [5]]
     # the cap and de-duplication shape the data set, not the rates: all 5 passing leaves count
     assert chosen.pass_rate == 5 / 6 and chosen.verified_tokens == 5 and chosen.distinct == 4
@@ -85,7 +87,7 @@ def test_distinct_texts_and_cap_per_problem_in_leaf_order():
 
 def test_rates_across_problems_and_unverified_verdicts():
     trees = [tree_with(f"t{i}", [[i], [i, i]]) for i in range(3)]
-    results = [[PASS, FAIL], [FAIL, {**FAIL, "verdict": "timeout"}], [{**FAIL, "verdict": "error"}, PASS]]
+    results = [[PASS, FAIL], [FAIL, Result("timeout", 0.0, 0.0, "")], [Result("error", 0.0, 0.0, ""), PASS]]
     leaves = [leaf for tree, r in zip(trees, results) for leaf in leaves_of(tree, ["a", "b"], r)]
     chosen = select_verified([problem(i) for i in range(3)], trees, leaves, cap=2)
     assert [p.id for p, _ in chosen.samples] == ["p0", "p2"]
@@ -169,7 +171,8 @@ def test_a_step_is_written_once(tmp_path):
 
 def test_the_loop_rows_fit_the_schema(tmp_path):
     """Prune -> loop.provenance -> DataStore, the path a run takes, with real env and config."""
-    from branchrl.loop import Context, provenance  # imports ray (no cluster starts): only this test pays
+    from branchrl.context import Context
+    from branchrl.loop import provenance  # imports ray (no cluster starts): only this test pays
 
     cfg = load_config(None, ["run.seed=5"])
     env = load_env("arithmetic", digits=2)
@@ -179,9 +182,9 @@ def test_the_loop_rows_fit_the_schema(tmp_path):
     for p, tree in zip(problems, trees):
         leaves += leaves_of(tree, [p.solution, "#### 0"], [PASS, FAIL])
         for leaf in leaves[-2:]:
-            tree.nodes[leaf["leaf"]].reward = leaf["result"]["score"]
+            tree.nodes[leaf.node].reward = leaf.reward
     chosen = select_verified(problems, trees, leaves, cap=4)
-    ctx = Context(cfg, env, tokenizer=None, roles=None, ledger=None, run_dir=tmp_path, progress=None, settings=None)
+    ctx = Context(cfg, env, tokenizer=None, roles=None, ledger=None, run_dir=tmp_path, progress=None)
     DataStore(tmp_path / "data").write(7, provenance(ctx, chosen, 7))
     ds = load(tmp_path / "data", tmp_path)
     assert ds.num_rows == 2 and ds.column_names == SCHEMA.names

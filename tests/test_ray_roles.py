@@ -14,9 +14,8 @@ from branchrl.config import load_config
 from branchrl.launch import LaunchError, launch
 from branchrl.loop import sync
 from branchrl.models import load_tokenizer
-from branchrl.rollout.sampler import BranchSettings
 from branchrl.training import parallel
-from branchrl.training.algos import ALGOS, pg_batch
+from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerGroup
 from branchrl.training.trainer import Trainer
 from branchrl.verifier_pool import VerifierWorker
@@ -84,7 +83,7 @@ def _set_algo(group, algo: str) -> None:
 
 def _batch(roles, algo: str, step: int) -> list:
     """sft: PAIRS as token ids. grpo/tree: the leaves of two trees a rollout worker samples with the current
-    policy, the first leaf of each rewarded, as the driver builds them (pg_batch)."""
+    policy, the first leaf of each rewarded, as the driver builds them (Algo.batch)."""
     import ray
 
     cfg = load_config(None, [*GROUP, *FORKING])
@@ -92,11 +91,11 @@ def _batch(roles, algo: str, step: int) -> list:
     if not ALGOS[algo].policy_gradient:
         return [(tok.encode(p), tok.encode(s) + [tok.eos_token_id]) for p, s in PAIRS]
     prompts = [(p, tok.encode(p)) for p, _ in PAIRS[:2]]
-    trees, _ = ray.get(roles.rollout[0].rollout.remote(prompts, step, BranchSettings.from_config(cfg.branch)))
+    trees, _ = ray.get(roles.rollout[0].rollout.remote(prompts, step))
     for tree in trees:
         for i, leaf in enumerate(tree.leaves()):
             tree.nodes[leaf].reward = float(i == 0)
-    batch, dropped = pg_batch(ALGOS[algo], trees, "once", max_trees=2)
+    batch, dropped = ALGOS[algo].batch(trees, [], "once", max_trees=2)
     assert dropped == 0 and len(batch) >= 4
     return batch
 
@@ -233,7 +232,7 @@ def test_a_verifier_actors_warm_sandboxes_die_with_the_actor(ray_cluster):
     actor = ray.remote(VerifierWorker).remote()
     record = {"verifier": "python_tests", "completion": "def f(x):\n    return x + 1\n", "tests": "assert f(1) == 2"}
     results, _ = ray.get(actor.verify_batch.remote([record, record]))
-    assert [r["verdict"] for r in results] == ["pass", "pass"]
+    assert [r.verdict for r in results] == ["pass", "pass"]
     # the module goes by reference, so this reads the actor's own pool
     pids = ray.get(actor.__ray_call__.remote(lambda self: [box.proc.pid for box in warm_sandbox.SANDBOXES.sandboxes()]))
     assert len(pids) == 1 and os.path.exists(f"/proc/{pids[0]}")

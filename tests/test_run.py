@@ -14,9 +14,13 @@ SUMMARY_KEYS = {"eval_before", "eval_after", "steps", "generated_tokens", "verif
                 "verify_seconds", "wall_seconds"}
 PROVENANCE = ["env", "problem_id", "policy_version", "verifier", "verifier_version", "verdict", "tree_id",
               "branch_path", "seed"]
-SMALL_RUN = ["env.kwargs={digits: 1}", "model.tiny.hidden_size=64", "model.tiny.layers=2", "model.tiny.heads=2",
-             "model.tiny.kv_heads=2", "model.tiny.intermediate_size=128", "model.tiny.max_position=48",
-             "warm_start.problems=8", "warm_start.epochs=60", "warm_start.batch_size=8", "rollout.prompts_per_step=16",
+# the echo env (copy a number): after this warm start about 40% of sampled leaves pass on every seed, so each
+# step has verified samples, mixed rewards and an update without depending on a lucky draw; its completions are
+# all answer ("#### 218"), so forks must be allowed there
+SMALL_RUN = ["env.name=echo", "branch.fork_in_answer=true", "model.tiny.hidden_size=64", "model.tiny.layers=2",
+             "model.tiny.heads=2", "model.tiny.kv_heads=2", "model.tiny.intermediate_size=128",
+             "model.tiny.max_position=48",
+             "warm_start.problems=32", "warm_start.epochs=40", "warm_start.batch_size=8", "rollout.prompts_per_step=16",
              "rollout.max_new_tokens=16", "branch.entropy_threshold=0.3", "run.steps=3", "eval.problems=8",
              "eval.every=2", "train.threads=1"]
 
@@ -58,10 +62,9 @@ def test_verified_samples_load_with_datasets_all_pass_with_provenance(finished_r
     assert set(data["verdict"]) == {"pass"}
     for column in PROVENANCE:
         assert all(v is not None and v != "" for v in data[column]), column
-    assert set(data["env"]) == {"arithmetic"} and set(data["seed"]) == {cfg.run.seed}
+    assert set(data["env"]) == {"echo"} and set(data["seed"]) == {cfg.run.seed}
     for row in data:  # every stored completion really answers its own problem
-        a, b = row["problem_id"].split("+")
-        assert row["completion"].rsplit("####", 1)[1].strip() == str(int(a) + int(b))
+        assert row["completion"].rsplit("####", 1)[1].strip() == row["problem_id"]
 
 
 def test_resolved_config_and_hf_checkpoints_load_back(finished_run):

@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from branchrl.config import BranchConfig
 from branchrl.engine import Decoder, Engine, HFDecoder, HFEngine, SamplingParams, entropy, sampling_logprobs
 from branchrl.rollout.policies.eptree import fork_points
-from branchrl.rollout.sampler import BranchSampler, BranchSettings
+from branchrl.rollout.sampler import GREEDY, GREEDY_BRANCH, BranchSampler
 from branchrl.tree import Tree
 
 VOCAB, EOS = 40, 2
@@ -31,13 +32,16 @@ def model():
     return m
 
 
-def sampler(model, max_new_tokens=14, temperature=0.7, seed=0, max_rows=0, engine=None, **truncation) -> BranchSampler:
-    """truncation: top_k / top_p. engine: a ready engine (default: a fresh `Engine` over the model)."""
+def sampler(model, max_new_tokens=14, temperature=0.7, seed=0, max_rows=0, engine=None, answer_ids=frozenset(),
+            greedy=False, **truncation) -> BranchSampler:
+    """truncation: top_k / top_p. engine: a ready engine (default: a fresh `Engine` over the model). greedy: the
+    evaluation sampler (argmax; run it with GREEDY_BRANCH)."""
     if engine is None:
         decoder = Decoder(model.config.to_dict())
         decoder.load_state_dict(model.state_dict())
         engine = Engine(decoder, pad_id=0)
-    return BranchSampler(engine, EOS, max_new_tokens, SamplingParams(temperature, **truncation), seed, max_rows)
+    params = GREEDY if greedy else SamplingParams(temperature, **truncation)
+    return BranchSampler(engine, EOS, max_new_tokens, params, seed, max_rows, answer_ids)
 
 
 def fork_offsets(tree: Tree, leaf: int) -> list[int]:
@@ -52,14 +56,14 @@ def fork_offsets(tree: Tree, leaf: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def branched(model):
-    settings = BranchSettings(roots=2, max_leaves=5, entropy_threshold=0.5, min_prefix=3, min_gap=4)
+    settings = BranchConfig(roots=2, max_leaves=5, entropy_threshold=0.5, min_prefix=3, min_gap=4)
     return settings, sampler(model).run(PROMPTS, settings, policy_version=7)
 
 
 def test_trees_respect_the_leaf_budget_and_spend_it(branched):
     settings, trees = branched
     assert [t.problem_id for t in trees] == ["p0", "p1", "p2"]
-    assert [t.tree_id for t in trees] == ["p0#7#0", "p1#7#1", "p2#7#2"]
+    assert [t.policy_version for t in trees] == [7, 7, 7] and {t.tree_id for t in trees} == {""}  # the driver names
     for tree in trees:
         assert len(tree.nodes[0].children) == settings.roots
         assert len(tree.leaves()) == settings.roots + tree.forks()
@@ -88,7 +92,7 @@ def test_forks_wait_for_min_prefix_and_min_gap_and_children_differ(branched):
 
 
 def test_fork_children_differ_even_when_one_token_dominates(model):
-    settings = BranchSettings(roots=1, max_leaves=6, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    settings = BranchConfig(roots=1, max_leaves=6, entropy_threshold=0.0, min_prefix=0, min_gap=1)
     trees = sampler(model, max_new_tokens=8, temperature=0.1).run(PROMPTS, settings, policy_version=0)
     forked = [n for t in trees for n in t.nodes[1:] if n.children]
     assert len(forked) >= 10
@@ -135,6 +139,19 @@ def test_stored_logprobs_equal_a_full_forward_at_the_sampling_temperature(branch
         assert_leaves_match_a_full_forward(model, tree)
 
 
+def test_a_compiled_engine_grows_the_same_trees_with_the_same_logprobs(branched, model):
+    """rollout.decode=compile: FlexAttention over pages, batches padded to buckets (up to 15 rows here: 8 and 16)."""
+    settings, trees = branched
+    decoder = Decoder(model.config.to_dict())
+    decoder.load_state_dict(model.state_dict())
+    compiled = sampler(model, engine=Engine(decoder, pad_id=0, page_size=4, decode="compile"))
+    again = compiled.run(PROMPTS, settings, policy_version=7)
+    for tree, other in zip(trees, again):
+        assert_leaves_match_a_full_forward(model, other)
+        assert [other.completion_ids(leaf) for leaf in other.leaves()] == [tree.completion_ids(leaf)
+                                                                         for leaf in tree.leaves()]
+
+
 def test_same_seed_same_trees(model, branched):
     settings, trees = branched
     again = sampler(model).run(PROMPTS, settings, policy_version=7)
@@ -143,13 +160,13 @@ def test_same_seed_same_trees(model, branched):
 
 
 def test_no_forks_below_the_entropy_threshold(model):
-    settings = BranchSettings(roots=2, max_leaves=8, entropy_threshold=50.0, min_prefix=0, min_gap=1)
+    settings = BranchConfig(roots=2, max_leaves=8, entropy_threshold=50.0, min_prefix=0, min_gap=1)
     for tree in sampler(model).run(PROMPTS, settings, policy_version=0):
         assert tree.forks() == 0 and len(tree.leaves()) == 2
 
 
 def test_branching_off_gives_independent_chains(model):
-    settings = BranchSettings(policy="independent", roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0,
+    settings = BranchConfig(policy="independent", roots=3, max_leaves=8, entropy_threshold=0.0, min_prefix=0,
                               min_gap=1)
     for tree in sampler(model).run(PROMPTS, settings, policy_version=0):
         assert tree.forks() == 0 and len(tree.leaves()) == 3
@@ -157,8 +174,7 @@ def test_branching_off_gives_independent_chains(model):
 
 @torch.no_grad()
 def test_greedy_is_one_chain_per_prompt_equal_to_generate(model):
-    settings = BranchSettings(roots=4, max_leaves=8, entropy_threshold=0.0)  # greedy ignores the policy
-    trees = sampler(model, max_new_tokens=10).run(PROMPTS, settings, policy_version=0, greedy=True)
+    trees = sampler(model, max_new_tokens=10, greedy=True).run(PROMPTS, GREEDY_BRANCH, policy_version=0)
     for (_, prompt), tree in zip(PROMPTS, trees):
         assert tree.forks() == 0 and tree.leaves() == [1]
         out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -172,9 +188,8 @@ def first_index(ids: list[int], wanted: set[int]) -> int:
 
 def test_entropy_forks_stop_at_max_depth_the_answer_and_the_length_limit(model):
     answer = {3, 4, 5}   # stands for the tokens that start "####"
-    settings = BranchSettings(roots=1, max_leaves=40, entropy_threshold=0.0, min_prefix=0, min_gap=1,
-                              max_depth=2, answer_ids=tuple(answer))
-    trees = sampler(model, max_new_tokens=12).run(PROMPTS * 3, settings, policy_version=0)
+    settings = BranchConfig(roots=1, max_leaves=40, entropy_threshold=0.0, min_prefix=0, min_gap=1, max_depth=2)
+    trees = sampler(model, max_new_tokens=12, answer_ids=answer).run(PROMPTS * 3, settings, policy_version=0)
     depths, answered_early = [], 0
     for tree in trees:
         for leaf in tree.leaves():
@@ -187,12 +202,12 @@ def test_entropy_forks_stop_at_max_depth_the_answer_and_the_length_limit(model):
 
 
 def test_entropy_threshold_is_inclusive(model):
-    at = BranchSettings(roots=1, max_leaves=4, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    at = BranchConfig(roots=1, max_leaves=4, entropy_threshold=0.0, min_prefix=0, min_gap=1)
     assert all(t.forks() == 3 for t in sampler(model).run(PROMPTS, at, policy_version=0))
 
 
 def test_independent_policy_ignores_entropy_and_budget(model):
-    settings = BranchSettings(policy="independent", roots=5, max_leaves=5, entropy_threshold=0.0, min_prefix=0)
+    settings = BranchConfig(policy="independent", roots=5, max_leaves=5, entropy_threshold=0.0, min_prefix=0)
     trees = sampler(model).run(PROMPTS, settings, policy_version=0)
     assert all(t.forks() == 0 and len(t.leaves()) == 5 and len(t.nodes[0].children) == 5 for t in trees)
 
@@ -201,7 +216,7 @@ def test_independent_policy_ignores_entropy_and_budget(model):
 @pytest.mark.parametrize("policy", ["entropy", "eptree"])
 def test_truncated_sampling_stores_the_distribution_drawn_from_and_forks_inside_it(model, policy):
     params = SamplingParams(0.7, top_k=6, top_p=0.9)
-    settings = BranchSettings(policy=policy, roots=2, max_leaves=6, entropy_threshold=0.3, min_prefix=1, min_gap=2)
+    settings = BranchConfig(policy=policy, roots=2, max_leaves=6, entropy_threshold=0.3, min_prefix=1, min_gap=2)
     trees = sampler(model, top_k=6, top_p=0.9).run(PROMPTS, settings, policy_version=0)
     assert sum(t.forks() for t in trees) > 0
     for tree in trees:
@@ -214,7 +229,7 @@ def test_truncated_sampling_stores_the_distribution_drawn_from_and_forks_inside_
 
 
 def test_a_fork_point_gets_only_the_siblings_the_truncation_leaves(model):
-    settings = BranchSettings(policy="eptree", roots=2, max_leaves=12, top_n=2, forks_per_point=3, min_prefix=1,
+    settings = BranchConfig(policy="eptree", roots=2, max_leaves=12, top_n=2, forks_per_point=3, min_prefix=1,
                               min_gap=2)
     trees = sampler(model, top_k=2).run(PROMPTS, settings, policy_version=0)
     forked = [n for t in trees for n in t.nodes[1:] if len(n.children) > 1]
@@ -223,7 +238,7 @@ def test_a_fork_point_gets_only_the_siblings_the_truncation_leaves(model):
 
 @pytest.mark.parametrize("policy", ["entropy", "eptree"])
 def test_no_fork_where_truncation_leaves_one_token(model, policy):
-    settings = BranchSettings(policy=policy, roots=2, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    settings = BranchConfig(policy=policy, roots=2, max_leaves=8, entropy_threshold=0.0, min_prefix=0, min_gap=1)
     trees = sampler(model, top_k=1).run(PROMPTS, settings, policy_version=0)
     for tree in trees:
         assert tree.forks() == 0 and len(tree.leaves()) == 2
@@ -232,7 +247,7 @@ def test_no_fork_where_truncation_leaves_one_token(model, policy):
 
 def test_reopening_a_token_drawn_with_probability_one_adds_nothing(model):
     smp = sampler(model, max_new_tokens=10, top_k=1)
-    trees = smp.run(PROMPTS[:1], BranchSettings(policy="independent", roots=1), policy_version=0)
+    trees = smp.run(PROMPTS[:1], BranchConfig(policy="independent", roots=1), policy_version=0)
     original = trees[0].completion_ids(1)
     smp.reopen(trees, [(0, 1, 4)], children=2)
     assert [trees[0].completion_ids(leaf) for leaf in trees[0].leaves()] == [original]
@@ -286,14 +301,14 @@ def counting(model, fallback: bool = False):
 
 
 CAPPED = {  # policy: settings whose trees need at most 6 rows at once
-    "independent": BranchSettings(policy="independent", roots=3, max_leaves=3),
-    "entropy": BranchSettings(roots=2, max_leaves=5, entropy_threshold=0.5, min_prefix=3, min_gap=4),
-    "eptree": BranchSettings(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, min_prefix=2,
+    "independent": BranchConfig(policy="independent", roots=3, max_leaves=3),
+    "entropy": BranchConfig(roots=2, max_leaves=5, entropy_threshold=0.5, min_prefix=3, min_gap=4),
+    "eptree": BranchConfig(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, min_prefix=2,
                              min_gap=3),
 }
 
 
-def assert_complete(trees: list[Tree], settings: BranchSettings, max_new_tokens: int) -> None:
+def assert_complete(trees: list[Tree], settings: BranchConfig, max_new_tokens: int) -> None:
     for tree in trees:
         assert len(tree.nodes[0].children) == settings.roots
         assert settings.roots <= len(tree.leaves()) <= max(settings.max_leaves, settings.roots)
@@ -325,7 +340,7 @@ def test_row_cap_is_never_exceeded_and_trees_are_complete(model, policy, max_row
 
 def test_a_row_cap_never_skips_an_online_fork(model):
     """Every row forks as soon as it may, so every tree reaches its leaf budget, cap or not."""
-    settings = BranchSettings(roots=1, max_leaves=4, entropy_threshold=0.0, min_prefix=0, min_gap=1)
+    settings = BranchConfig(roots=1, max_leaves=4, entropy_threshold=0.0, min_prefix=0, min_gap=1)
     for max_rows in (4, 9):
         engine = counting(model)
         trees = sampler(model, max_rows=max_rows, engine=engine).run(PROMPTS * 3, settings, policy_version=0)
@@ -335,11 +350,10 @@ def test_a_row_cap_never_skips_an_online_fork(model):
 
 @pytest.mark.parametrize("fallback", [False, True])
 def test_greedy_with_a_row_cap_equals_greedy_without_one(model, fallback):
-    settings = BranchSettings(roots=4, max_leaves=8)   # greedy ignores the policy: one chain per prompt
-    free = sampler(model, max_new_tokens=10).run(PROMPTS * 3, settings, policy_version=0, greedy=True)
+    free = sampler(model, max_new_tokens=10, greedy=True).run(PROMPTS * 3, GREEDY_BRANCH, policy_version=0)
     engine = counting(model, fallback)
-    capped = sampler(model, max_new_tokens=10, max_rows=2, engine=engine).run(PROMPTS * 3, settings,
-                                                                              policy_version=0, greedy=True)
+    capped = sampler(model, max_new_tokens=10, max_rows=2, engine=engine, greedy=True).run(
+        PROMPTS * 3, GREEDY_BRANCH, policy_version=0)
     assert [t.completion_ids(1) for t in capped] == [t.completion_ids(1) for t in free]
     assert max(engine.sizes) <= 2
     assert (engine.mid_flight == 0) if fallback else (engine.mid_flight > 0)   # the fallback runs in waves
@@ -372,7 +386,7 @@ def test_a_cap_below_one_trees_rows_is_refused_before_any_compute(model):
 
 @pytest.fixture(scope="module")
 def eptree(model):
-    settings = BranchSettings(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, rounds=1,
+    settings = BranchConfig(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, rounds=1,
                               min_prefix=2, min_gap=3)
     return settings, sampler(model, max_new_tokens=14).run(PROMPTS, settings, policy_version=0)
 
@@ -406,24 +420,24 @@ def test_eptree_branches_have_full_forward_logprobs_and_count_their_reprefill(ep
 
 
 def test_fork_points_take_the_least_likely_tokens_spaced_apart_and_before_the_answer():
-    tree = Tree("t", "p", [1], 0)
+    tree = Tree("p", [1], 0, tree_id="t")
     node = tree.nodes[tree.add_child(0)]
     node.tokens = [10, 11, 12, 13, 99, 15, 16, 17, 18, 19]
     node.logprobs = [-0.1, -3.0, -0.2, -2.5, -0.1, -2.9, -0.3, -5.0, -0.1, -0.1]
     node.finish, node.reward = "eos", 1.0
-    s = BranchSettings(policy="eptree", roots=1, max_leaves=9, top_n=2, forks_per_point=2, min_prefix=1, min_gap=2)
+    s = BranchConfig(policy="eptree", roots=1, max_leaves=9, top_n=2, forks_per_point=2, min_prefix=1, min_gap=2)
     assert fork_points(tree, s, max_new_tokens=20) == [(1, 7), (1, 1)]          # -log p 5.0 then 3.0
     assert fork_points(tree, s, max_new_tokens=20, answer_ids={99}) == [(1, 1), (1, 3)]  # nothing after '99'
-    wide = BranchSettings(**{**s.__dict__, "min_gap": 5})
+    wide = s.model_copy(update={"min_gap": 5})
     assert fork_points(tree, wide, max_new_tokens=20, answer_ids={99}) == [(1, 1)]  # 3 is too close to 1
-    small = BranchSettings(**{**s.__dict__, "max_leaves": 4})
+    small = s.model_copy(update={"max_leaves": 4})
     assert fork_points(tree, small, max_new_tokens=20) == [(1, 7)]              # 1 + 2 + 2 > 4 leaves
     assert fork_points(tree, s, max_new_tokens=9) == [(1, 1), (1, 5)]           # 7 + 2 >= 9: at the limit
 
 
 def test_reopen_two_points_on_one_chain_keeps_the_original_path(model):
     smp = sampler(model, max_new_tokens=12)
-    trees = smp.run(PROMPTS[:1], BranchSettings(policy="independent", roots=1), policy_version=0)
+    trees = smp.run(PROMPTS[:1], BranchConfig(policy="independent", roots=1), policy_version=0)
     tree = trees[0]
     original = tree.completion_ids(1)
     smp.reopen(trees, [(0, 1, 6), (0, 1, 2)], children=1)
@@ -436,7 +450,7 @@ def test_reopen_two_points_on_one_chain_keeps_the_original_path(model):
 
 
 def test_split_moves_the_tail_children_and_leaf_state():
-    t = Tree("t", "p", [1, 2], 0)
+    t = Tree("p", [1, 2], 0, tree_id="t")
     a = t.add_child(0)
     t.nodes[a].tokens, t.nodes[a].logprobs, t.nodes[a].entropies = [5, 6, 7], [-1.0, -2.0, -3.0], [0.1, 0.2, 0.3]
     b, c = t.add_child(a), t.add_child(a)
@@ -461,7 +475,7 @@ def tree() -> Tree:
                               +- 6 [16]     eos,    never verified
         2 [20 21 22]                       eos,    reward 1
     """
-    t = Tree("t", "p", [1, 2, 3], policy_version=0)
+    t = Tree("p", [1, 2, 3], 0, tree_id="t")
     for parent, tokens, finish, reward in [(0, [10, 11], "", None), (0, [20, 21, 22], "eos", 1.0),
                                            (1, [12], "eos", 1.0), (1, [13], "", None),
                                            (4, [14, 15], "length", 0.0), (4, [16], "eos", None)]:
@@ -506,7 +520,7 @@ def test_context_sum_by_hand(tree):
 def test_branching_on_cuda_matches_the_cpu_model(model):
     decoder = Decoder(model.config.to_dict(), device="cuda")
     decoder.load_state_dict(model.state_dict())
-    settings = BranchSettings(roots=2, max_leaves=4, entropy_threshold=0.5, min_prefix=1, min_gap=2)
+    settings = BranchConfig(roots=2, max_leaves=4, entropy_threshold=0.5, min_prefix=1, min_gap=2)
     branch_sampler = BranchSampler(Engine(decoder, pad_id=0), EOS, 8, SamplingParams(0.7), seed=0)
     trees = branch_sampler.run(PROMPTS, settings, policy_version=0)
     assert sum(t.forks() for t in trees) > 0

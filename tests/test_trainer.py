@@ -10,15 +10,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
 from branchrl.config import ConfigError, load_config
-from branchrl.data.ledger import causal_context_sum
 from branchrl.engine import PromptTooLong
 from branchrl.models import CHARS, SPECIALS, build_char_tokenizer, count_flop_params, load_policy, load_tokenizer
-from branchrl.rollout.sampler import BranchSettings
 from branchrl.rollout.worker import RolloutWorker
 from branchrl.sync.weight_sync import pack_weights, state_checksum
 from branchrl.training import parallel
 from branchrl.training.losses import pack_batch, sft_loss
 from branchrl.training.trainer import Trainer
+from branchrl.tree import attended_positions
 
 TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=4", "model.tiny.kv_heads=2",
         "model.tiny.intermediate_size=64", "model.tiny.max_position=64", "train.threads=1",
@@ -90,7 +89,7 @@ def test_train_stats_count_tokens_context_and_the_state_one_rank_holds(trained):
     assert stats.sequences == len(seqs)
     assert stats.trained_tokens == sum(len(c) for _, c in seqs)
     assert stats.processed_tokens == sum(lengths)
-    assert stats.context_sum == causal_context_sum(lengths)
+    assert stats.context_sum == sum(map(attended_positions, lengths))
     assert stats.forward_tokens == stats.forward_context_sum == 0   # sft: no forward-only pass
     params = list(trainer.model.parameters())
     # fp32 parameter, gradient and two Adam moments per element, plus a float32 step count per tensor
@@ -114,7 +113,7 @@ def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
     assert worker.set_weights(published) == {"version": published.version, "checksum": published.checksum,
                                              "pid": os.getpid()}
     prompts = [("a", trainer.tokenizer.encode("12+30=")), ("b", trainer.tokenizer.encode("3+3="))]
-    trees, seconds = worker.rollout(prompts, step=1, settings=BranchSettings(), greedy=True)
+    trees, seconds = worker.rollout(prompts, step=1, greedy=True)
     assert seconds >= 0 and [t.policy_version for t in trees] == [1, 1]
     model = hf_copy(trainer)
     with torch.no_grad():  # the worker decodes with the trainer's weights: same greedy text as HF generate
@@ -132,8 +131,8 @@ def test_rollout_worker_refuses_a_too_long_prompt_by_name_and_stays_usable(train
     ok = ("ok", trainer.tokenizer.encode("1+1="))
     with pytest.raises(PromptTooLong, match=r"^prompt 'long' has 60 tokens; with max_new_tokens=6 that is 66, over "
                                             r"the engine's limit of 64 tokens per sequence$"):
-        worker.rollout([ok, ("long", [5] * 60)], step=1, settings=BranchSettings())
-    trees, _ = worker.rollout([ok], step=1, settings=BranchSettings(), greedy=True)
+        worker.rollout([ok, ("long", [5] * 60)], step=1)
+    trees, _ = worker.rollout([ok], step=1, greedy=True)
     assert len(trees) == 1 and trees[0].leaves()
 
 
@@ -144,7 +143,7 @@ def test_rollout_worker_runs_an_unsupported_architecture_on_the_fallback_engine(
     worker = RolloutWorker(tiny_cfg(), config.to_dict(), eos_id=2, pad_id=0, rank=0)
     weights = pack_weights(model, version=3)
     assert worker.set_weights(weights) == {"version": 3, "checksum": weights.checksum, "pid": os.getpid()}
-    trees, _ = worker.rollout([("a", [5, 6, 7]), ("b", [8, 9])], step=1, settings=BranchSettings(), greedy=True)
+    trees, _ = worker.rollout([("a", [5, 6, 7]), ("b", [8, 9])], step=1, greedy=True)
     with torch.no_grad():
         for ids, tree in zip([[5, 6, 7], [8, 9]], trees):
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -159,8 +158,7 @@ def test_rollout_worker_branches_within_the_configured_budget(trained):
     info = trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
     worker.set_weights(weights(trainer))
-    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
-                              settings=BranchSettings.from_config(cfg.branch))
+    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1)
     assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
 
 
@@ -174,9 +172,8 @@ def test_rollout_worker_samples_with_the_configured_truncation_and_row_cap(train
     batches, step = [], worker.engine.step
     worker.engine.step = lambda tokens: (batches.append(len(tokens)), step(tokens))[1]
     prompts = [(p, trainer.tokenizer.encode(p)) for p in ("1+1=", "2+3=", "4*2=")]
-    settings = BranchSettings.from_config(cfg.branch)
-    trees, _ = worker.rollout(prompts, step=1, settings=settings)
-    greedy, _ = worker.rollout(prompts, step=2, settings=settings, greedy=True)
+    trees, _ = worker.rollout(prompts, step=1)
+    greedy, _ = worker.rollout(prompts, step=2, greedy=True)
     assert batches and max(batches) <= 3
     for tree, chain in zip(trees, greedy):   # top_k=1: each token had probability 1, so no fork and no choice
         assert tree.forks() == 0 and len(tree.leaves()) == 2
@@ -330,17 +327,16 @@ def test_pack_weights_is_a_detached_cpu_copy():
 def sampled_batch(trainer, algo: str):
     """The leaves of one tree the rollout worker samples with the trainer's weights, the first one rewarded, as the
     driver builds a policy-gradient batch; and the rewarded and the last leaf as (prompt, completion) pairs."""
-    from branchrl.training.algos import ALGOS, pg_batch
+    from branchrl.training.algos import ALGOS
 
     cfg, info = trainer.cfg, trainer.describe()
     worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
     worker.set_weights(weights(trainer))
-    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1,
-                              settings=BranchSettings.from_config(cfg.branch))
+    trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1)
     tree, leaves = trees[0], trees[0].leaves()
     for i, leaf in enumerate(leaves):
         tree.nodes[leaf].reward = 1.0 if i == 0 else 0.0
-    batch, dropped = pg_batch(ALGOS[algo], trees, "once", max_trees=1)
+    batch, dropped = ALGOS[algo].batch(trees, [], "once", max_trees=1)
     assert dropped == 0 and len(batch) == len(leaves) == 4
     return batch, [(tree.prompt_ids, tree.completion_ids(leaf)) for leaf in (leaves[0], leaves[-1])]
 

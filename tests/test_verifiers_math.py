@@ -1,5 +1,6 @@
 """Math verifier: our extraction, the exact fast path, math-verify in a killable worker, dispatch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import threading
 import pytest
 
 from branchrl.verifiers import VERDICTS, VERIFIERS, Result, math_answer, verifier_version, verify, verify_math
-from branchrl.verifiers.math_answer import extract_final_answer, normalise
+from branchrl.verifiers.math_answer.extract import extract_final_answer, normalise
+from branchrl.verifiers.math_answer.pool import POOL
 
 SLOW_HANG = r"\boxed{(x+1)^{10000}-(x-1)^{10000}}"  # sympy expands this for minutes
 
@@ -28,10 +30,15 @@ def test_last_boxed_wins_and_escaped_braces_stay_inside():
     assert extract_final_answer(r"try \boxed{3}, no: \boxed{\{1,2\}}") == r"\{1,2\}"
 
 
-def test_several_equal_boxed_pass_but_different_boxed_fail():
+def test_with_several_boxed_the_last_is_the_answer_as_the_math_graders_read_it():
     assert check(r"\boxed{42} so again \boxed{42}", "42").verdict == "pass"
-    result = check(r"\boxed{42} or maybe \boxed{43}", "42")
-    assert result.verdict == "fail" and "several different" in result.details
+    first_try = r"At first \boxed{43}. Checking again, I made an error: the answer is \boxed{42}."
+    assert check(first_try, "42").verdict == "pass"
+    result = check(first_try, "43")
+    assert result.verdict == "fail" and "'42' != gold '43'" in result.details, result.details
+    symbolic = check(r"\boxed{\sqrt{2}} or rather \boxed{\frac{\sqrt{8}}{2}}", r"\sqrt{2}")
+    assert symbolic.verdict == "pass" and symbolic.details.startswith("math-verify:"), symbolic.details
+    assert check(r"\boxed{\sqrt{8}/2} then \boxed{\sqrt{3}}", r"\sqrt{2}").verdict == "fail"
 
 
 def test_gsm8k_marker_with_thousands_comma():
@@ -118,8 +125,8 @@ def test_timeout_kills_the_worker_and_the_next_call_works():
 
 def test_worker_that_died_while_idle_is_replaced():
     assert check(r"\boxed{\sqrt{2}^2}", "2").verdict == "pass"
-    os.kill(math_answer._WORKERS.workers[0]._proc.pid, 9)
-    math_answer._WORKERS.workers[0]._proc.wait()
+    os.kill(POOL.workers[0]._proc.pid, 9)
+    POOL.workers[0]._proc.wait()
     assert check(r"\boxed{\sqrt{2}^2}", "2").verdict == "pass"
 
 
@@ -198,3 +205,59 @@ def test_numeric_mode_fails_expressions_that_merely_equal_the_answer():
         assert verify({"verifier": "math", "completion": text, "answer": "10", "numeric": True}).verdict == "fail"
     assert verify({"verifier": "math", "completion": "#### 10", "answer": "10", "numeric": True}).verdict == "pass"
     assert verify({"verifier": "math", "completion": "#### 10", "answer": "10", "numeric": "yes"}).verdict == "error"
+
+
+# ------------------------------------------------------------------ the math-verify pool
+POOL_SCRIPT = r"""
+import json, os, threading
+from branchrl.verifiers import configure, verify
+from branchrl.verifiers.math_answer.pool import POOL
+try:
+    os.waitpid(-1, os.WNOHANG)
+    children_at_import = True
+except ChildProcessError:
+    children_at_import = False
+workers_at_import = len(POOL.workers)
+configure("math", workers=2)
+record = {"verifier": "math", "completion": r"\boxed{\sqrt{2}^2}", "answer": "2"}
+verdicts = []
+threads = [threading.Thread(target=lambda: verdicts.append(verify(record).verdict)) for _ in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+errors = []
+for bad in ({"workers": 0}, {"workers": True}, {"workers": "2"}):
+    try:
+        configure("math", **bad)
+    except ValueError as e:
+        errors.append(str(e))
+try:
+    configure("countdown", workers=2)
+except ValueError as e:
+    errors.append(str(e))
+print(json.dumps({"children_at_import": children_at_import, "workers_at_import": workers_at_import,
+                  "verdicts": verdicts, "pool": len(POOL.workers),
+                  "started": sum(w._proc is not None for w in POOL.workers), "errors": errors}))
+"""
+
+
+def test_import_starts_nothing_and_configure_sizes_the_pool():
+    proc = subprocess.run([sys.executable, "-c", POOL_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["children_at_import"] is False and got["workers_at_import"] == 0
+    assert got["verdicts"] == ["pass"] * 6 and got["pool"] == 2 and 1 <= got["started"] <= 2
+    assert got["errors"][:3] == ["math verifier workers must be a positive integer, got " + v for v in
+                                 ("0", "True", "'2'")]
+    assert got["errors"][3] == "verifier 'countdown' has no settings"
+
+
+def test_a_worker_that_cannot_start_is_an_error_verdict_not_an_exception(monkeypatch):
+    from branchrl.verifiers.math_answer.pool import SlowPathWorker
+
+    worker = SlowPathWorker()
+    monkeypatch.setattr(worker, "command", lambda: [sys.executable, "-c", "import sys; sys.exit(3)"])
+    result = worker.compare("2", r"\sqrt{2}^2", timeout_s=5)
+    assert result.verdict == "error" and "did not start (exit code 3)" in result.details
+    worker.close()

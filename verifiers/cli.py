@@ -1,8 +1,10 @@
 """`branchrl verify FILE.jsonl`: check one JSON record per line, print each back with its verdict.
 
 Each output line is the input record plus `verdict`, `score`, `seconds` and `details`, in input
-order. A line that is not a JSON object becomes an "error" line that names it, and the run goes on:
-nothing is lost. At the end a per-verdict count goes to stderr. `jobs` > 1 checks records on threads
+order; an "error" line also carries `line`, its line number in the input (replacing a `line` field
+of the record's own). A line that is not a JSON object becomes an "error" line that names it, and
+the run goes on: nothing is lost. At the end a per-verdict count goes to stderr; with `strict`,
+the return value is 1 when any record is an error. `jobs` > 1 checks records on threads
 (the heavy work already runs in worker processes: math-verify's worker, one warm code sandbox per job).
 Deliberately not here: argument parsing and exit codes (the top-level `branchrl` CLI owns them).
 """
@@ -18,9 +20,13 @@ from typing import TextIO
 from .registry import verify
 from .result import VERDICTS
 
+AHEAD_PER_JOB = 4  # with jobs > 1, records in flight per job: enough to keep every job busy, few enough to stream
 
-def main_verify(path: str, out: TextIO | None = None, jobs: int = 1, summary: TextIO | None = None) -> int:
-    """Verify every record of the JSONL file `path` ("-" = stdin) onto `out` (default stdout); returns 0.
+
+def main_verify(path: str, out: TextIO | None = None, jobs: int = 1, summary: TextIO | None = None,
+                strict: bool = False) -> int:
+    """Verify every record of the JSONL file `path` ("-" = stdin) onto `out` (default stdout); returns 0,
+    or 1 with `strict` when any record is an error.
 
     A missing file raises FileNotFoundError; the caller turns it into a one-line error. The
     per-verdict summary goes to `summary` (default stderr).
@@ -37,7 +43,7 @@ def main_verify(path: str, out: TextIO | None = None, jobs: int = 1, summary: Te
     per_verdict = ", ".join(f"{v} {counts[v]}" for v in VERDICTS if counts[v])
     print(f"verified {sum(counts.values())} records in {time.perf_counter() - t0:.2f}s: {per_verdict or 'none'}",
           file=sys.stderr if summary is None else summary)
-    return 0
+    return 1 if strict and counts["error"] else 0
 
 
 def _rows(numbered, jobs: int):
@@ -49,7 +55,7 @@ def _rows(numbered, jobs: int):
         window: collections.deque = collections.deque()
         for n, line in numbered:
             window.append(pool.submit(_verify_line, n, line))
-            if len(window) >= 4 * jobs:
+            if len(window) >= AHEAD_PER_JOB * jobs:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
@@ -62,7 +68,8 @@ def _verify_line(number: int, line: str) -> dict:
         return _bad_line(number, f"invalid JSON: {e}")
     if not isinstance(record, dict):
         return _bad_line(number, f"not a JSON object but a {type(record).__name__}")
-    return {**record, **verify(record).to_dict()}
+    row = {**record, **verify(record).to_dict()}
+    return {**row, "line": number} if row["verdict"] == "error" else row
 
 
 def _bad_line(number: int, reason: str) -> dict:

@@ -18,13 +18,14 @@ import time
 from collections import Counter
 from fractions import Fraction
 
+from .math_answer.extract import gsm8k_answer
 from .result import Result, failed, passed
 
 VERSION = "countdown-1"  # bump when extraction or checking semantics change
 MAX_EXPRESSION_CHARS = 200  # longer answers fail before parsing (a 6-number expression is ~30 chars)
+DETAILS_CHARS = 300  # `details` is cut to this length
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
         ast.Div: lambda a, b: a / b}
 
@@ -38,8 +39,7 @@ def extract_expression(completion: str) -> str | None:
     tags = _ANSWER_TAG.findall(completion)
     if tags:
         return tags[-1].strip()
-    lines = _GSM8K.findall(completion)
-    return lines[-1].strip() if lines else None
+    return gsm8k_answer(completion)
 
 
 def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
@@ -88,7 +88,7 @@ def verify_countdown(completion: str, numbers: list, target: int, use_all: bool 
     """Pass when the extracted expression uses only the given numbers and equals `target` exactly."""
     start = time.perf_counter()
     if not all(type(n) is int for n in numbers):  # a bad record is the caller's bug, not the model's
-        return failed("error", f"numbers must be a list of integers, got {numbers!r}"[:200])
+        return failed("error", f"numbers must be a list of integers, got {numbers!r}"[:DETAILS_CHARS])
     expression = extract_expression(completion)
     if expression is None:
         return failed("fail", "no answer found (expected <answer>...</answer> or a '#### ' line)",
@@ -96,5 +96,5 @@ def verify_countdown(completion: str, numbers: list, target: int, use_all: bool 
     try:
         reason = check_expression(expression, numbers, target, use_all)
     except _Rejected as e:
-        return failed("fail", str(e)[:300], time.perf_counter() - start)
+        return failed("fail", str(e)[:DETAILS_CHARS], time.perf_counter() - start)
     return passed(reason, time.perf_counter() - start)

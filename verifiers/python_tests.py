@@ -15,11 +15,14 @@ fresh fork of the harness inside a warm sandbox (warm_sandbox.py) that is wiped 
 Verdicts: "pass" when every test passes (score 1.0); otherwise the score is the fraction of tests
 passed and the verdict is "timeout" (a test ran out of time), "memory" (hit the memory limit), or
 "fail"; "error" only for our own problems (bad record, sandbox could not start, harness crash).
+`code_signature` is this verifier's de-duplication signature: two programs that differ only in
+comments, docstrings or layout are the same sample.
 
 Deliberately not here: third-party packages inside the sandbox (standard library only), comparing
 mutated arguments, or any reward shaping.
 """
 
+import ast
 import json
 import re
 import secrets
@@ -27,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 from .result import Result, failed
-from .sandbox import Completed, Limits
+from .sandbox import STDERR_TAIL_BYTES, WORKDIR, Completed, Limits
 from .warm_sandbox import SANDBOXES, SandboxUnavailable
 
 VERSION = "python_tests-2"  # bump when extraction, harness or verdict semantics change
@@ -35,6 +38,7 @@ DEFAULT_TIMEOUT_S = 5.0
 MAX_TIMEOUT_S = 60.0
 HARNESS_GRACE_S = 2.0  # the harness's fork, set-up and the clean-up after it, on top of the record's timeout_s
 LIMITS = Limits()
+MAX_DETAILS_CHARS = 2000  # `details` is cut to this length (with "...") so a data-set row stays small
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _HEADER_BYTES = 4
 
@@ -58,6 +62,30 @@ def extract_code(completion: str, entry_point: str | None = None) -> str:
         if defining:
             return defining[-1]
     return blocks[-1]
+
+
+def code_signature(completion: str) -> str:
+    """The program in a completion (as `extract_code` finds it) unparsed from its AST without
+    docstrings: equal for copies that differ only in comments, quotes or layout. Unparsable code
+    falls back to whitespace-normalised text."""
+    code = extract_code(completion)
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return " ".join(code.split())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]
+    try:
+        return ast.unparse(tree)
+    except RecursionError:  # deeply nested model output: still a signature, just not a normalised one
+        return " ".join(code.split())
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(
+        statement.value.value, str)
 
 
 def verify_python_tests(completion: str, tests: str = "", io: list | None = None, entry_point: str | None = None,
@@ -101,7 +129,7 @@ def _harness_limits(timeout_s: float) -> dict:
     return {
         "memory_bytes": LIMITS.memory_mb << 20, "cpu_seconds": int(timeout_s) + 1, "nproc": LIMITS.nproc,
         "fsize_bytes": LIMITS.fsize_mb << 20, "nofile": LIMITS.nofile, "output_bytes": LIMITS.output_bytes,
-        "workdir": "/work",
+        "workdir": WORKDIR,
     }
 
 
@@ -137,7 +165,7 @@ def _parse_report(raw: bytes, nonce: str) -> dict | None:
 
 
 def _no_report(run: Completed) -> Result:
-    tail = run.stderr[-600:].decode("utf-8", "replace").strip()
+    tail = run.stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip()
     if run.timed_out:
         return failed("timeout", f"sandbox killed at the wall-clock deadline ({run.seconds:.1f}s); no report")
     signal_number = _killed_by(run)
@@ -170,4 +198,4 @@ def _summary(outcomes: list[TestOutcome], load_error) -> str:
         message = f" {o.message}" if o.message and not load_error else ""
         parts.append(f"{where} {o.outcome} {o.seconds * 1000:.1f}ms{message}")
     text = " | ".join(parts)
-    return text if len(text) <= 2000 else text[:1997] + "..."
+    return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 3] + "..."

@@ -40,8 +40,12 @@ from functools import lru_cache
 log = logging.getLogger(__name__)
 
 NOBODY = 65534  # uid/gid the sandbox runs as when the host is root
-SCRATCH = ("/tmp", "/work", "/dev/shm", "/dev/mqueue")  # the writable places inside bwrap, all private
+WORKDIR = "/work"  # the sandboxed code's working directory and HOME: a private tmpfs under bwrap
+SCRATCH = ("/tmp", WORKDIR, "/dev/shm", "/dev/mqueue")  # the writable places inside bwrap, all private
+STDERR_TAIL_BYTES = 600  # the end of a sandbox's stderr quoted when it died without a report
+HOST_MEMORY_HEADROOM_MB = 512  # address space for bwrap and the interpreter above the per-record limit
 _MiB = 1 << 20
+PIPE_CHUNK_BYTES = 1 << 16  # one read or write on a sandbox pipe (the pipe buffer's size)
 
 
 @dataclass(frozen=True)
@@ -98,13 +102,13 @@ def bwrap_argv(bwrap: str, argv: list[str], limits: Limits, binds: list[tuple[st
     """The bwrap command line; `binds` are (host path, sandbox path) pairs mounted read-only."""
     size = ["--size", str(limits.tmpfs_mb * _MiB)] if _bwrap_has_size(bwrap) else []
     args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session"]
-    args += ["--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work"]
+    args += ["--cap-drop", "ALL", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORKDIR]
     args += _system_binds()
     for source, dest in binds:
         args += ["--ro-bind", source, dest]
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
-    args += [*size, "--tmpfs", "/tmp", *size, "--tmpfs", "/work"]
-    args += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/work", "--", *argv]
+    args += [*size, "--tmpfs", "/tmp", *size, "--tmpfs", WORKDIR]
+    args += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", WORKDIR, "--", *argv]
     return args
 
 
@@ -120,7 +124,7 @@ def _preexec(limits: Limits, fallback: bool):
             (resource.RLIMIT_FSIZE, limits.fsize_mb * _MiB),
             (resource.RLIMIT_NOFILE, limits.nofile),
             (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_AS, (limits.memory_mb + 512) * _MiB),
+            (resource.RLIMIT_AS, (limits.memory_mb + HOST_MEMORY_HEADROOM_MB) * _MiB),
         ]
         if fallback:  # with bwrap this is set inside, where it counts per sandbox
             pairs.append((resource.RLIMIT_NPROC, limits.nproc * 4))
@@ -194,7 +198,7 @@ def read_capped(stdin_fd: int, stdin: bytes, outputs: dict[str, tuple[int, int]]
             for key, _ in sel.select(left):
                 if key.data is None:
                     try:
-                        pending = pending[os.write(stdin_fd, pending[: 1 << 16]) :]
+                        pending = pending[os.write(stdin_fd, pending[:PIPE_CHUNK_BYTES]) :]
                     except BrokenPipeError:
                         pending = pending[len(pending) :]
                     except BlockingIOError:
@@ -204,7 +208,7 @@ def read_capped(stdin_fd: int, stdin: bytes, outputs: dict[str, tuple[int, int]]
                         os.close(stdin_fd)
                         stdin_open = False
                     continue
-                chunk = os.read(key.fd, 1 << 16)
+                chunk = os.read(key.fd, PIPE_CHUNK_BYTES)
                 if not chunk:
                     sel.unregister(key.fd)
                     open_reads -= 1

@@ -34,9 +34,21 @@ import threading
 import time
 from pathlib import Path
 
-from .sandbox import SCRATCH, Completed, Limits, bwrap_path, kill_sandbox, read_capped, sandbox_python, start_sandboxed
+from .sandbox import (
+    SCRATCH,
+    STDERR_TAIL_BYTES,
+    Completed,
+    Limits,
+    bwrap_path,
+    kill_sandbox,
+    read_capped,
+    sandbox_python,
+    start_sandboxed,
+)
 
 START_TIMEOUT_S = 30.0  # bwrap, interpreter and harness imports on a loaded machine; no record's budget
+CONTROL_MESSAGE_BYTES = 4096  # the forkserver's answers on the control socket are short JSON objects
+STDERR_READ_BYTES = 4096  # read of a closed sandbox's stderr (only bwrap's or our own short errors land there)
 _HARNESS_DIR = Path(__file__).with_name("harness")
 _HARNESS_MOUNT = "/opt/branchrl"  # the harness package's parent folder inside bwrap
 # `python3 -I` puts no folder of ours on sys.path: the harness is imported from the folder given.
@@ -97,7 +109,7 @@ class WarmSandbox:
         kill_sandbox(proc)
         os.set_blocking(proc.stderr.fileno(), False)
         try:
-            tail = proc.stderr.read(4096) or b""
+            tail = proc.stderr.read(STDERR_READ_BYTES) or b""
         except OSError:
             tail = b""
         proc.stderr.close()
@@ -132,7 +144,7 @@ class WarmSandbox:
         self._ctl, self._launch = ours, launch
         reply = self._reply(time.monotonic() + START_TIMEOUT_S)
         if not (reply or {}).get("ready"):
-            tail = self.close().decode("utf-8", "replace")[-600:]
+            tail = self.close().decode("utf-8", "replace")[-STDERR_TAIL_BYTES:]
             raise SandboxUnavailable(f"the sandbox did not start ({'no answer' if reply is None else reply}): {tail}")
 
     def _reply(self, deadline: float) -> dict | None:
@@ -140,7 +152,7 @@ class WarmSandbox:
         if not select.select([self._ctl], [], [], max(0.0, deadline - time.monotonic()))[0]:
             return None
         try:
-            data = self._ctl.recv(4096)
+            data = self._ctl.recv(CONTROL_MESSAGE_BYTES)
         except OSError:
             data = b""
         return json.loads(data) if data else {}

@@ -62,7 +62,3 @@ class Ledger:
         out["rollout_train_flop_ratio"] = self.ratio
         return out
 
-
-def causal_context_sum(lengths: list[int]) -> int:
-    """Sum of attended positions when each sequence is processed whole: T(T+1)/2 each."""
-    return sum(n * (n + 1) // 2 for n in lengths)

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from branchrl.envs import Problem
+from branchrl.records import Leaf
 from branchrl.tree import Tree
 
 
 @dataclass
 class Selection:
-    samples: list[tuple[Problem, dict]] = field(default_factory=list)   # (problem, verified leaf)
+    samples: list[tuple[Problem, Leaf]] = field(default_factory=list)   # (problem, verified leaf)
     sequences: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (prompt ids, completion ids)
     pass_rate: float = 0.0     # passing leaves / all leaves
     solved_rate: float = 0.0   # problems with at least one passing leaf
@@ -27,25 +28,24 @@ class Selection:
     distinct: int = 0          # distinct passing signatures over all problems, before the cap
 
 
-def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[dict], cap: int,
+def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[Leaf], cap: int,
                     signature: Callable[[str], str] = lambda text: text) -> Selection:
-    """leaves: dicts with tree, ids, text, result (in tree order). Keeps <= cap passing leaves with distinct
-    signatures per tree."""
-    by_tree: dict[str, list[dict]] = {}
+    """leaves: every verified leaf, in tree order. Keeps <= cap passing leaves with distinct signatures per tree."""
+    by_tree: dict[str, list[Leaf]] = {}
     for leaf in leaves:
-        by_tree.setdefault(leaf["tree"].tree_id, []).append(leaf)
+        by_tree.setdefault(leaf.tree.tree_id, []).append(leaf)
     out, passed, solved = Selection(), 0, 0
     for problem, tree in zip(problems, trees, strict=True):
         seen: set[str] = set()
-        passing = [leaf for leaf in by_tree.get(tree.tree_id, []) if leaf["result"]["verdict"] == "pass"]
-        out.verified_tokens += verified_tokens(tree, [leaf["leaf"] for leaf in passing])
-        signatures = [signature(leaf["text"]) for leaf in passing]
+        passing = [leaf for leaf in by_tree.get(tree.tree_id, []) if leaf.passed]
+        out.verified_tokens += verified_tokens(tree, [leaf.node for leaf in passing])
+        signatures = [signature(leaf.text) for leaf in passing]
         out.distinct += len(set(signatures))
         for leaf, sig in zip(passing, signatures):
             if sig not in seen and len(seen) < cap:
                 seen.add(sig)
                 out.samples.append((problem, leaf))
-                out.sequences.append((tree.prompt_ids, leaf["ids"]))
+                out.sequences.append((tree.prompt_ids, leaf.ids))
         passed += len(passing)
         solved += bool(passing)
     # counted, then divided once: summing 1/n per problem drifts (ten solved of ten gave 0.9999999999999999)

@@ -2,7 +2,9 @@
 
 Each row has its own length and positions, so rows can join a running batch (`admit`: continuous
 batching) and a fork (a repeated row index in `select`) shares the parent's KV pages: the prefix is
-never recomputed nor copied, only a partially filled last page is. Deliberately not here: sampling,
+never recomputed nor copied, only a partially filled last page is. A step runs as `decode` says
+(`step.py`: eager, compiled or CUDA-graph replay) and does no Python work per row: the cache's
+bookkeeping is on the device and the host keeps a few scalars. Deliberately not here: sampling,
 scheduling which prompts to admit when, and stop conditions (the caller's).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .decoder import Decoder
+from .step import StepRunner
 
 
 class PromptTooLong(ValueError):
@@ -43,52 +46,59 @@ def per_prompt(max_new_tokens: int | list[int], n: int) -> list[int]:
 class Engine:
     continuous_batching = True  # `admit` adds rows while others are mid-decode
 
-    def __init__(self, decoder: Decoder, pad_id: int = 0, max_seq_len: int | None = None, page_size: int = 16):
-        """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings."""
+    def __init__(self, decoder: Decoder, pad_id: int = 0, max_seq_len: int | None = None, page_size: int = 16,
+                 decode: str = "eager"):
+        """max_seq_len: prompt + new tokens per sequence; default the config's max_position_embeddings.
+        decode: how steps run, one of step.MODES (eager | compile | graph)."""
         self.decoder, self.pad_id = decoder, pad_id
         self.max_seq_len = max_seq_len or decoder.config["max_position_embeddings"]
-        self.kv = decoder.empty_cache(page_size)
-        self.limits: list[int] = []  # per row: prompt + max_new_tokens, the most tokens it may hold
+        self.kv = decoder.empty_cache(page_size, self.max_seq_len)
+        self.runner = StepRunner(decoder, self.kv, decode)
 
     @property
     def batch_size(self) -> int:
-        return len(self.limits)
+        return self.kv.rows
 
     def start(self, prompts: list[list[int]], max_new_tokens: int | list[int]) -> torch.Tensor:
         """Drop every row and prefill new ones; returns next-token logits [B, V]. Bad prompts raise first."""
         check_prompts(prompts, max_new_tokens, self.max_seq_len)
         self.kv.reset()
-        self.limits = []
         return self.admit(prompts, max_new_tokens)
 
+    @torch.no_grad()
     def admit(self, prompts: list[list[int]], max_new_tokens: int | list[int]) -> torch.Tensor:
         """Prefill prompts as new rows after the current ones; returns their next-token logits [N, V].
         max_new_tokens: one for all or one per prompt. The next `step` takes a token for every row."""
         check_prompts(prompts, max_new_tokens, self.max_seq_len)
-        width = max(len(p) for p in prompts)
-        tokens = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        lengths = [len(p) for p in prompts]
+        tokens = torch.full((len(prompts), max(lengths)), self.pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
             tokens[i, :len(p)] = torch.tensor(p, dtype=torch.long)
-        rows = list(range(self.batch_size, self.batch_size + len(prompts)))
-        self.kv.add_rows(len(prompts))
-        self.limits += [len(p) + n for p, n in zip(prompts, per_prompt(max_new_tokens, len(prompts)))]
-        at = self.kv.layout(rows, [len(p) for p in prompts])
-        return self.decoder.forward(tokens.to(self.decoder.device), self.kv, at)
+        limits = [n + k for n, k in zip(lengths, per_prompt(max_new_tokens, len(prompts)))]
+        slots = self.kv.admit(lengths, limits)
+        device = self.decoder.device
+        return self.decoder.prefill(tokens.to(device), torch.tensor(lengths, device=device), slots, self.kv.keys,
+                                    self.kv.values)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row ([B]); returns next-token logits [B, V]."""
-        if not self.batch_size:
+        """Append one token per row ([B]); returns next-token logits [B, V], valid until the next step."""
+        rows = self.batch_size
+        if not rows:
             raise RuntimeError("engine step on an empty batch: every row was dropped or none started; "
                                "start or admit rows first")
-        full = [i for i, (n, cap) in enumerate(zip(self.kv.lengths, self.limits)) if n >= cap]
-        if full:
-            raise RuntimeError(f"engine cache full: row {full[0]} holds {self.limits[full[0]]} tokens "
+        if self.kv.headroom <= 0:
+            full = int((self.kv.lengths[:rows] >= self.kv.limits[:rows]).nonzero()[0, 0])
+            raise RuntimeError(f"engine cache full: row {full} holds {int(self.kv.limits[full])} tokens "
                                f"(prompt + max_new_tokens); raise max_new_tokens")
-        at = self.kv.layout(list(range(self.batch_size)), [1] * self.batch_size)
-        return self.decoder.forward(tokens.to(self.decoder.device)[:, None], self.kv, at)
+        self.kv.reserve(rows, self.runner.padded(rows))
+        logits = self.runner(tokens.to(self.decoder.device))
+        self.kv.stepped()
+        return logits
 
+    @torch.no_grad()
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows in this order; a repeated index forks that row (its KV pages shared, not recomputed)."""
-        rows = rows.tolist()
+        if len(rows) and not 0 <= int(rows.min()) <= int(rows.max()) < self.batch_size:
+            raise IndexError(f"select: row indices {int(rows.min())}..{int(rows.max())} outside the batch of "
+                             f"{self.batch_size} rows")
         self.kv.select(rows)
-        self.limits = [self.limits[r] for r in rows]

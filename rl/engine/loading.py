@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def load_engine(config: dict, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                pad_id: int = 0, max_seq_len: int | None = None) -> Engine | HFEngine:
-    """An engine with unloaded (random) weights for this config; `max_seq_len` as in `Engine`."""
+                pad_id: int = 0, max_seq_len: int | None = None, decode: str = "eager") -> Engine | HFEngine:
+    """An engine with unloaded (random) weights for this config; `max_seq_len` and `decode` as in `Engine`
+    (the fallback always decodes eagerly)."""
     try:
-        return Engine(Decoder(config, device, dtype), pad_id, max_seq_len)
+        return Engine(Decoder(config, device, dtype), pad_id, max_seq_len, decode=decode)
     except UnsupportedModel as e:
         log.warning("%s; using the generic transformers engine instead (slower)", e)
         return HFEngine(HFDecoder(config, device, dtype), pad_id, max_seq_len)

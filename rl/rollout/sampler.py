@@ -6,7 +6,11 @@ seeded generator), and the log-prob and entropy stored with it are those of the 
 drawn from, truncation included. A fork's other children come from that same distribution with the
 parent's token removed, without replacement (`siblings`), so siblings always differ; a token drawn
 with probability 1 (truncation left it alone) has no sibling, so no fork happens there. Greedy runs
-(evaluation) draw at temperature 0: the argmax, stored with log-prob 0 and entropy 0.
+(evaluation) draw at temperature 0 (`GREEDY`): the argmax, stored with log-prob 0 and entropy 0.
+
+A sampler is built for one call: its sampling parameters, the tokens that start the final answer and
+its seed are fixed at construction; `run` takes the branch settings (the config's `branch` section,
+or `GREEDY_BRANCH`) and returns trees without ids (the driver names them, unique in the run).
 
 This module holds the decoding primitives every policy shares: each prompt prefilled once and
 continued by its root chains (`root_prefixes`); decoding rows in lock-step until each ends on EOS or
@@ -27,29 +31,13 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from branchrl.config import BranchConfig
 from branchrl.engine import Engine, Sample, SamplingParams, sample, siblings
-from branchrl.tree import Tree
+from branchrl.tree import Tree, attended_positions
 
-
-@dataclass
-class BranchSettings:
-    policy: str = "entropy"          # independent | entropy | eptree
-    roots: int = 4                   # root chains per prompt
-    max_leaves: int = 8              # leaf budget per tree
-    entropy_threshold: float = 0.8   # entropy: fork where next-token entropy (nats) is at least this
-    min_prefix: int = 2              # no fork in the first N completion tokens
-    min_gap: int = 4                 # tokens between two forks on a path, and before the length limit
-    max_depth: int = 3               # entropy: forks along one path
-    top_n: int = 2                   # eptree: fork points per tree per round
-    forks_per_point: int = 2         # eptree: new children at each fork point
-    rounds: int = 1                  # eptree: rounds of forking finished chains
-    answer_ids: tuple[int, ...] = () # tokens that start the final answer: no fork at or after them
-
-    @classmethod
-    def from_config(cls, branch, answer_ids: tuple[int, ...] = ()) -> "BranchSettings":
-        """From the config's `branch` section; answer_ids are dropped when it allows forks in the answer."""
-        fields = branch.model_dump(exclude={"fork_in_answer"})
-        return cls(**fields, answer_ids=() if branch.fork_in_answer else tuple(answer_ids))
+GREEDY = SamplingParams(temperature=0.0)                          # evaluation: the argmax
+GREEDY_BRANCH = BranchConfig(policy="independent", roots=1, max_leaves=1)  # ... one chain per prompt, no forks
+NEVER_FORKED = 10**9   # a root chain's distance to its last fork: no fork on the path limits where it may fork
 
 
 @dataclass
@@ -57,7 +45,7 @@ class Row:
     tree: int
     node: int
     length: int = 0          # completion tokens so far on this path
-    since_fork: int = 10**9  # tokens since this path last forked
+    since_fork: int = NEVER_FORKED  # tokens since this path last forked
     depth: int = 0           # forks on this path
     answered: bool = False   # the final answer has started on this path
     src: int = 0             # engine row this row's KV comes from at the next select
@@ -82,26 +70,21 @@ Children = list[tuple[int, float]]  # a fork's new children: (token, log-prob) e
 
 class BranchSampler:
     def __init__(self, engine: Engine, eos_id: int, max_new_tokens: int, params: SamplingParams = SamplingParams(),
-                 seed: int = 0, max_rows: int = 0):
-        """params: how training rollouts draw tokens; max_rows: most rows decoding at once (0 = no cap)."""
+                 seed: int = 0, max_rows: int = 0, answer_ids: frozenset[int] = frozenset()):
+        """params: how tokens are drawn; max_rows: most rows decoding at once (0 = no cap); answer_ids: tokens
+        that start the final answer (no fork at or after them on a path; empty when forks there are allowed)."""
         self.engine, self.eos_id, self.max_new_tokens = engine, eos_id, max_new_tokens
-        self.sampling, self.params, self.max_rows = params, params, max_rows
+        self.params, self.max_rows, self.answer_ids = params, max_rows, frozenset(answer_ids)
         # on the engine's device: torch.multinomial refuses a generator on another device (CPU gen, CUDA probs)
         self.gen = torch.Generator(device=engine.decoder.device).manual_seed(seed)
-        self.answer_ids: frozenset[int] = frozenset()
 
-    def run(self, prompts: list[tuple[str, list[int]]], settings: BranchSettings, policy_version: int,
-            greedy: bool = False) -> list[Tree]:
-        """prompts: (problem_id, prompt token ids). Returns one finished Tree per prompt. greedy: one argmax
-        chain per prompt whatever the policy (evaluation)."""
+    def run(self, prompts: list[tuple[str, list[int]]], branch: BranchConfig, policy_version: int) -> list[Tree]:
+        """prompts: (problem_id, prompt token ids). Returns one finished Tree per prompt, in order, shaped by
+        branch.policy (GREEDY_BRANCH with GREEDY params: one argmax chain per prompt, for evaluation)."""
         from .policies import POLICIES  # the policies import this module
 
-        trees = [Tree(f"{pid}#{policy_version}#{i}", pid, ids, policy_version) for i, (pid, ids) in enumerate(prompts)]
-        self.answer_ids = frozenset(settings.answer_ids)
-        self.params = SamplingParams(temperature=0.0) if greedy else self.sampling
-        if greedy:
-            settings = BranchSettings(policy="independent", roots=1, max_leaves=1)
-        POLICIES[settings.policy].sample(self, trees, settings)
+        trees = [Tree(pid, ids, policy_version) for pid, ids in prompts]
+        POLICIES[branch.policy].sample(self, trees, branch)
         return trees
 
     # ------------------------------------------------------------------ primitives for policies
@@ -150,7 +133,7 @@ class BranchSampler:
                 node = tree.nodes[node].parent
             ids = tree.prompt_ids + [tok for n in tree.path(node) for tok in tree.nodes[n].tokens]
             tree.reprefill_tokens += len(ids)
-            tree.reprefill_context += len(ids) * (len(ids) + 1) // 2
+            tree.reprefill_context += attended_positions(len(ids))
             row = Row(t, node, len(ids) - len(tree.prompt_ids), since_fork=0, original=original, children=children)
             prefixes.append(Prefix(ids, [row]))
         self.grow(trees, prefixes)

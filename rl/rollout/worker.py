@@ -21,10 +21,11 @@ import torch
 
 from branchrl.config import Config
 from branchrl.engine import SamplingParams, check_prompts, load_engine
+from branchrl.seeding import derive_seed
 from branchrl.sync.weight_sync import BroadcastMember, Layout, Weights, state_checksum
 from branchrl.tree import Tree
 
-from .sampler import BranchSampler, BranchSettings
+from .sampler import GREEDY, GREEDY_BRANCH, BranchSampler
 
 
 class NoWeights(RuntimeError):
@@ -32,13 +33,15 @@ class NoWeights(RuntimeError):
 
 
 class RolloutWorker(BroadcastMember):
-    def __init__(self, cfg: Config, model_config: dict, eos_id: int, pad_id: int, rank: int):
+    def __init__(self, cfg: Config, model_config: dict, eos_id: int, pad_id: int, rank: int,
+                 answer_ids: frozenset[int] = frozenset()):
+        """answer_ids: the tokens that start the env's final answer (`loop.answer_start_ids`)."""
         torch.set_num_threads(cfg.rollout.threads_per_worker)
         device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
-        self.cfg, self.eos_id = cfg, eos_id
-        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id)
+        self.cfg, self.eos_id, self.rank, self.answer_ids = cfg, eos_id, rank, frozenset(answer_ids)
+        self.engine = load_engine(model_config, device, getattr(torch, cfg.model.dtype), pad_id,
+                                  decode=cfg.rollout.decode)
         self.decoder = self.engine.decoder
-        self.seed = cfg.run.seed * 1000 + rank
         self.version = -1
         self.checksum = ""
 
@@ -59,17 +62,17 @@ class RolloutWorker(BroadcastMember):
         self.checksum = state_checksum({k: held[k] for k in state})  # what the engine holds
         return {"version": self.version, "checksum": self.checksum, "pid": os.getpid()}
 
-    def rollout(self, prompts: list[tuple[str, list[int]]], step: int, settings: BranchSettings,
+    def rollout(self, prompts: list[tuple[str, list[int]]], step: int,
                 greedy: bool = False) -> tuple[list[Tree], float]:
-        """Trees for (problem_id, prompt_ids). greedy=True: one chain per prompt, argmax, no forks (eval).
-        `step` seeds the sampler, so every call of a run needs its own step number."""
+        """Trees for (problem_id, prompt_ids), branched as cfg.branch says. greedy=True: one argmax chain per
+        prompt, no forks (eval). `step` seeds the sampler, so every call of a run needs its own step number."""
         if self.version < 0:
             raise NoWeights("this rollout worker holds no weights yet; call set_weights first")
         r = self.cfg.rollout
         check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
-        params = SamplingParams(r.temperature, r.top_k, r.top_p)
-        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, self.seed * 100003 + step,
-                                r.max_rows)
+        params = GREEDY if greedy else SamplingParams(r.temperature, r.top_k, r.top_p)
+        seed = derive_seed(self.cfg.run.seed, "rollout", self.rank, step)
+        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, seed, r.max_rows, self.answer_ids)
         t0 = time.perf_counter()
-        trees = sampler.run(prompts, settings, self.version, greedy=greedy)
+        trees = sampler.run(prompts, GREEDY_BRANCH if greedy else self.cfg.branch, self.version)
         return trees, time.perf_counter() - t0

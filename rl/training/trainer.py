@@ -29,9 +29,9 @@ import torch
 import torch.distributed as dist
 
 from branchrl.config import Config, weight_sync_backend
-from branchrl.data.ledger import causal_context_sum
 from branchrl.models import count_flop_params, load_policy, save_policy
 from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
+from branchrl.tree import attended_positions
 
 from . import parallel
 from .algos import ALGOS
@@ -234,7 +234,7 @@ class Trainer(BroadcastMember):
     def _counts(attn: torch.Tensor, mask: torch.Tensor, forward_passes: int) -> dict[str, int]:
         """A micro-batch's tokens for the ledger: trained, processed (and again per extra forward-only pass)."""
         lengths = attn.sum(1).tolist()                                   # [B]
-        processed, context = sum(lengths), causal_context_sum(lengths)
+        processed, context = sum(lengths), sum(map(attended_positions, lengths))
         return {"trained_tokens": int(mask.sum()), "processed_tokens": processed, "context_sum": context,
                 "forward_tokens": forward_passes * processed, "forward_context_sum": forward_passes * context}
 

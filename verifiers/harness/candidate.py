@@ -17,7 +17,7 @@ import resource
 import sys
 
 from .plain_data import decode, encode
-from .wire import recv, send
+from .wire import MAX_EXCEPTION_CHARS, MAX_NAMES, recv, send
 
 
 def worker(sock):
@@ -37,7 +37,7 @@ def worker(sock):
             send(sock, {"load_error": _describe(e)})
             os._exit(0)
         names = [n for n in namespace if type(n) is str and n not in ("__builtins__", "__name__")]
-        send(sock, {"ok": None, "names": names[:1000]})
+        send(sock, {"ok": None, "names": names[:MAX_NAMES]})
         _serve(sock, namespace)
     finally:
         os._exit(0)
@@ -155,6 +155,6 @@ def _describe(e):
 
 def _safe_str(e):
     try:
-        return str(e)[:500]
+        return str(e)[:MAX_EXCEPTION_CHARS]
     except BaseException:
         return "<unprintable>"

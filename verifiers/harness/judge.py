@@ -24,8 +24,11 @@ import time
 
 from .plain_data import Remote
 from .units import build_program, shadowed_builtins
-from .wire import Timeout, WorkerDied, read_stdin_message
+from .wire import MAX_LOAD_ERROR_CHARS, Timeout, WorkerDied, read_stdin_message
 from .worker_client import CandidateError, WorkerClient
+
+MESSAGE_CHARS = 300  # a failing test's message is cut to this in the report
+QUOTE_CHARS = 80  # how much of an io test's stdout a failure message quotes
 
 
 class Recorder:
@@ -52,8 +55,8 @@ def _classify(exc, memory_hit):
     if memory_hit or isinstance(exc, MemoryError):
         return "memory", "memory limit reached"
     if isinstance(exc, AssertionError):
-        return "fail", ("AssertionError: " + str(exc))[:300] if str(exc) else "AssertionError"
-    return "fail", f"{type(exc).__name__}: {exc}"[:300]
+        return "fail", ("AssertionError: " + str(exc))[:MESSAGE_CHARS] if str(exc) else "AssertionError"
+    return "fail", f"{type(exc).__name__}: {exc}"[:MESSAGE_CHARS]
 
 
 def run_function_tests(job, client):
@@ -62,7 +65,7 @@ def run_function_tests(job, client):
         client.ensure_loaded()
     except (CandidateError, Timeout, WorkerDied) as e:
         outcome, message = ("timeout", "time limit reached while loading") if isinstance(e, Timeout) else (
-            "fail", f"candidate code did not load: {e}"[:2000])
+            "fail", f"candidate code did not load: {e}"[:MAX_LOAD_ERROR_CHARS])
         return [dict(u, outcome=outcome, message=message, seconds=0.0) for u in units]
     recorder = Recorder(units, client)
     namespace = {"__name__": "__tests__", "__builtins__": builtins}
@@ -75,7 +78,7 @@ def run_function_tests(job, client):
     except BaseException as e:  # a setup statement (not a unit) failed: the units not run say why
         for u in units:
             u.setdefault("outcome", "fail")
-            u.setdefault("message", f"not run: test setup raised {type(e).__name__}: {e}"[:300])
+            u.setdefault("message", f"not run: test setup raised {type(e).__name__}: {e}"[:MESSAGE_CHARS])
     for u in units:
         u.setdefault("outcome", "fail")
         u.setdefault("message", "not run")
@@ -92,11 +95,11 @@ def run_io_tests(job, client):
             reply = client.spawn({"op": "io", "stdin": case["stdin"]})
             client.kill()
             if "ok" not in reply or type(reply["ok"]) is not str:
-                raise CandidateError(str(reply.get("raise", "no output"))[:300])
+                raise CandidateError(str(reply.get("raise", "no output"))[:MESSAGE_CHARS])
             got = reply["ok"]
             ok = _normalise_output(got) == _normalise_output(case["stdout"])
             outcome = "pass" if ok else "fail"
-            message = "" if ok else f"stdout {got[:80]!r} != expected {case['stdout'][:80]!r}"
+            message = "" if ok else f"stdout {got[:QUOTE_CHARS]!r} != expected {case['stdout'][:QUOTE_CHARS]!r}"
             if "MemoryError" in str(reply.get("raise", "")):
                 outcome = "memory"
         except BaseException as e:

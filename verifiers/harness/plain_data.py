@@ -28,22 +28,20 @@ def encode(x, make_ref, keep_top=False):
     self-reference are capped, so encoding always ends. The receiver decodes exact types only, so no
     subclass method ever runs where the verdict is made.
     """
-    budget = [MAX_ENCODE_ITEMS]
-    active = set()
+    return _Encoder(make_ref, keep_top).value(x, 0)
 
-    def container(obj, depth, items):
-        key = id(obj)
-        if key in active:
-            raise ValueError("returned value contains itself (a self-referencing container)")
-        active.add(key)
-        try:
-            return [enc(e, depth + 1) for e in items]
-        finally:
-            active.discard(key)
 
-    def enc(x, depth):
-        budget[0] -= 1
-        if budget[0] < 0:
+class _Encoder:
+    """One value's encoding: the part budget and the containers being encoded (to catch self-reference)."""
+
+    def __init__(self, make_ref, keep_top):
+        self.make_ref, self.keep_top = make_ref, keep_top
+        self.budget = MAX_ENCODE_ITEMS
+        self.active = set()
+
+    def value(self, x, depth):
+        self.budget -= 1
+        if self.budget < 0:
             raise ValueError(f"returned value has more than {MAX_ENCODE_ITEMS} parts")
         if depth > MAX_ENCODE_DEPTH:
             raise ValueError(f"returned value is nested more than {MAX_ENCODE_DEPTH} levels deep")
@@ -52,50 +50,61 @@ def encode(x, make_ref, keep_top=False):
             return x
         if t is int:
             return x if -(1 << 62) < x < (1 << 62) else {"I": format(x, "x")}
-        if t is list:
-            return container(x, depth, x)
-        if t is tuple:
-            return {"T": container(x, depth, x)}
-        if t is dict:
-            return {"D": container(x, depth, ([k, v] for k, v in x.items()))}
-        if t is set or t is frozenset:
-            return {"S" if t is set else "Z": container(x, depth, x)}
-        if t is bytes or t is bytearray:
-            return {"B" if t is bytes else "A": x.hex()}
-        if t is complex:
-            return {"C": [x.real, x.imag]}
-        if not (keep_top and depth == 0):
+        if t in _EXACT:
+            return _EXACT[t](self, x, depth)
+        if not (self.keep_top and depth == 0):
             # subclasses of plain types (checked on the real type: a faked __class__ does not count)
-            if issubclass(t, int):
-                return enc(int.__int__(x), depth)
-            if issubclass(t, float):
-                return float.__float__(x)
-            if issubclass(t, str):
-                return str.__str__(x)
-            if issubclass(t, dict):
-                return {"D": container(x, depth, ([k, v] for k, v in list(x.items())))}
-            if issubclass(t, list):
-                return container(x, depth, list(x))
-            if issubclass(t, tuple):
-                return {"T": container(x, depth, tuple.__iter__(x))}
-            if issubclass(t, (set, frozenset)):
-                return {"S" if issubclass(t, set) else "Z": container(x, depth, list(x))}
-            if issubclass(t, bytes):
-                return {"B": bytes.hex(x)}
-            if issubclass(t, bytearray):
-                return {"A": bytearray.hex(x)}
-            if issubclass(t, complex):
-                return {"C": [complex.real.__get__(x), complex.imag.__get__(x)]}
+            for base, encode_as in _SUBCLASSES:
+                if issubclass(t, base):
+                    return encode_as(self, x, depth)
         if isinstance(x, Iterator) and not callable(x):  # map/filter/generator: what the test would list()
-            items = []
-            for item in x:
-                if len(items) >= MAX_ITER_ITEMS:
-                    raise ValueError(f"returned iterator has more than {MAX_ITER_ITEMS} items")
-                items.append(enc(item, depth + 1))
-            return {"L": items}
-        return make_ref(x)
+            return {"L": self.iterator(x, depth)}
+        return self.make_ref(x)
 
-    return enc(x, 0)
+    def container(self, obj, depth, items):
+        key = id(obj)
+        if key in self.active:
+            raise ValueError("returned value contains itself (a self-referencing container)")
+        self.active.add(key)
+        try:
+            return [self.value(e, depth + 1) for e in items]
+        finally:
+            self.active.discard(key)
+
+    def iterator(self, x, depth):
+        items = []
+        for item in x:
+            if len(items) >= MAX_ITER_ITEMS:
+                raise ValueError(f"returned iterator has more than {MAX_ITER_ITEMS} items")
+            items.append(self.value(item, depth + 1))
+        return items
+
+
+# exact plain containers and scalars: type -> (encoder, value, depth) -> tagged form
+_EXACT = {
+    list: lambda enc, x, depth: enc.container(x, depth, x),
+    tuple: lambda enc, x, depth: {"T": enc.container(x, depth, x)},
+    dict: lambda enc, x, depth: {"D": enc.container(x, depth, ([k, v] for k, v in x.items()))},
+    set: lambda enc, x, depth: {"S": enc.container(x, depth, x)},
+    frozenset: lambda enc, x, depth: {"Z": enc.container(x, depth, x)},
+    bytes: lambda enc, x, depth: {"B": x.hex()},
+    bytearray: lambda enc, x, depth: {"A": x.hex()},
+    complex: lambda enc, x, depth: {"C": [x.real, x.imag]},
+}
+# subclasses, in this order, encoded by their base type's own methods (never the subclass's overrides)
+_SUBCLASSES = (
+    (int, lambda enc, x, depth: enc.value(int.__int__(x), depth)),
+    (float, lambda enc, x, depth: float.__float__(x)),
+    (str, lambda enc, x, depth: str.__str__(x)),
+    (dict, lambda enc, x, depth: {"D": enc.container(x, depth, ([k, v] for k, v in list(x.items())))}),
+    (list, lambda enc, x, depth: enc.container(x, depth, list(x))),
+    (tuple, lambda enc, x, depth: {"T": enc.container(x, depth, tuple.__iter__(x))}),
+    (set, lambda enc, x, depth: {"S": enc.container(x, depth, list(x))}),
+    (frozenset, lambda enc, x, depth: {"Z": enc.container(x, depth, list(x))}),
+    (bytes, lambda enc, x, depth: {"B": bytes.hex(x)}),
+    (bytearray, lambda enc, x, depth: {"A": bytearray.hex(x)}),
+    (complex, lambda enc, x, depth: {"C": [complex.real.__get__(x), complex.imag.__get__(x)]}),
+)
 
 
 def decode(v, worker):

@@ -12,6 +12,7 @@ import ast
 import builtins
 import re
 
+TEST_TEXT_CHARS = 200  # a test statement is quoted in the report up to this length
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+\Z")  # the parser's line ends (not str.splitlines')
 
 
@@ -27,7 +28,7 @@ def _wrap_units(stmts, units, lines):
             out.append(stmt)
             continue
         i = len(units)
-        units.append({"line": stmt.lineno, "test": " ".join(_source_text(lines, stmt).split())[:200]})
+        units.append({"line": stmt.lineno, "test": " ".join(_source_text(lines, stmt).split())[:TEST_TEXT_CHARS]})
         out.extend(_unit_template(i, [stmt]))
     return out
 

@@ -16,6 +16,9 @@ import struct
 import time
 
 MAX_MESSAGE = 8 << 20  # bytes; a bigger reply from the worker is a failure, not a buffer
+MAX_NAMES = 1000  # top-level names of the candidate module the worker reports (the rest are not listed)
+MAX_EXCEPTION_CHARS = 500  # an exception's text crossing the socket is cut to this
+MAX_LOAD_ERROR_CHARS = 2000  # why the candidate code did not load, as the report carries it
 _HEADER = struct.Struct(">I")
 
 

@@ -20,7 +20,7 @@ import socket
 import time
 
 from .plain_data import decode, encode, encode_argument
-from .wire import Timeout, WorkerDied, recv, send
+from .wire import MAX_EXCEPTION_CHARS, MAX_LOAD_ERROR_CHARS, MAX_NAMES, Timeout, WorkerDied, recv, send
 
 
 class CandidateError(Exception):
@@ -62,12 +62,12 @@ class WorkerClient:
         if self.sock is None:
             reply = self.spawn({"op": "load"})
             if "load_error" in reply:
-                self.load_error = str(reply["load_error"])[:2000]
+                self.load_error = str(reply["load_error"])[:MAX_LOAD_ERROR_CHARS]
                 self.kill()
                 raise CandidateError(self.load_error)
             names = reply.get("names")
             if type(names) is list:
-                self.builtin_names = {n for n in names[:1000] if type(n) is str and hasattr(builtins, n)}
+                self.builtin_names = {n for n in names[:MAX_NAMES] if type(n) is str and hasattr(builtins, n)}
 
     def _exchange(self, message):
         try:
@@ -90,7 +90,7 @@ class WorkerClient:
         if "ok" in reply:
             return decode(reply["ok"], self)
         if "raise" in reply and type(reply["raise"]) is list and len(reply["raise"]) == 2:
-            raise _rebuild_exception(*(str(p)[:500] for p in reply["raise"]), client=self)
+            raise _rebuild_exception(*(str(p)[:MAX_EXCEPTION_CHARS] for p in reply["raise"]), client=self)
         self.kill()
         raise WorkerDied("malformed reply")
 

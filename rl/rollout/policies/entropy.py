@@ -14,9 +14,11 @@ from functools import partial
 
 
 class Entropy:
-    def sample(self, sampler, trees, settings) -> None:
-        rule = partial(pick_forks, s=settings, max_new_tokens=sampler.max_new_tokens)
-        sampler.grow(trees, sampler.root_prefixes(trees, settings.roots), rule, settings.max_leaves)
+    branches = True   # its trees fork
+
+    def sample(self, sampler, trees, branch) -> None:
+        rule = partial(pick_forks, s=branch, max_new_tokens=sampler.max_new_tokens)
+        sampler.grow(trees, sampler.root_prefixes(trees, branch.roots), rule, branch.max_leaves)
 
 
 def pick_forks(rows, entropy, forkable: list[bool], live: list[int], s, max_new_tokens: int) -> list[int]:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 
 class EPTree:
-    def sample(self, sampler, trees, settings) -> None:
-        sampler.grow(trees, sampler.root_prefixes(trees, settings.roots))
-        for _ in range(settings.rounds):
+    branches = True   # its trees fork
+
+    def sample(self, sampler, trees, branch) -> None:
+        sampler.grow(trees, sampler.root_prefixes(trees, branch.roots))
+        for _ in range(branch.rounds):
             points = [(t, node, offset) for t, tree in enumerate(trees)
-                      for node, offset in fork_points(tree, settings, sampler.max_new_tokens, sampler.answer_ids)]
+                      for node, offset in fork_points(tree, branch, sampler.max_new_tokens, sampler.answer_ids)]
             if not points:
                 return
-            sampler.reopen(trees, points, settings.forks_per_point)
+            sampler.reopen(trees, points, branch.forks_per_point)
 
 
 def fork_points(tree, s, max_new_tokens: int, answer_ids=frozenset()) -> list[tuple[int, int]]:

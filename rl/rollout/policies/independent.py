@@ -4,8 +4,10 @@ from __future__ import annotations
 
 
 class Independent:
-    def sample(self, sampler, trees, settings) -> None:
-        sampler.grow(trees, sampler.root_prefixes(trees, settings.roots))
+    branches = False   # never forks: every tree is roots chains
+
+    def sample(self, sampler, trees, branch) -> None:
+        sampler.grow(trees, sampler.root_prefixes(trees, branch.roots))
 
 
 POLICY = Independent()
