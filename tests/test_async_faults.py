@@ -121,7 +121,9 @@ def test_a_trainer_killed_mid_run_is_restarted_and_the_run_replays_from_its_last
     after = _ids(run_dir)
     assert len(after) == len(set(after)), "a sample id is stored twice"
     assert before and set(before) <= set(after), "a sample stored before the kill is gone"
-    assert summary["verified_samples"] == len(after) and all("@a1/" in i for i in set(after) - set(before))
+    assert summary["verified_samples"] == len(after)
+    assert all("@a" not in i or "@a1/" in i for i in after)   # attempt 0's (some stored after the snapshot) or 1's
+    assert any("@a1/" in i for i in after)
 
 
 def _lines(path) -> list[str]:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from .advantages import PGSample
-from .losses import policy_loss, sft_loss, tis_weights
+
+# torch and the losses are imported where a loss is computed: the Algo entries hold these objects, and the config
+# validates names against ALGOS, which must not load torch (`branchrl --help` and config errors stay instant)
 
 
 class Likelihood:
@@ -39,6 +39,8 @@ class Likelihood:
         return items, {}
 
     def loss(self, trainer, items: list, ids, attn, mask):
+        from .losses import sft_loss
+
         return sft_loss(trainer.logprobs(ids, attn, mask)), {}
 
 
@@ -63,6 +65,10 @@ class PolicyGradient:
         return items, {**counts, "mismatch": sum(gaps) / max(len(gaps), 1), "mismatch_max": max(gaps, default=0.0)}
 
     def loss(self, trainer, items: list[PGSample], ids, attn, mask):
+        import torch
+
+        from .losses import policy_loss, tis_weights
+
         t, temperature = trainer.cfg.train, trainer.cfg.rollout.temperature
         flat = lambda field: torch.tensor([v for x in items for v in getattr(x, field)],  # noqa: E731
                                           device=ids.device)                              # [N]
