@@ -104,9 +104,9 @@ if [ "$READY" = 1 ]; then
 
   # --- trainer ---------------------------------------------------------------------------------------------------
   if [ "$MODE" = gpu ]; then
-    TRAIN=(--shape qwen2.5-1.5b --batch 8 --seq 2048 --ranks 1 --sharding fsdp --ac false true --warmup 1 --steps 2)
+    TRAIN=(--shape qwen2.5-1.5b --batch 8 --seq 2048 --ranks 1 --sharding fsdp --ac false true --steps 2)
   else
-    TRAIN=(--shape tiny --batch 2 --seq 64 --ranks 1 --sharding fsdp --ac false true --cpu)
+    TRAIN=(--shape tiny --batch 2 --seq 64 --ranks 1 --sharding fsdp --ac false true --cpu --warmup 0)
   fi
   part "trainer" 150 "$PY" bench/train_memory.py "${TRAIN[@]}" --workdir "$WORK/models"
 

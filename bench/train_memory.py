@@ -3,16 +3,17 @@ checkpointing off and on, through the real Trainer (FSDP2, fp32 master weights, 
 
 A model of the shape (random weights, from a config; nothing is downloaded) is written once as an HF directory
 under --workdir and each case loads it, like a run with model.path. Each rank is its own process (gloo on CPU,
-NCCL on GPUs), trains --warmup steps, then one timed step on --batch sequences of --seq tokens. Per rank: peak
-memory during the timed step (GPU: torch.cuda.max_memory_allocated; CPU: the process's peak RSS, sampled every
-5 ms) and train_state_bytes_per_rank (parameters + gradients + optimizer state it holds). On a GPU also tokens/s
-and MFU: model FLOPs 6N per token + 12*L*d per attended position (the ledger's rule; activation checkpointing's
-recompute not counted) over the peak dense bf16 FLOP/s of the GPU.
+NCCL on GPUs), trains --warmup steps, then --steps timed ones on --batch sequences of --seq tokens. Per rank:
+peak memory during the timed steps (GPU: torch.cuda.max_memory_allocated; CPU: the process's peak RSS, sampled
+every 5 ms, with glibc told to return freed blocks: MALLOC_ENV) and train_state_bytes_per_rank (parameters +
+gradients + optimizer state it holds). On a GPU also tokens/s and MFU: model FLOPs 6N per token + 12*L*d per
+attended position (the ledger's rule; activation checkpointing's recompute not counted) over the peak dense
+bf16 FLOP/s of the GPU.
 
     .venv/bin/python bench/train_memory.py --layers 4            # CPU, the 0.5B width with 4 of its 24 layers
     .venv/bin/python bench/train_memory.py                       # CPU, the whole 0.5B shape (about 16 GB for ddp x2)
     python bench/train_memory.py --shape qwen2.5-1.5b --batch 8 --seq 2048 --ranks 1 --sharding fsdp \
-        --warmup 1 --steps 3                                     # GPU: speed and memory at the 1.5B shape
+        --steps 3                                                # GPU: speed and memory at the 1.5B shape
 
 Lines starting with ROW are for bench/gpu_check.sh. Record results in docs/BENCHMARKS.md. Not a test.
 """
@@ -152,10 +153,16 @@ def _flops(trainer, args) -> float:
     return 3.0 * ledger.forward_flops(args.batch * args.seq, args.batch * attended_positions(args.seq))
 
 
+# glibc keeps freed blocks under its (dynamic, up to 32 MiB) mmap threshold on the heap, where RSS cannot see them
+# go; a fixed 128 KiB threshold maps every tensor-sized block, so a rank's RSS follows the memory it really holds
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
+
+
 def run_case(args, case: dict, path: Path) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    os.environ.update(MALLOC_ENV)   # read by each rank's C library at start
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(rank_main, args=(args, case, path, address, Path(tmp)), nprocs=case["ranks"],
                            start_method="spawn")
@@ -176,7 +183,8 @@ def main() -> None:
     ap.add_argument("--sharding", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
     ap.add_argument("--ac", nargs="+", default=["false", "true"], choices=["false", "true"],
                     help="activation checkpointing off / on")
-    ap.add_argument("--warmup", type=int, default=0, help="untimed steps first (GPU: 1)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed steps first: the first step also allocates the optimizer state")
     ap.add_argument("--steps", type=int, default=1, help="timed steps (the median is reported)")
     ap.add_argument("--cpu", action="store_true", help="stay on CPU even when a GPU is there")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "branchrl-bench-models"))
