@@ -35,6 +35,15 @@ class Problem:
     extras: dict = field(default_factory=dict, hash=False)
 
 
+@dataclass(frozen=True)
+class Message:
+    """One turn of a multi-turn transcript: the policy's own text, or a tool's output (context, never trained)."""
+
+    role: str         # "policy" | "tool"
+    text: str
+    ok: bool = True   # a tool message: the call ran cleanly (its cell is part of the rollout's state)
+
+
 @dataclass
 class Environment:
     """Base class: subclasses implement the three problem sources; the verifier is named, not called."""
@@ -45,6 +54,27 @@ class Environment:
     # text that starts the final answer in a completion ("####", "\\boxed"); branch policies do not fork
     # after it, where alternatives could only change the answer, not the reasoning. None: no marker
     answer_marker: str | None = None
+    # Multi-turn tool use (empty for single-turn envs): strings that end a policy turn (checked on the
+    # turn's text after every token), and the most tool calls per episode
+    tool_stops: tuple[str, ...] = ()
+    max_turns: int = 0
+
+    def tool_request(self, problem: Problem, transcript: list[Message]) -> dict | None:
+        """The tool call the transcript's last (policy) turn makes, as plain data that `run_tool` takes
+        (`{"tool": "python", "code": ..., "history": [...]}`), or None: no call, the policy goes on."""
+        return None
+
+    def observation(self, request: dict, output) -> Message:
+        """The tool message the policy sees after `request` ran with this `ToolOutput`."""
+        raise NotImplementedError(f"env {self.name!r} declares no tools")
+
+    def turn(self, problem: Problem, transcript: list[Message]) -> Message | None:
+        """The turn function: the next non-policy message after the transcript, or None (the policy's turn
+        goes on or the episode ends as usual). Synchronous; the sampler runs the same parts asynchronously."""
+        from branchrl.verifiers.tools import run_tool
+
+        request = self.tool_request(problem, transcript)
+        return None if request is None else self.observation(request, run_tool(request))
 
     def train_problems(self, n: int, seed: int) -> list[Problem]:
         """n problems for RL step sampling; disjoint from eval_problems and warm_start_problems."""

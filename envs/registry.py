@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "humaneval": "branchrl.envs.humaneval:load_environment",
     "math": "branchrl.envs.math_problems:load_environment",  # module name never shadows stdlib math
     "mbpp": "branchrl.envs.mbpp:load_environment",
+    "multiply": "branchrl.envs.multiply:load_environment",
     "synth_fn": "branchrl.envs.synth_fn:load_environment",
 }
 

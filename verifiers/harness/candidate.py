@@ -128,9 +128,10 @@ def _run_io(code, stdin_text, output_bytes):
         sys.stdout.flush()
     except BaseException:  # the candidate broke its own stdout; what it printed so far is still returned
         pass
-    if failure is not None:
-        return {"raise": ["ProgramError", failure]}
-    return {"ok": bytes(buffer.data).decode("utf-8", "replace")}
+    printed = bytes(buffer.data).decode("utf-8", "replace")
+    if failure is not None:  # what it printed before it failed is an observation for a tool call
+        return {"raise": ["ProgramError", failure], "printed": printed}
+    return {"ok": printed}
 
 
 class _CappedBytes(io.RawIOBase):

@@ -90,6 +90,7 @@ def run_io_tests(job, client):
     units = []
     for k, case in enumerate(job["io"]):
         start = time.perf_counter()
+        reply = {}
         try:
             client.kill()
             reply = client.spawn({"op": "io", "stdin": case["stdin"]})
@@ -104,9 +105,23 @@ def run_io_tests(job, client):
                 outcome = "memory"
         except BaseException as e:
             outcome, message = _classify(e, False)
-        units.append({"line": 0, "test": f"io case {k}", "outcome": outcome, "message": message,
-                      "seconds": round(time.perf_counter() - start, 6)})
+        unit = {"line": 0, "test": f"io case {k}", "outcome": outcome, "message": message,
+                "seconds": round(time.perf_counter() - start, 6)}
+        if job.get("capture"):  # a tool call: the program's output is the answer, not a comparison
+            unit.update(_captured(reply, message))
+        units.append(unit)
     return units
+
+
+def _captured(reply, message: str) -> dict:
+    """A tool call's program output and error text from the worker's (untrusted) reply: plain strings."""
+    reply = reply if isinstance(reply, dict) else {}
+    printed = reply.get("ok", reply.get("printed", ""))
+    error = reply.get("raise", "") if "ok" not in reply else ""
+    error = error[-1] if isinstance(error, list) and error else error
+    if "ok" not in reply and "raise" not in reply:  # no answer: it was killed, or killed its own worker
+        error = f"the program ended without an answer ({message or 'no reply'})"
+    return {"stdout": printed if type(printed) is str else "", "error": str(error)[:MESSAGE_CHARS]}
 
 
 def _normalise_output(text: str) -> list[str]:

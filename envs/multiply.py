@@ -1,0 +1,49 @@
+"""Procedural multi-digit multiplication that a tiny model solves by calling the Python tool.
+
+`347*29=` is answered `<py>print(347*29)</py><out>10063</out> #### 10063`: the policy writes a call,
+the sandboxed tool's output comes back as `<out>...</out>` (context, not trained on), and the policy
+copies the result into the GSM8K-style final answer that the math verifier checks. A character-level
+model cannot multiply three digits by two in its head, but it can learn to copy the operands into a
+call and the output into the answer, so this is the CPU demo where the tool is needed
+(`configs/tool_demo.yaml`). Splits hash the operand pair, order ignored, like arithmetic.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .base import Problem, ProceduralEnvironment, hashed_split
+from .tools import CLOSE, OPEN, OUT_CLOSE, OUT_OPEN, PythonTool
+
+
+def split_of(problem_id: str) -> str:
+    return hashed_split("*".join(sorted(problem_id.split("*"), key=int)))
+
+
+def worked_solution(a: int, b: int) -> str:
+    return f"{OPEN}print({a}*{b}){CLOSE}{OUT_OPEN}{a * b}{OUT_CLOSE} #### {a * b}"
+
+
+class Multiply(PythonTool, ProceduralEnvironment):
+    too_few_hint = "ask for fewer or raise digits"
+    split_of = staticmethod(split_of)
+
+    def __init__(self, digits: int = 3, digits_b: int = 2, max_turns: int = 2):
+        for name, value in (("digits", digits), ("digits_b", digits_b)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 9:
+                raise ValueError(f"{name} must be an integer in 1..9, got {value!r}")
+        if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+            raise ValueError(f"max_turns must be a positive integer (tool calls per episode), got {max_turns!r}")
+        super().__init__(name="multiply", verifier="math", verifier_args={"numeric": True}, answer_marker="####",
+                         tool_stops=(CLOSE,), max_turns=max_turns)
+        self.digits, self.digits_b = digits, digits_b
+
+    def candidate(self, rng: random.Random):
+        a = rng.randint(10 ** (self.digits - 1), 10**self.digits - 1)
+        b = rng.randint(10 ** (self.digits_b - 1), 10**self.digits_b - 1)
+        return f"{a}*{b}", lambda: Problem(id=f"{a}*{b}", prompt=f"{a}*{b}=", answer=str(a * b),
+                                           solution=worked_solution(a, b))
+
+
+def load_environment(digits: int = 3, digits_b: int = 2, max_turns: int = 2) -> Multiply:
+    return Multiply(digits=digits, digits_b=digits_b, max_turns=max_turns)
