@@ -12,6 +12,8 @@ Random weights, forced length (no early EOS), same device and dtype for both. Ca
   moves against the live KV bytes it must read (`attention.step_bytes`). Use --threads 1.
 - branched: the BranchSampler's tokens/s with forks, for each row cap in --max-rows (0 = no cap).
 - fork: 8 children from a 1024- and a 1000-token sequence, timed against prefilling it, KV pages in use.
+- append: 100 tokens (a tool's output) appended to a live 1,000-token row (`Engine.extend`, a chunked
+  prefill into its pages), timed against prefilling 100 and 1,100 tokens.
 
     .venv/bin/python bench/engine.py --threads 1                               # CPU: tiny demo shape
     .venv/bin/python bench/engine.py --threads 1 --cases overhead --shapes qwen2-1layer --prompt 256 \
@@ -51,7 +53,7 @@ SHAPES = {  # name: (config class, kwargs)
                                        num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
 }
-CASES = ("throughput", "graph", "overhead", "branched", "fork")
+CASES = ("throughput", "graph", "overhead", "branched", "fork", "append")
 # bytes/s by GPU name, first match wins: the PCIe H100 has HBM2e at 2.0 TB/s, the SXM one HBM3 at 3.35
 PEAK_BANDWIDTH = {"H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12}
 
@@ -228,6 +230,30 @@ def fork_cost(model, prefix: int, children: int, new: int, repeats: int = 5) -> 
             f"pool {engine.kv.pool_bytes / 2**20:.2f} MiB")
 
 
+def append_cost(model, row: int = 1000, new: int = 100, repeats: int = 7) -> str:
+    """Append `new` tokens to a live `row`-token row vs prefilling `new` and `row + new` tokens (medians)."""
+    device, vocab = model.device, model.config.vocab_size
+    engine = make_engine(model)
+    prompt = torch.randint(3, vocab, (row + new,)).tolist()
+
+    def median(run) -> float:
+        times = []
+        for _ in range(repeats):
+            engine.start([prompt[:row]], new + 1)      # a live row of `row` tokens, outside the timing
+            sync(device)
+            t0 = time.perf_counter()
+            run()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[repeats // 2]
+
+    append = median(lambda: engine.extend([0], [prompt[row:]]))
+    short = median(lambda: engine.start([prompt[:new]], 1))
+    full = median(lambda: engine.start([prompt], 1))
+    return (f"append {new} tokens to a {row}-token row: {append * 1e3:.2f} ms = {append / short:.2f}x a {new}-token "
+            f"prefill ({short * 1e3:.2f} ms), {append / full:.2f}x a {row + new}-token prefill ({full * 1e3:.2f} ms)")
+
+
 def branched_tokens_per_s(model, prompts: torch.Tensor, new: int, max_rows: int = 0) -> tuple[float, int]:
     """(tokens/s, leaves) of BranchSampler over batch // 8 prompts: 4 roots each, forked up to 8 leaves, at
     most max_rows rows at once (0 = no cap). Random weights have high entropy, so forks happen as soon as
@@ -305,6 +331,8 @@ def main() -> None:
         if "fork" in args.cases:
             for prefix in (1024, 1000):  # 1000: the last page is partial, so each child copies one page
                 print(f"{shape:14s} {fork_cost(model, prefix, 8, 16)}")
+        if "append" in args.cases:
+            print(f"{shape:14s} {append_cost(model)}")
         del model
 
 

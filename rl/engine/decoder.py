@@ -140,6 +140,36 @@ class Decoder:
             x = self._layer(i, x, cos, sin, attend)
         return self._logits(x[torch.arange(N, device=x.device), lengths - 1])
 
+    def extend(self, tokens: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor,
+               blocks: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], page: int) -> torch.Tensor:
+        """A chunked prefill into live rows: tokens [N, S] right-padded to lengths [N] go after each row's starts[N]
+        cached tokens, at slots [T] (row-major, `PagedKV.extend`); blocks [N, P] the rows' pages, enough for the
+        longest. Each new token attends to its row's cache and the new tokens before it, so only the S new
+        tokens are computed. Returns logits [N, V] after each row's last new token."""
+        N, S = tokens.shape
+        pos = starts[:, None] + torch.arange(S, device=tokens.device)[None]                 # [N, S]
+        real = torch.arange(S, device=tokens.device)[None] < lengths[:, None]              # [N, S]
+        _, kv_heads, T, D = keys[0].shape
+        P = blocks.shape[1]
+        heads = torch.arange(kv_heads, device=tokens.device)[None, :, None] * (T // page)   # [1, Hkv, 1]
+        index = (blocks.long()[:, None, :] + heads).flatten()                               # [N * Hkv * P]
+        mask = (torch.arange(P * page, device=tokens.device)[None, None] <= pos[:, :, None])[:, None]  # [N,1,S,P*page]
+
+        def attend(i, q, k, v):                                                            # q [N, S, H, D]
+            self._write(keys[i], slots, k[real])
+            self._write(values[i], slots, v[real])
+            kc, vc = (pool[i].view(kv_heads * T // page, page * D).index_select(0, index).view(N, kv_heads, P * page, D)
+                      for pool in (keys, values))                                          # [N, Hkv, P * page, D]
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask,
+                                               enable_gqa=self.kv_heads != self.heads)     # [N, H, S, D]
+            return a.transpose(1, 2).reshape(N, S, -1)
+
+        x = F.embedding(tokens, self.w["model.embed_tokens.weight"])
+        cos, sin = self._rope(pos)
+        for i in range(self.layers):
+            x = self._layer(i, x, cos, sin, attend)
+        return self._logits(x[torch.arange(N, device=x.device), lengths - 1])
+
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, keys: tuple[torch.Tensor, ...],
                values: tuple[torch.Tensor, ...], attend: Attend) -> torch.Tensor:
         """One token per row: tokens, pos, slots [B] (its cache slot, page * page_size + offset). Writes each

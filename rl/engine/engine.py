@@ -80,8 +80,30 @@ class Engine:
         return self.decoder.prefill(tokens.to(device), torch.tensor(lengths, device=device), slots, self.kv.keys,
                                     self.kv.values)
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row ([B]); returns next-token logits [B, V], valid until the next step."""
+    @torch.no_grad()
+    def extend(self, rows: list[int], tokens: list[list[int]]) -> torch.Tensor:
+        """Append many tokens to live rows (a tool's output): a chunked prefill into each row's own pages, its
+        prefix never recomputed. rows: engine row indices; returns next-token logits [len(rows), V]."""
+        if not rows or any(not t for t in tokens):
+            raise ValueError("extend needs at least one row and at least one token per row")
+        if not all(0 <= r < self.batch_size for r in rows) or len(set(rows)) != len(rows):
+            raise IndexError(f"extend: rows {rows} must be distinct live rows of the batch of {self.batch_size}")
+        starts = self.kv.lengths[torch.tensor(rows, device=self.kv.device)].clone()
+        counts = [len(t) for t in tokens]
+        slots = self.kv.extend(rows, counts)
+        batch = torch.full((len(rows), max(counts)), self.pad_id, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            batch[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        width = -(-self.kv.max_len // self.kv.page_size)
+        device = self.decoder.device
+        blocks = self.kv.table[torch.tensor(rows, device=self.kv.device), :width]
+        return self.decoder.extend(batch.to(device), starts, torch.tensor(counts, device=device), slots, blocks,
+                                   self.kv.keys, self.kv.values, self.kv.page_size)
+
+    def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Append one token per row ([B]); returns next-token logits [B, V], valid until the next step.
+        active [B] bool: only those rows take their token (the others, e.g. waiting for a tool, keep their
+        cache as it is and their logits are meaningless); runs the eager step."""
         rows = self.batch_size
         if not rows:
             raise RuntimeError("engine step on an empty batch: every row was dropped or none started; "
@@ -91,7 +113,10 @@ class Engine:
             raise RuntimeError(f"engine cache full: row {full} holds {int(self.kv.limits[full])} tokens "
                                f"(prompt + max_new_tokens); raise max_new_tokens")
         self.kv.reserve(rows, self.runner.padded(rows))
-        logits = self.runner(tokens.to(self.decoder.device))
+        if active is None:
+            logits = self.runner(tokens.to(self.decoder.device))
+        else:
+            logits = self.runner.masked(tokens.to(self.decoder.device), active.to(self.decoder.device))
         self.kv.stepped()
         return logits
 

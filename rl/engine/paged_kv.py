@@ -119,6 +119,30 @@ class PagedKV:
         r, p = (pos < lens[:, None]).nonzero(as_tuple=True)                          # [N] each
         return self.table[old + r, p // self.page_size].long() * self.page_size + p % self.page_size
 
+    def extend(self, rows: list[int], counts: list[int]) -> torch.Tensor:
+        """Append counts[i] tokens to live row rows[i] (pages allocated here, filled by the caller's chunked
+        prefill): the row's last partial page is its own (`select` copied it on a fork), so the new tokens
+        go after it and into fresh pages. Returns the cache slot of every new token, row-major: [sum(counts)]."""
+        slots = []
+        for r, k in zip(rows, counts):
+            n, limit = int(self.lengths[r]), int(self.limits[r])
+            if n + k > limit:
+                raise ValueError(f"extend: row {r} holds {n} tokens; {k} more is over its limit of {limit}")
+            have, need = -(-n // self.page_size), -(-(n + k) // self.page_size)
+            if need > have:
+                pages = self._take(need - have)
+                self.table[r, have:need] = pages.int()
+                self.refs[pages] = 1
+            pos = torch.arange(n, n + k, device=self.device)                            # [k]
+            page = self.table[r, pos // self.page_size].long()
+            self.fill.scatter_reduce_(0, page, (pos % self.page_size + 1).int(), "amax")
+            self.lengths[r] = n + k
+            slots.append(page * self.page_size + pos % self.page_size)
+        live = self.lengths[:self.rows]
+        self.max_len = int(live.max()) if self.rows else 0
+        self.headroom = int((self.limits[:self.rows] - live).min()) if self.rows else math.inf
+        return torch.cat(slots) if slots else torch.zeros(0, dtype=torch.long, device=self.device)
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows in this order; a repeated row shares its full pages and copies its partial last page."""
         old, n = self.rows, len(rows)

@@ -91,6 +91,13 @@ class StepRunner:
         graph.replay()
         return out[:B]
 
+    @torch.no_grad()
+    def masked(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """An eager step where only `active` [B] rows take their token (inactive rows write the trash page)."""
+        kv = self.kv
+        width = -(-(kv.max_len + 1) // kv.page_size)
+        return decode_step(self.decoder, tokens, active, kv.tensors(len(tokens)), kv.page_size, False, width)
+
     def _run(self, size: int) -> torch.Tensor:
         return self.compiled(self.decoder, self.tokens[:size], self.n, self.kv.tensors(size), self.kv.page_size)
 
