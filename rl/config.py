@@ -119,6 +119,8 @@ class RolloutConfig(Section):
         description="0 = synchronous: each step's rollouts start after the last update's weights (on-policy); k >= 1 = "
                     "async: the workers keep k batches in flight while the trainer trains, and a batch more than k "
                     "policy versions behind the update it would feed is dropped and counted")
+    tool_workers: int = Field(4, gt=0, description="tool calls a rollout worker runs at once (envs with tools: "
+                                                   "each in its own warm sandbox) while its other rows decode")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
     weight_sync: Literal["auto", "object_store", "collective"] = Field(

@@ -28,6 +28,12 @@ class Node:
     children: list[int] = field(default_factory=list)
     finish: str = ""            # "eos" | "length" on leaves, "" while open or internal
     reward: float | None = None
+    # True where a token is a tool's output (appended context: log-prob and entropy 0, never trained on);
+    # shorter than `tokens` when a span was built by hand: the missing tokens are the policy's
+    tool: list[bool] = field(default_factory=list)
+
+    def tool_flags(self) -> list[bool]:
+        return self.tool[:len(self.tokens)] + [False] * (len(self.tokens) - len(self.tool))
 
 
 @dataclass
@@ -39,6 +45,9 @@ class Tree:
     tree_id: str = ""            # unique in the run; the driver names each tree it receives
     reprefill_tokens: int = 0    # prefix tokens computed again to fork a finished chain (eptree's second phase)
     reprefill_context: int = 0   # their attention positions
+    tool_calls_run: int = 0      # tool calls this tree's rows made (an observation shared by forks counts once)
+    tool_seconds: float = 0.0    # their sandbox seconds
+    tool_unavailable: int = 0    # calls that did not run for a reason of ours (counted, never a reward)
 
     def add_child(self, parent: int) -> int:
         node = Node(len(self.nodes), parent)
@@ -67,9 +76,22 @@ class Tree:
     def completion_logprobs(self, leaf: int) -> list[float]:
         return [lp for n in self.path(leaf) for lp in self.nodes[n].logprobs]
 
+    def completion_roles(self, leaf: int) -> list[bool]:
+        """[T] True where the completion's token is a tool's output (context, never trained on)."""
+        return [f for n in self.path(leaf) for f in self.nodes[n].tool_flags()]
+
+    def tool_calls(self, leaf: int) -> int:
+        """Tool outputs on the path to `leaf` (each a run of tool tokens)."""
+        flags = self.completion_roles(leaf)
+        return sum(f and (i == 0 or not flags[i - 1]) for i, f in enumerate(flags))
+
     def generated_tokens(self) -> int:
-        """Tokens actually decoded for this tree: shared prefixes count once."""
-        return sum(len(n.tokens) for n in self.nodes)
+        """Tokens actually decoded for this tree (tool outputs are appended, not decoded): shared prefixes once."""
+        return sum(len(n.tokens) - sum(n.tool_flags()) for n in self.nodes)
+
+    def appended_tokens(self) -> int:
+        """Tool-output tokens appended to this tree's rows (each prefilled once into its row)."""
+        return sum(sum(n.tool_flags()) for n in self.nodes)
 
     def order(self) -> list[int]:
         """Node ids with every parent before its children (ids alone do not promise it after `split`)."""
@@ -103,10 +125,12 @@ class Tree:
         n = self.nodes[node]
         if not 0 < offset < len(n.tokens):
             raise ValueError(f"split offset {offset} outside node {node}'s span of {len(n.tokens)} tokens")
+        flags = n.tool_flags()
         tail = Node(len(self.nodes), node, n.tokens[offset:], n.logprobs[offset:], n.entropies[offset:],
-                    n.children, n.finish, n.reward)
+                    n.children, n.finish, n.reward, flags[offset:])
         for c in tail.children:
             self.nodes[c].parent = tail.id
+        n.tool = flags[:offset]
         del n.tokens[offset:], n.logprobs[offset:], n.entropies[offset:]
         n.children, n.finish, n.reward = [tail.id], "", None
         self.nodes.append(tail)

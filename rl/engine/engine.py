@@ -108,6 +108,11 @@ class Engine:
         if not rows:
             raise RuntimeError("engine step on an empty batch: every row was dropped or none started; "
                                "start or admit rows first")
+        if self.kv.headroom <= 0:   # a lower bound (parked rows lower it too): look at the rows themselves
+            room = self.kv.limits[:rows] - self.kv.lengths[:rows]
+            if active is not None:
+                room = torch.where(active.to(room.device), room, room.max())
+            self.kv.headroom = int(room.min())
         if self.kv.headroom <= 0:
             full = int((self.kv.lengths[:rows] >= self.kv.limits[:rows]).nonzero()[0, 0])
             raise RuntimeError(f"engine cache full: row {full} holds {int(self.kv.limits[full])} tokens "

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import torch
@@ -35,9 +36,12 @@ from branchrl.config import BranchConfig
 from branchrl.engine import Engine, Sample, SamplingParams, sample, siblings
 from branchrl.tree import Tree, attended_positions
 
+from .tools import ToolRunner
+
 GREEDY = SamplingParams(temperature=0.0)                          # evaluation: the argmax
 GREEDY_BRANCH = BranchConfig(policy="independent", roots=1, max_leaves=1)  # ... one chain per prompt, no forks
 NEVER_FORKED = 10**9   # a root chain's distance to its last fork: no fork on the path limits where it may fork
+RECENT = 8             # entropies a row remembers: the level a tool result's next tokens are compared with
 
 
 @dataclass
@@ -51,6 +55,14 @@ class Row:
     src: int = 0             # engine row this row's KV comes from at the next select
     original: int = -1       # a re-opened fork point: the token already there, which this row only forks from
     children: int = 0        # ... into this many siblings, and then ends
+    # tool turns (`tools.py`): calls made, where the current policy turn starts, the call it waits for
+    turns: int = 0
+    turn_start: int = 0
+    waiting: Future | None = None
+    request: dict | None = None
+    cells_ok: tuple[bool, ...] = ()   # each earlier call ran cleanly
+    since_tool: int = NEVER_FORKED    # tokens since the last tool output on this path
+    recent: tuple[float, ...] = ()    # entropies of the last few tokens (the level before a tool call)
 
     @property
     def width(self) -> int:
@@ -70,11 +82,15 @@ Children = list[tuple[int, float]]  # a fork's new children: (token, log-prob) e
 
 class BranchSampler:
     def __init__(self, engine: Engine, eos_id: int, max_new_tokens: int, params: SamplingParams = SamplingParams(),
-                 seed: int = 0, max_rows: int = 0, answer_ids: frozenset[int] = frozenset()):
+                 seed: int = 0, max_rows: int = 0, answer_ids: frozenset[int] = frozenset(),
+                 tools: ToolRunner | None = None):
         """params: how tokens are drawn; max_rows: most rows decoding at once (0 = no cap); answer_ids: tokens
-        that start the final answer (no fork at or after them on a path; empty when forks there are allowed)."""
+        that start the final answer (no fork at or after them on a path; empty when forks there are allowed);
+        tools: the env's tool turns (None: single-turn). max_new_tokens bounds a whole episode, tool outputs
+        included."""
         self.engine, self.eos_id, self.max_new_tokens = engine, eos_id, max_new_tokens
         self.params, self.max_rows, self.answer_ids = params, max_rows, frozenset(answer_ids)
+        self.tools = tools
         # on the engine's device: torch.multinomial refuses a generator on another device (CPU gen, CUDA probs)
         self.gen = torch.Generator(device=engine.decoder.device).manual_seed(seed)
 
@@ -104,14 +120,81 @@ class BranchSampler:
             rows, logits = self._admit(queue, rows, logits, live, budget)
             if not rows:
                 return
-            s = sample(logits, self.params, self.gen)
-            tokens, forks = self._forks(rows, s, fork_rule, live)
-            rows, toks = self._advance(trees, rows, tokens, s, self._siblings(s.logp, tokens, forks))
-            keep = [i for i, r in enumerate(rows) if not self._finished(trees, r, toks[i])]
-            rows = [rows[i] for i in keep]
+            rows, logits = self._resume(trees, rows, logits)
+            act = [i for i, r in enumerate(rows) if r.waiting is None]
+            if not act:   # every row waits for a tool and no prompt fits: wait for the first call to finish
+                if rows:
+                    self.tools.wait_any([r.waiting for r in rows])
+                continue
+            rows, toks, parked = self._decode_once(trees, rows, act, logits, fork_rule, live)
             if rows:
                 self.engine.select(torch.tensor([r.src for r in rows], dtype=torch.long))
-                logits = self.engine.step(torch.tensor([toks[i] for i in keep], dtype=torch.long))
+                toks = torch.tensor(toks, dtype=torch.long)
+                if parked:
+                    logits = self.engine.step(toks, torch.tensor([True] * (len(rows) - parked) + [False] * parked))
+                else:
+                    logits = self.engine.step(toks)
+
+    def _decode_once(self, trees: list[Tree], rows: list[Row], act: list[int], logits: torch.Tensor,
+                     fork_rule: ForkRule | None, live: list[int]) -> tuple[list[Row], list[int], int]:
+        """One token for each active row (`act`: not waiting for a tool): draw, fork, append, end or start a
+        tool call. Returns the rows for the next step (active ones, then the waiting ones), their tokens (a
+        pad for a waiting row) and how many wait."""
+        sub = [rows[i] for i in act]
+        s = sample(logits if len(act) == len(rows) else logits[torch.tensor(act, device=logits.device)],
+                   self.params, self.gen)
+        tokens, forks = self._forks(sub, s, fork_rule, live)
+        sub, toks = self._advance(trees, sub, tokens, s, self._siblings(s.logp, tokens, forks))
+        for r in sub:
+            r.src = act[r.src]                       # the engine row whose KV this row continues
+        keep = [j for j, r in enumerate(sub) if not self._finished(trees, r, toks[j])]
+        sub, toks = [sub[j] for j in keep], [toks[j] for j in keep]
+        if self.tools is not None:
+            for r in sub:                            # the token that ends a call is still fed this step
+                self.tools.check(trees[r.tree], r)
+        parked = []
+        for i in sorted(set(range(len(rows))) - set(act)):
+            rows[i].src = i
+            parked.append(rows[i])
+        return sub + parked, toks + [self.engine.pad_id] * len(parked), len(parked)
+
+    def _resume(self, trees: list[Tree], rows: list[Row], logits: torch.Tensor):
+        """Rows whose tool call finished: the observation is appended to the path (as tool tokens) and to the
+        engine row (`Engine.extend`, no re-prefill), whose logits replace the row's. An observation that does
+        not fit the episode's token limit (with one token to spare) is cut; one that cannot start ends the row."""
+        done = [i for i, r in enumerate(rows) if r.waiting is not None and r.waiting.done()]
+        if not done:
+            return rows, logits
+        extend, ids, drop = [], [], []
+        for i in done:
+            r = rows[i]
+            obs, output = self.tools.collect(r)
+            obs = obs[:max(0, self.max_new_tokens - r.length - 1)]
+            tree = trees[r.tree]
+            tree.tool_calls_run += 1
+            tree.tool_seconds += output.seconds
+            tree.tool_unavailable += output.status == "unavailable"
+            if not obs:
+                trees[r.tree].nodes[r.node].finish = "length"
+                drop.append(i)
+                continue
+            node = tree.nodes[r.node]
+            node.tool = node.tool_flags() + [True] * len(obs)
+            node.tokens += obs
+            node.logprobs += [0.0] * len(obs)
+            node.entropies += [0.0] * len(obs)
+            r.length += len(obs)
+            r.turn_start, r.since_tool = r.length, 0
+            extend.append(i)
+            ids.append(obs)
+        if extend:
+            logits = logits.clone()
+            logits[torch.tensor(extend, device=logits.device)] = self.engine.extend(extend, ids)
+        if drop:
+            keep = [i for i in range(len(rows)) if i not in set(drop)]
+            self.engine.select(torch.tensor(keep, dtype=torch.long))
+            rows, logits = [rows[i] for i in keep], logits[torch.tensor(keep, dtype=torch.long, device=logits.device)]
+        return rows, logits
 
     def reopen(self, trees: list[Tree], points: list[tuple[int, int, int]], children: int) -> None:
         """Fork finished chains: points are (tree, node, offset) = the token at `offset` in `node`'s span.
@@ -221,8 +304,9 @@ class BranchSampler:
         for i, r in enumerate(rows):
             r.src = i
             tree = trees[r.tree]
-            for tok, lp in forks.get(i, []):
-                child = Row(r.tree, tree.add_child(r.node), r.length, 0, r.depth + 1, r.answered, src=i)
+            for tok, lp in forks.get(i, []):   # a child carries its path's state, tool turns included
+                child = replace(r, node=tree.add_child(r.node), since_fork=0, depth=r.depth + 1, src=i, original=-1,
+                                children=0, waiting=None, request=None)
                 self._append(tree, child, tok, lp, ents[i])
                 new_rows.append(child)
                 new_tokens.append(tok)
@@ -242,4 +326,6 @@ class BranchSampler:
         node.entropies.append(entropy)
         row.length += 1
         row.since_fork += 1
+        row.since_tool += 1
+        row.recent = (row.recent + (entropy,))[-RECENT:]
         row.answered = row.answered or token in self.answer_ids

@@ -26,6 +26,7 @@ from branchrl.sync.weight_sync import BroadcastMember, Layout, Weights, state_ch
 from branchrl.tree import Tree
 
 from .sampler import GREEDY, GREEDY_BRANCH, BranchSampler
+from .tools import ToolRunner
 
 
 class NoWeights(RuntimeError):
@@ -44,6 +45,7 @@ class RolloutWorker(BroadcastMember):
         self.decoder = self.engine.decoder
         self.version = -1
         self.checksum = ""
+        self.tools = tool_runner(cfg, self.engine)
 
     def set_weights(self, weights: Weights) -> dict:
         """Load a new policy version; returns the version and checksum of what was loaded, and this process's
@@ -72,7 +74,24 @@ class RolloutWorker(BroadcastMember):
         check_prompts([ids for _, ids in prompts], r.max_new_tokens, self.engine.max_seq_len, [p for p, _ in prompts])
         params = GREEDY if greedy else SamplingParams(r.temperature, r.top_k, r.top_p)
         seed = derive_seed(self.cfg.run.seed, "rollout", self.rank, step)
-        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, seed, r.max_rows, self.answer_ids)
+        if self.tools is not None:   # what the turn function sees of each problem: its prompt, never its answer
+            self.tools.prompts = {pid: self.tools.decode(ids) for pid, ids in prompts}
+        sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, seed, r.max_rows, self.answer_ids,
+                                self.tools)
         t0 = time.perf_counter()
         trees = sampler.run(prompts, GREEDY_BRANCH if greedy else self.cfg.branch, self.version)
         return trees, time.perf_counter() - t0
+
+
+def tool_runner(cfg: Config, engine) -> ToolRunner | None:
+    """The env's tool turns when it declares any (`max_turns` > 0), with the policy's tokenizer; else None."""
+    from branchrl.envs import load_env
+    from branchrl.models import load_tokenizer
+
+    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    if env.max_turns <= 0:
+        return None
+    if not hasattr(engine, "extend"):
+        raise ValueError(f"env {env.name!r} calls tools, which needs the paged engine (appending a tool's output to "
+                         f"a live row); this model runs on the HF fallback engine")
+    return ToolRunner(env, load_tokenizer(cfg.model), cfg.rollout.tool_workers)

@@ -1,0 +1,88 @@
+"""Tool turns for the sampler: spot a row's tool call, run it off the decode loop, hand back the observation's ids.
+
+A `ToolRunner` holds what a rollout worker needs for an env with tools (`env.max_turns > 0`): the env
+(its stop strings, `tool_request` and `observation`), the policy's tokenizer (the turn's text and the
+observation's ids) and a thread pool of `workers` concurrent calls. After each sampled token,
+`check` looks whether the row's current policy turn now ends with one of the env's stop strings
+(decoding only when the new token could complete one); if the env makes a request of the transcript, the
+call is submitted to the pool and the row waits (`Row.waiting`) while the other rows decode: calls of
+many rows run at once, asynchronously. `collect` turns a finished call into the tool message's token ids.
+
+Each call runs in the sandbox through `branchrl.verifiers.tools.run_tool`, which never raises for what
+the code does. The pool lives in the rollout worker's process, next to its engine: a call is milliseconds
+of sandbox work, and the warm sandboxes (one per concurrent call) stay warm between steps. The turn
+function sees a `Problem` with the id and prompt only: the gold answer never reaches a tool.
+Deliberately not here: decoding, forking, appending to the engine (the sampler's).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from branchrl.engine.stop import find_stop
+from branchrl.envs.base import Environment, Message, Problem
+from branchrl.tree import Tree
+from branchrl.verifiers.python_tool import ToolOutput
+from branchrl.verifiers.tools import run_tool
+
+
+class ToolRunner:
+    def __init__(self, env: Environment, tokenizer, workers: int = 4, prompts: dict[str, str] | None = None):
+        """prompts: problem id -> prompt text, what the turn function sees of each problem."""
+        self.env, self.tokenizer = env, tokenizer
+        self.stops, self.max_turns = tuple(env.tool_stops), env.max_turns
+        self.prompts = dict(prompts or {})
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tool")
+        self._text: dict[int, str] = {}
+        self._last_chars = {s[-1] for s in self.stops if s}
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def could_end_stop(self, token: int) -> bool:
+        """Cheap filter: only a token whose text holds a stop string's last character can complete one."""
+        if token not in self._text:
+            self._text[token] = self.decode([token])
+        return any(c in self._text[token] for c in self._last_chars)
+
+    def check(self, tree: Tree, row) -> None:
+        """After a token was appended to `row`: submit its tool call when the turn now ends with one."""
+        node = tree.nodes[row.node]
+        if row.turns >= self.max_turns or not node.tokens or not self.could_end_stop(node.tokens[-1]):
+            return
+        ids = tree.completion_ids(row.node)
+        if find_stop(ids[row.turn_start:], self.decode, self.stops) is None:
+            return
+        problem = Problem(id=tree.problem_id, prompt=self.prompts.get(tree.problem_id, ""), answer="")
+        request = self.env.tool_request(problem, self.transcript(tree, row))
+        if request is not None:
+            row.waiting, row.request = self.pool.submit(run_tool, request), request
+
+    def transcript(self, tree: Tree, row) -> list[Message]:
+        """The row's completion so far as messages: runs of policy and tool tokens, decoded."""
+        ids, flags = tree.completion_ids(row.node), tree.completion_roles(row.node)
+        out, start, calls = [], 0, 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or flags[i] != flags[start]:
+                ok = row.cells_ok[calls] if flags[start] and calls < len(row.cells_ok) else True
+                calls += flags[start]
+                out.append(Message("tool" if flags[start] else "policy", self.decode(ids[start:i]), ok))
+                start = i
+        return out
+
+    def collect(self, row) -> tuple[list[int], ToolOutput]:
+        """The finished call's observation as token ids, and the tool's output; the row no longer waits and
+        has one more turn."""
+        output = row.waiting.result()
+        message = self.env.observation(row.request, output)
+        ids = self.tokenizer.encode(message.text, add_special_tokens=False)
+        row.waiting, row.request, row.turns = None, None, row.turns + 1
+        row.cells_ok = row.cells_ok + (message.ok,)
+        return ids, output
+
+    @staticmethod
+    def wait_any(futures: list[Future]) -> None:
+        wait(futures, return_when=FIRST_COMPLETED)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
