@@ -68,6 +68,11 @@ class Environment:
         """The tool message the policy sees after `request` ran with this `ToolOutput`."""
         raise NotImplementedError(f"env {self.name!r} declares no tools")
 
+    def worked(self, problem: Problem) -> str | list[tuple[str, str]]:
+        """The warm-start target: the worked solution's text, or for a tool env its transcript as (role, text)
+        pairs, whose tool messages are context and never trained on."""
+        return problem.solution
+
     def turn(self, problem: Problem, transcript: list[Message]) -> Message | None:
         """The turn function: the next non-policy message after the transcript, or None (the policy's turn
         goes on or the episode ends as usual). Synchronous; the sampler runs the same parts asynchronously."""

@@ -34,6 +34,9 @@ class PythonTool:
                    if m.role == "policy" and nxt.role == "tool" and nxt.ok and cell(m.text) is not None]
         return {"tool": "python", "code": code, "history": history, "timeout_s": self.tool_timeout_s}
 
+    def worked(self, problem: Problem) -> list[tuple[str, str]]:
+        return [(m.role, m.text) for m in split_transcript(problem.solution)]
+
     def observation(self, request: dict, output) -> Message:
         text = output.output + (output.error if output.status != "ok" else "")
         return Message("tool", OUT_OPEN + text.rstrip() + OUT_CLOSE, ok=output.status == "ok")

@@ -148,7 +148,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     trainer, cfg = ctx.roles.trainer, ctx.cfg
     if warm_set:
         ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
-        stats = trainer.warm_start([(p.prompt, p.solution) for p in warm_set])
+        stats = trainer.warm_start([(p.prompt, ctx.env.worked(p)) for p in warm_set])
         ctx.progress.note(f"warm start done in {stats.seconds:.1f}s (loss {stats.loss:.3f})")
         trainer.save(str(ctx.run_dir / "checkpoints" / "warm_start"))
     if point:

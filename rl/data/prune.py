@@ -21,7 +21,8 @@ from branchrl.tree import Tree
 @dataclass
 class Selection:
     samples: list[tuple[Problem, Leaf]] = field(default_factory=list)   # (problem, verified leaf)
-    sequences: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (prompt ids, completion ids)
+    # (prompt ids, completion ids), plus the trained mask when the path holds tool outputs (never trained on)
+    sequences: list[tuple] = field(default_factory=list)
     pass_rate: float = 0.0     # passing leaves / all leaves
     solved_rate: float = 0.0   # problems with at least one passing leaf
     verified_tokens: int = 0   # generated tokens on at least one passing path (a shared span counts once)
@@ -45,7 +46,7 @@ def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[Lea
             if sig not in seen and len(seen) < cap:
                 seen.add(sig)
                 out.samples.append((problem, leaf))
-                out.sequences.append((tree.prompt_ids, leaf.ids))
+                out.sequences.append(training_sequence(tree, leaf.node))
         passed += len(passing)
         solved += bool(passing)
     # counted, then divided once: summing 1/n per problem drifts (ten solved of ten gave 0.9999999999999999)
@@ -58,3 +59,9 @@ def verified_tokens(tree: Tree, passing_leaves: list[int]) -> int:
     """Tokens of the nodes on at least one passing path: what verification kept of what was generated."""
     nodes = {n for leaf in passing_leaves for n in tree.path(leaf)}
     return sum(len(tree.nodes[n].tokens) for n in nodes)
+
+
+def training_sequence(tree: Tree, leaf: int) -> tuple:
+    """(prompt ids, completion ids) for SFT; with tool outputs on the path, also [C] bools: True = the policy's."""
+    ids, roles = tree.completion_ids(leaf), tree.completion_roles(leaf)
+    return (tree.prompt_ids, ids, [not r for r in roles]) if any(roles) else (tree.prompt_ids, ids)

@@ -9,6 +9,7 @@ in L(n) sequences. With `shared_spans="once"` each appearance has weight 1/L(n):
 token counts once in the loss, and under `grpo` a shared token's effective advantage is the mean of
 its leaves' advantages. With `shared_spans="per_leaf"` (weight 1) a span is trained once per leaf,
 as TreeRL's own implementation does. It does not decide which trees enter the batch (see `informative`).
+Tool outputs in a multi-turn path are context: their tokens get weight 0, so they carry no loss.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def leaf_samples(tree: Tree, node_advantage, shared_spans: str) -> list[PGSample
         for n in tree.path(leaf):
             k = len(tree.nodes[n].tokens)
             adv += [node_advantage(leaf, n)] * k
-            w += [weights[n]] * k
+            w += [0.0 if tool else weights[n] for tool in tree.nodes[n].tool_flags()]   # tool output: context only
         out.append(PGSample(tree.prompt_ids, tree.completion_ids(leaf), adv, w, tree.completion_logprobs(leaf)))
     return out
 

@@ -35,20 +35,22 @@ def selected_logprobs(hidden: torch.Tensor, head: torch.Tensor, targets: torch.T
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def pack_batch(sequences: list[tuple[list[int], list[int]]], pad_id: int):
-    """(prompt_ids, completion_ids) pairs -> input_ids [B, T], attention_mask [B, T], loss_mask [B, T]
-    where loss_mask marks positions whose NEXT token is a completion token (right padding)."""
-    if any(not p for p, _ in sequences):  # nothing would predict the first completion token
+def pack_batch(sequences: list[tuple], pad_id: int):
+    """(prompt_ids, completion_ids[, trained]) -> input_ids [B, T], attention_mask [B, T], loss_mask [B, T]
+    where loss_mask marks positions whose NEXT token is a completion token (right padding). `trained` ([C]
+    bools, optional): only those completion tokens are predicted; a multi-turn transcript's tool outputs are
+    context, never a target."""
+    if any(not s[0] for s in sequences):  # nothing would predict the first completion token
         raise ValueError("pack_batch: empty prompt; every sequence needs at least one prompt token (e.g. BOS)")
-    width = max(len(p) + len(c) for p, c in sequences)
+    width = max(len(s[0]) + len(s[1]) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attn = torch.zeros(len(sequences), width, dtype=torch.long)
     loss = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for i, (p, c) in enumerate(sequences):
+    for i, (p, c, *trained) in enumerate(sequences):
         n = len(p) + len(c)
         ids[i, :n] = torch.tensor(p + c, dtype=torch.long)
         attn[i, :n] = 1
-        loss[i, len(p) - 1:n - 1] = True
+        loss[i, len(p) - 1:n - 1] = torch.tensor(trained[0], dtype=torch.bool) if trained else True
     return ids, attn, loss
 
 

@@ -2,8 +2,9 @@
 minibatch, what is computed before an update, and the loss. The Trainer runs the passes and steps; it never
 asks which objective it holds. Pure loss math lives in `losses`, advantages in `advantages`.
 
-- `Likelihood` (sft, and every warm start / `train --from-data`): items are (prompt_ids, completion_ids);
-  the loss is the mean NLL over completion tokens, so an item weighs its completion length.
+- `Likelihood` (sft, and every warm start / `train --from-data`): items are (prompt_ids, completion_ids), or
+  with a third element, the completion tokens trained on (a multi-turn transcript: the policy's, not the
+  tools'); the loss is the mean NLL over trained tokens, so an item weighs their number.
 - `PolicyGradient` (grpo, tree): items are PGSamples; the clipped token-level loss at the rollout
   temperature, each item weighing the sum of its token weights. With `train.old_logprobs: recompute` the
   trainer first computes every token's log-prob under the weights before the update (one forward-only
@@ -24,11 +25,12 @@ from .advantages import PGSample
 
 
 class Likelihood:
-    def sequence(self, item: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
+    def sequence(self, item: tuple) -> tuple:
         return item
 
     def weight(self, item) -> float:
-        return float(len(item[1]))
+        """Its trained tokens: the completion's, or with a `trained` mask (a tool transcript) the policy's."""
+        return float(sum(item[2]) if len(item) > 2 else len(item[1]))
 
     def reference_forwards(self, cfg) -> int:
         """Forward-only passes per trained micro-batch besides the training one (FLOP accounting)."""

@@ -109,10 +109,10 @@ class Trainer(BroadcastMember):
         return self.sft(texts, ws.epochs, ws.lr, ws.batch_size)
 
     def sft(self, texts: list[tuple[str, str]], epochs: int, lr: float, batch_size: int) -> TrainStats:
-        """SFT on (prompt, completion) text pairs, loss on the completion + EOS, with linear warm-up and cosine
+        """SFT on (prompt, completion) text pairs (a completion may be a [(role, text), ...] transcript whose tool
+        messages are not trained on), loss on the completion + EOS, with linear warm-up and cosine
         decay from lr; the policy version stays (not an RL update) and the optimizer ends at train.lr."""
-        eos = self.tokenizer.eos_token_id
-        seqs = [(self.tokenizer.encode(p), self.tokenizer.encode(s) + [eos]) for p, s in texts]
+        seqs = [self._encode_pair(p, s) for p, s in texts]
         total = epochs * -(-len(seqs) // batch_size)
         warmup = max(1, int(total * WARMUP_FRACTION))
         floor = FINAL_LR_FRACTION
@@ -123,6 +123,17 @@ class Trainer(BroadcastMember):
         stats = self.fit(seqs, epochs, batch_size, LIKELIHOOD, schedule=schedule)
         self._set_lr(self.cfg.train.lr)  # RL continues with the same Adam moments
         return stats
+
+    def _encode_pair(self, prompt: str, completion) -> tuple:
+        """completion: text, or a transcript [(role, text), ...] whose "tool" messages are context, not targets."""
+        eos = self.tokenizer.eos_token_id
+        if isinstance(completion, str):
+            return self.tokenizer.encode(prompt), self.tokenizer.encode(completion) + [eos]
+        ids, trained = [], []
+        for role, text in completion:
+            part = self.tokenizer.encode(text, add_special_tokens=False)
+            ids, trained = ids + part, trained + [role != "tool"] * len(part)
+        return self.tokenizer.encode(prompt), ids + [eos], trained + [True]
 
     def train(self, batch: list) -> TrainStats:
         """One RL update; the policy version goes up by one. batch: what `train.algo`'s objective trains on
