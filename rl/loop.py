@@ -329,12 +329,14 @@ def provenance(ctx: Context, chosen: Selection, step: int, attempt: int = 0) -> 
     version = verifier_version(env.verifier)
     trees = {leaf.tree.tree_id: leaf.tree for _, leaf in chosen.samples}
     tree_value = {tree_id: tree.values()[0] for tree_id, tree in trees.items()}  # V(root): once per tree, not per row
+    decode = lambda ids: ctx.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731  as verify_leaves decodes
     return [{"sample_id": sample_id(leaf.tree.tree_id, leaf.branch_path, attempt),
              "env": env.name, "problem_id": p.id, "prompt": p.prompt, "completion": leaf.text, "answer": p.answer,
              "policy_version": leaf.tree.policy_version, "verifier": env.verifier, "verifier_version": version,
              "verdict": leaf.result.verdict, "score": leaf.result.score, "tree_id": leaf.tree.tree_id,
              "branch_path": leaf.branch_path, "tree_value": tree_value[leaf.tree.tree_id],
-             "num_tokens": len(leaf.ids), "seed": seed, "step": step, "attempt": attempt}
+             "num_tokens": len(leaf.ids), "seed": seed, "step": step, "attempt": attempt,
+             "roles": leaf.role_spans(decode), "tool_calls": leaf.tool_calls}
             for p, leaf in chosen.samples]
 
 

@@ -35,3 +35,19 @@ class Leaf:
     @property
     def branch_path(self) -> str:
         return self.tree.branch_path(self.node)
+
+    @property
+    def tool_calls(self) -> int:
+        return self.tree.tool_calls(self.node)
+
+    def role_spans(self, decode) -> list[dict]:
+        """The transcript's turns as character spans of `text`: [{"role": "policy" | "tool", "start", "end"}];
+        decode(ids) -> text, as the text was decoded. One policy span for a single-turn completion."""
+        roles = self.tree.completion_roles(self.node)
+        spans, start, at = [], 0, 0
+        for i in range(1, len(roles) + 1):
+            if i == len(roles) or roles[i] != roles[start]:
+                end = len(decode(self.ids[:i]))   # decoded prefixes: a multi-token character never splits
+                spans.append({"role": "tool" if roles[start] else "policy", "start": at, "end": end})
+                start, at = i, end
+        return spans

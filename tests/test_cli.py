@@ -205,7 +205,8 @@ def stored(tmp_path):
     rows = [{"sample_id": sample_id(f"1+{i}#s1#{i}", "0", 0), "env": "arithmetic", "problem_id": f"1+{i}",
              "prompt": f"1+{i}=", "completion": f"#### {1 + i}", "answer": str(1 + i), "policy_version": 0,
              "verifier": "math", "verifier_version": "v", "verdict": "pass", "score": 1.0, "tree_id": f"1+{i}#s1#{i}",
-             "branch_path": "0", "tree_value": 1.0, "num_tokens": 6, "seed": 0, "step": 1, "attempt": 0}
+             "branch_path": "0", "tree_value": 1.0, "num_tokens": 6, "seed": 0, "step": 1, "attempt": 0,
+             "roles": [{"role": "policy", "start": 0, "end": 6}], "tool_calls": 0}
             for i in range(2)]
     DataStore(tmp_path / "src" / "data").write(1, rows)
     return tmp_path / "src"

@@ -121,7 +121,8 @@ def row(i: int, step: int = 1, attempt: int = 0, **change) -> dict:
             "prompt": f"{i}+{i}=", "completion": f"#### {2 * i}",
             "answer": str(2 * i), "policy_version": 3, "verifier": "math", "verifier_version": "math-1",
             "verdict": "pass", "score": 1.0, "tree_id": f"t{i}", "branch_path": "0.1", "tree_value": 0.5,
-            "num_tokens": 4, "seed": 0, "step": step, "attempt": attempt}
+            "num_tokens": 4, "seed": 0, "step": step, "attempt": attempt,
+            "roles": [{"role": "policy", "start": 0, "end": 5 + len(str(2 * i))}], "tool_calls": 0}
     return {**base, **change}
 
 
@@ -184,7 +185,9 @@ def test_the_loop_rows_fit_the_schema(tmp_path):
         for leaf in leaves[-2:]:
             tree.nodes[leaf.node].reward = leaf.reward
     chosen = select_verified(problems, trees, leaves, cap=4)
-    ctx = Context(cfg, env, tokenizer=None, roles=None, ledger=None, run_dir=tmp_path, progress=None)
+    from branchrl.models import build_char_tokenizer
+
+    ctx = Context(cfg, env, tokenizer=build_char_tokenizer(), roles=None, ledger=None, run_dir=tmp_path, progress=None)
     DataStore(tmp_path / "data").write(7, provenance(ctx, chosen, 7))
     ds = load(tmp_path / "data", tmp_path)
     assert ds.num_rows == 2 and ds.column_names == SCHEMA.names
@@ -194,6 +197,7 @@ def test_the_loop_rows_fit_the_schema(tmp_path):
         0.5, "0.0", 3, 5, 7)
     assert (first["policy_version"], first["verifier_version"], first["env"]) == (3, "math-1", "arithmetic")
     assert (first["sample_id"], first["attempt"]) == ("t0/0.0", 0)
+    assert first["tool_calls"] == 0 and [r["role"] for r in first["roles"]] == ["policy"]
     rerun = provenance(ctx, chosen, 7, attempt=2)  # the same trees sampled again by a resumed run
     assert [r["sample_id"] for r in rerun] == ["t0@a2/0.0", "t1@a2/0.0"]
     DataStore(tmp_path / "data", attempt=2).write(7, rerun)

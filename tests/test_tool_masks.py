@@ -95,3 +95,25 @@ def test_warm_start_transcripts_train_only_the_policy_messages():
     stats = trainer.warm_start([("12*3=", [("policy", "<py>print(12*3)</py>"), ("tool", "<out>36</out>"),
                                            ("policy", " #### 36")])] * 4)
     assert stats.trained_tokens == 4 * trainer.cfg.warm_start.epochs * sum(trained)
+
+
+def test_a_verified_transcript_row_has_its_role_spans_and_tool_calls():
+    from branchrl.models import build_char_tokenizer
+    from branchrl.records import Leaf
+
+    tok = build_char_tokenizer()
+    tree = Tree("p", tok.encode("12*3="), 0)
+    node = tree.add_child(0)
+    parts = [("<py>print(12*3)</py>", False), ("<out>36</out>", True), (" #### 36", False)]
+    for text, tool in parts:
+        ids = tok.encode(text)
+        tree.nodes[node].tool = tree.nodes[node].tool_flags() + [tool] * len(ids)
+        tree.nodes[node].tokens += ids
+    tree.nodes[node].finish = "eos"
+    ids = tree.completion_ids(node)
+    leaf = Leaf(tree, node, ids, tok.decode(ids), {})
+    spans = leaf.role_spans(tok.decode)
+    assert [(s["role"], leaf.text[s["start"]:s["end"]]) for s in spans] == [("policy", "<py>print(12*3)</py>"),
+                                                                            ("tool", "<out>36</out>"),
+                                                                            ("policy", " #### 36")]
+    assert leaf.tool_calls == 1

@@ -38,6 +38,9 @@ SCHEMA = pa.schema([
     ("verifier_version", pa.string()), ("verdict", pa.string()), ("score", pa.float64()),
     ("tree_id", pa.string()), ("branch_path", pa.string()), ("tree_value", pa.float64()),
     ("num_tokens", pa.int64()), ("seed", pa.int64()), ("step", pa.int64()), ("attempt", pa.int64()),
+    # multi-turn transcripts: the completion's turns as character spans, and how many tool outputs it holds
+    ("roles", pa.list_(pa.struct([("role", pa.string()), ("start", pa.int64()), ("end", pa.int64())]))),
+    ("tool_calls", pa.int64()),
 ])
 COLUMNS = set(SCHEMA.names)
 MANIFEST_FORMAT = "branchrl-data/1"
