@@ -244,8 +244,9 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
                                                  cfg.rollout.prompts_per_step)
     update = ctx.roles.trainer.start_train(batch) if batch else None
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
-    led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
-                    sum(t.context_sum() for t in got.trees), got.rollout_seconds)
+    tools = led.add_tools(got.trees)   # tool outputs are prefilled into their rows: rollout FLOPs, not generated
+    prefill = sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees) + tools["appended_tokens"]
+    led.add_rollout(generated, prefill, sum(t.context_sum() for t in got.trees), got.rollout_seconds)
     led.verified_tokens += chosen.verified_tokens
     led.verify_seconds += got.verify_seconds
     record = {"step": step, "prompts": len(got.problems), "batches": got.batches,
@@ -255,7 +256,8 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
               "stale_batches": got.stale_batches, "generated_tokens": generated,
               "verified_tokens": chosen.verified_tokens,
               "tokens_per_s": got.generated_tokens() / got.rollout_seconds if got.rollout_seconds else 0.0,
-              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds}
+              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds, **tools,
+              "verified_with_tool": sum(x.tool_calls > 0 for _, x in chosen.samples) / max(len(chosen.samples), 1)}
     return record, update, t_step
 
 

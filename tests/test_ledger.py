@@ -48,3 +48,17 @@ def test_forward_only_passes_count_one_forward_and_state_bytes_keep_the_largest(
 def test_attended_positions():
     assert [attended_positions(n) for n in (0, 1, 2, 3)] == [0, 1, 1 + 2, 1 + 2 + 3]
     assert attended_positions(2, cached=5) == 6 + 7   # two decode steps after 5 cached tokens
+
+
+def test_tool_turns_are_counted_per_step_and_in_total():
+    from branchrl.tree import Tree
+
+    led = Ledger(1000, 2, 32)
+    tree = Tree("p", [1, 2], 0)
+    node = tree.add_child(0)
+    tree.nodes[node].tokens, tree.nodes[node].tool = [5, 6, 7, 8, 9], [False, True, True, False]
+    tree.tool_calls_run, tree.tool_seconds = 1, 0.25
+    step = led.add_tools([tree, tree])
+    assert step == {"tool_calls": 2, "tool_seconds": 0.5, "appended_tokens": 4, "tool_unavailable": 0}
+    assert (led.tool_calls, led.appended_tokens, tree.generated_tokens()) == (2, 4, 3)
+    assert led.totals()["tool_seconds"] == 0.5

@@ -27,6 +27,9 @@ class Ledger:
     sync_seconds: float = 0.0
     sync_bytes: int = 0          # weight bytes sent to the rollout workers, each of which receives them all
     train_state_bytes_per_rank: int = 0   # the most parameter + gradient + optimizer-state bytes one trainer held
+    tool_calls: int = 0          # tool calls the rollouts made (multi-turn envs)
+    tool_seconds: float = 0.0    # their sandbox seconds, summed (they overlap decoding, so not rollout time)
+    appended_tokens: int = 0     # tool-output tokens appended to live rows (prefilled, not generated)
 
     def forward_flops(self, tokens: int, context_sum: int) -> float:
         """tokens: positions computed; context_sum: sum over them of positions attended to."""
@@ -36,6 +39,16 @@ class Ledger:
         self.generated_tokens += generated
         self.rollout_flops += self.forward_flops(generated + prefill, context_sum)
         self.rollout_seconds += seconds
+
+    def add_tools(self, trees) -> dict:
+        """A step's tool turns (on the trees: calls, seconds, appended tokens); returns them for the metrics."""
+        step = {"tool_calls": sum(t.tool_calls_run for t in trees), "tool_seconds": sum(t.tool_seconds for t in trees),
+                "appended_tokens": sum(t.appended_tokens() for t in trees),
+                "tool_unavailable": sum(t.tool_unavailable for t in trees)}
+        self.tool_calls += step["tool_calls"]
+        self.tool_seconds += step["tool_seconds"]
+        self.appended_tokens += step["appended_tokens"]
+        return step
 
     def add_eval(self, tokens: int, context_sum: int) -> None:
         self.eval_flops += self.forward_flops(tokens, context_sum)
