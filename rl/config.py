@@ -139,7 +139,8 @@ class RolloutConfig(Section):
 class BranchConfig(Section):
     policy: Annotated[str, registered(POLICIES)] = Field(
         "entropy", description="where trees fork: independent = N chains, entropy = online at uncertain tokens, "
-                               "eptree = top-N uncertain positions of finished chains")
+                               "eptree = top-N uncertain positions of finished chains, tool_entropy = right after a "
+                               "tool's output where entropy rose above its level before the call (ARPO)")
     roots: int = Field(4, gt=0, description="root chains per problem (N samples for `independent`)")
     max_leaves: int = Field(8, gt=0, description="leaf budget per tree (roots + forks)")
     entropy_threshold: float = Field(
@@ -155,6 +156,11 @@ class BranchConfig(Section):
     rounds: int = Field(1, gt=0, description="eptree: rounds of forking")
     fork_in_answer: bool = Field(False, description="also fork after the env's answer marker (e.g. '####'), "
                                                     "where a fork can only change the answer")
+    tool_window: int = Field(4, gt=0, description="tool_entropy: fork only within this many tokens after a tool's "
+                                                  "output")
+    tool_entropy_rise: float = Field(
+        0.0, description="tool_entropy: fork where a token's entropy exceeds the mean entropy of the last tokens "
+                         "before the tool call by more than this (nats)")
 
     @model_validator(mode="after")
     def _budget(self) -> "BranchConfig":

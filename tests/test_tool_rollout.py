@@ -115,3 +115,24 @@ def test_forks_after_tool_results_and_a_row_cap_keep_every_tree_complete(model):
         assert 2 <= len(tree.leaves()) <= 4
         for leaf in tree.leaves():
             assert tree.nodes[leaf].finish in ("eos", "length") and len(tree.completion_ids(leaf)) <= 40
+
+
+def test_tool_entropy_forks_only_right_after_a_tool_output(model):
+    branch = BranchConfig(policy="tool_entropy", roots=2, max_leaves=6, tool_window=3, tool_entropy_rise=-100.0,
+                          min_gap=1, min_prefix=0)
+    trees = rollout(model, CountingTool(max_turns=2), ["12*34=", "5*6=", "777*8="], branch=branch)
+    forks = 0
+    for tree in trees:
+        starts = tree.span_starts()
+        for n, node in enumerate(tree.nodes[1:], start=1):
+            if node.parent == 0 or len(tree.nodes[node.parent].children) < 2:
+                continue
+            forks += 1
+            leaf = next(x for x in tree.leaves() if n in tree.path(x))
+            flags, at = tree.completion_roles(leaf), starts[n]   # the fork's first token is the policy's
+            assert not flags[at]
+            since = next(k for k in range(1, at + 1) if flags[at - k])   # tokens back to the tool output's end
+            assert since <= 3, f"a fork {since} tokens after a tool output"
+    assert forks > 0
+    never = rollout(model, CountingTool(max_turns=0), ["12*34="], branch=branch)   # no tool turns: no forks
+    assert never[0].forks() == 0

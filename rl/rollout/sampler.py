@@ -63,6 +63,7 @@ class Row:
     cells_ok: tuple[bool, ...] = ()   # each earlier call ran cleanly
     since_tool: int = NEVER_FORKED    # tokens since the last tool output on this path
     recent: tuple[float, ...] = ()    # entropies of the last few tokens (the level before a tool call)
+    pre_tool: float = 0.0             # their mean when the last tool output arrived
 
     @property
     def width(self) -> int:
@@ -185,6 +186,7 @@ class BranchSampler:
             node.entropies += [0.0] * len(obs)
             r.length += len(obs)
             r.turn_start, r.since_tool = r.length, 0
+            r.pre_tool = sum(r.recent) / len(r.recent) if r.recent else 0.0
             extend.append(i)
             ids.append(obs)
         if extend:

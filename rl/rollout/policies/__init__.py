@@ -8,6 +8,7 @@ policies are not loaded from entry points yet; the names here are the ones the c
 
 from __future__ import annotations
 
-from . import entropy, eptree, independent
+from . import entropy, eptree, independent, tool_entropy
 
-POLICIES = {"independent": independent.POLICY, "entropy": entropy.POLICY, "eptree": eptree.POLICY}
+POLICIES = {"independent": independent.POLICY, "entropy": entropy.POLICY, "eptree": eptree.POLICY,
+            "tool_entropy": tool_entropy.POLICY}

@@ -27,9 +27,14 @@ def pick_forks(rows, entropy, forkable: list[bool], live: list[int], s, max_new_
     candidates = [i for i, r in enumerate(rows) if forkable[i] and ent[i] >= s.entropy_threshold
                   and r.length >= s.min_prefix and r.since_fork >= s.min_gap and r.depth < s.max_depth
                   and not r.answered and r.length + s.min_gap < max_new_tokens]
+    return within_budget(rows, candidates, ent, live, s.max_leaves)
+
+
+def within_budget(rows, candidates: list[int], score: list[float], live: list[int], max_leaves: int) -> list[int]:
+    """The candidates, highest score first, that their tree's leaf budget still allows; `live` is updated."""
     chosen = []
-    for i in sorted(candidates, key=lambda i: -ent[i]):
-        if live[rows[i].tree] < s.max_leaves:
+    for i in sorted(candidates, key=lambda i: -score[i]):
+        if live[rows[i].tree] < max_leaves:
             live[rows[i].tree] += 1
             chosen.append(i)
     return chosen
