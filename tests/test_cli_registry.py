@@ -21,7 +21,8 @@ def test_envs_and_verifiers_list_the_built_ins(tmp_path):
     envs = branchrl("envs", cwd=tmp_path)
     assert envs.returncode == 0, envs.stderr
     names = [line.split()[0] for line in envs.stdout.splitlines()]
-    assert names[:8] == ["arithmetic", "countdown", "echo", "gsm8k", "humaneval", "math", "mbpp", "synth_fn"]
+    assert names[:9] == ["arithmetic", "countdown", "echo", "gsm8k", "humaneval", "math", "mbpp", "multiply",
+                         "synth_fn"]
     assert "gsm8k        built-in branchrl.envs.gsm8k:load_environment" in envs.stdout.splitlines()
     verifiers = branchrl("verifiers", cwd=tmp_path)
     assert verifiers.returncode == 0, verifiers.stderr
