@@ -7,7 +7,8 @@ Each seed first warm-starts once (a one-step run whose checkpoints/warm_start ev
 seed then loads, with warm_start off), so policies differ only in how they sample. Each (policy, seed)
 is one `branchrl run` of configs/experiments/branching.yaml in its own process; a run whose
 summary.json exists is reused, so an interrupted experiment continues where it stopped.
-Extra key=value overrides apply to every run (e.g. env.name=countdown). Metrics per run:
+Extra key=value overrides apply to every run (e.g. env.name=countdown). With `--config configs/tool_demo.yaml
+--policies independent tool_entropy rollout.tokens_per_step=N` it is issue 16's tool-use comparison. Metrics per run:
 - distinct verified chains per 1,000 generated tokens (distinct passing signatures per problem, before the cap);
 - held-out greedy pass@1 after the last step (and before RL, the same for every policy of a seed);
 - generated tokens per verified token (tokens on at least one passing path: the pruning ratio);
@@ -32,11 +33,14 @@ POLICIES = {  # what differs per policy; each may keep at most 8 leaves per prob
     "independent": ["branch.policy=independent", "branch.roots=8"],
     "entropy": ["branch.policy=entropy", "branch.roots=4"],
     "eptree": ["branch.policy=eptree", "branch.roots=4"],
+    # multi-turn envs (--config configs/tool_demo.yaml): forks only right after tool outputs
+    "tool_entropy": ["branch.policy=tool_entropy", "branch.roots=4"],
 }
 
 
 def launch(run_dir: Path, args: list[str]) -> None:
-    """One `branchrl run` of the experiment config, unless it already finished; its log beside the run dir."""
+    """One `branchrl run` of the experiment config (CONFIG, or --config), unless it already finished; its log
+    beside the run dir."""
     if (run_dir / "summary.json").exists():
         return
     if run_dir.exists():
@@ -137,9 +141,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    ap.add_argument("--policies", nargs="+", default=["independent", "entropy", "eptree"], choices=list(POLICIES))
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the run config (tool use: configs/tool_demo.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = ap.parse_args()
+    global CONFIG
+    CONFIG = args.config.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
