@@ -12,10 +12,13 @@ stay in the text as they are.
 
 from __future__ import annotations
 
+from functools import partial
+
 from branchrl.verifiers.math_answer.extract import boxed_contents
 
 from .base import Problem
 from .datafile import DatasetEnvironment, build, load_records, require
+from .tools import TOOL_NOTE, check_tools, dataset_env
 
 PROMPT = ("Solve the following problem. Reason step by step, then put your final answer in "
           "\\boxed{{}}.\n\n{problem}\n")
@@ -31,16 +34,18 @@ def gold_answer(record: dict, where: str) -> str:
     return boxed[-1].strip()
 
 
-def to_problem(record: dict, split: str, index: int) -> tuple[Problem, str]:
+def to_problem(record: dict, split: str, index: int, tools: bool = False) -> tuple[Problem, str]:
     where = f"math {split} record {index}"
     require(record, ("problem", "solution"), where)
     pid = str(record.get("unique_id") or f"{split}/{index}")
-    return Problem(id=pid, prompt=PROMPT.format(problem=record["problem"]), answer=gold_answer(record, where),
+    prompt = (TOOL_NOTE if tools else "") + PROMPT.format(problem=record["problem"])
+    return Problem(id=pid, prompt=prompt, answer=gold_answer(record, where),
                    solution=record["solution"]), record["problem"]
 
 
 def load_environment(path: str | None = None, hub: str = "HuggingFaceH4/MATH-500", hub_config: str | None = None,
-                     eval_percent: int = 20, warm_start_percent: int = 10) -> DatasetEnvironment:
-    """path: a MATH-format .jsonl/.parquet file or folder; None loads `hub` (with `hub_config`)."""
-    problems = build(load_records(path, (hub, hub_config)), to_problem)
-    return DatasetEnvironment("math", "math", problems, eval_percent, warm_start_percent, answer_marker="\\boxed")
+                     eval_percent: int = 20, warm_start_percent: int = 10, tools: int = 0) -> DatasetEnvironment:
+    """path: a MATH-format .jsonl/.parquet file or folder; None loads `hub` (with `hub_config`). tools=N: the tool
+    variant (the prompt offers the Python tool, up to N calls per episode; worked solutions stay as written)."""
+    problems = build(load_records(path, (hub, hub_config)), partial(to_problem, tools=check_tools(tools) > 0))
+    return dataset_env(tools, "math", "math", problems, eval_percent, warm_start_percent, answer_marker="\\boxed")

@@ -10,9 +10,16 @@ Deliberately not here: running the code (the verifiers' tool) and verifying the 
 
 from __future__ import annotations
 
+import re
+
 from .base import Message, Problem
+from .datafile import DatasetEnvironment
 
 OPEN, CLOSE, OUT_OPEN, OUT_CLOSE = "<py>", "</py>", "<out>", "</out>"
+# what a tool variant's prompt tells the policy (gsm8k and math with tools=N)
+TOOL_NOTE = ("You may run Python: write <py>code</py> and what it prints comes back as <out>...</out>; "
+             "use print() to see a value.\n\n")
+_CALCULATOR = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 
 
 def cell(text: str) -> str | None:
@@ -54,3 +61,38 @@ def split_transcript(text: str) -> list[Message]:
         out.append(Message("tool", rest[i:j]))
         rest = rest[j:]
     return out + ([Message("policy", rest)] if rest else [])
+
+
+def calculator_to_tool(solution: str) -> str:
+    """GSM8K's calculator annotations as tool calls: `48/2 = <<48/2=24>>24 clips` -> `48/2 =
+    <py>print(48/2)</py><out>24</out> clips`. The output is the annotation's result as the data set wrote it
+    (Python may print `24.0`): warm-start context, never trained on."""
+    def call(m: re.Match) -> str:
+        return f"{OPEN}print({m[1].strip()}){CLOSE}{OUT_OPEN}{m[2].strip()}{OUT_CLOSE}"
+
+    out, at = [], 0
+    for m in _CALCULATOR.finditer(solution):
+        out.append(solution[at:m.start()] + call(m))
+        at = m.end()
+        if solution.startswith(m[2], at):   # the result the text repeats after the annotation
+            at += len(m[2])
+    return "".join(out) + solution[at:]
+
+
+class ToolDatasetEnvironment(PythonTool, DatasetEnvironment):
+    """A data-set env whose policy may call the Python tool (`tools=N`: at most N calls per episode)."""
+
+
+def check_tools(tools) -> int:
+    if isinstance(tools, bool) or not isinstance(tools, int) or tools < 0:
+        raise ValueError(f"tools must be a whole number of tool calls per episode (0 = none), got {tools!r}")
+    return tools
+
+
+def dataset_env(tools: int, *args, **kwargs) -> DatasetEnvironment:
+    """A `DatasetEnvironment`, or with tools > 0 its tool variant: `</py>` ends a turn, at most `tools` calls."""
+    if not check_tools(tools):
+        return DatasetEnvironment(*args, **kwargs)
+    env = ToolDatasetEnvironment(*args, **kwargs)
+    env.tool_stops, env.max_turns = (CLOSE,), tools
+    return env

@@ -128,3 +128,24 @@ def test_killing_the_parent_and_every_process():
             "            os.kill(int(pid), signal.SIGKILL)\n        except OSError:\n            pass\n")
     attack(code)
     attack("import os, signal\nos.kill(-1, signal.SIGKILL)\n")
+
+
+def test_tool_variants_of_gsm8k_and_math_offer_the_tool():
+    from pathlib import Path
+
+    from branchrl.envs import load_env
+    from branchrl.envs.tools import calculator_to_tool
+
+    fixtures = Path(__file__).parent / "fixtures" / "data"
+    gsm = load_env("gsm8k", path=str(fixtures / "gsm8k"), tools=3)
+    assert (gsm.tool_stops, gsm.max_turns) == (("</py>",), 3)
+    problem = gsm.warm_start_problems(1, 0)[0]
+    assert problem.prompt.startswith("You may run Python") and "<<" not in problem.solution
+    roles = [role for role, _ in gsm.worked(problem)]
+    assert "tool" in roles and roles[0] == "policy"
+    assert calculator_to_tool("48/2 = <<48/2=24>>24 clips") == "48/2 = <py>print(48/2)</py><out>24</out> clips"
+    assert load_env("gsm8k", path=str(fixtures / "gsm8k")).max_turns == 0     # the plain env is unchanged
+    math_env = load_env("math", path=str(fixtures / "math500"), tools=1)
+    assert math_env.max_turns == 1 and math_env.eval_problems(1)[0].prompt.startswith("You may run Python")
+    with pytest.raises(ValueError, match="whole number of tool calls"):
+        load_env("gsm8k", path=str(fixtures / "gsm8k"), tools=-1)
