@@ -136,3 +136,14 @@ def test_tool_entropy_forks_only_right_after_a_tool_output(model):
     assert forks > 0
     never = rollout(model, CountingTool(max_turns=0), ["12*34="], branch=branch)   # no tool turns: no forks
     assert never[0].forks() == 0
+
+
+def test_eptree_reopens_multi_turn_chains_within_the_turn_limit(model):
+    branch = BranchConfig(policy="eptree", roots=2, max_leaves=6, top_n=2, forks_per_point=2, min_prefix=1, min_gap=2)
+    trees = rollout(model, CountingTool(max_turns=1), ["12*34=", "5*6="], branch=branch)
+    for tree in trees:
+        assert tree.forks() > 0 and len(tree.leaves()) <= 6
+        for leaf in tree.leaves():
+            assert tree.tool_calls(leaf) <= 1 and len(tree.completion_ids(leaf)) <= 40
+            lps, flags = tree.completion_logprobs(leaf), tree.completion_roles(leaf)
+            assert all(lp == 0.0 for lp, f in zip(lps, flags) if f)   # never a fork point inside a tool output

@@ -219,7 +219,9 @@ class BranchSampler:
             ids = tree.prompt_ids + [tok for n in tree.path(node) for tok in tree.nodes[n].tokens]
             tree.reprefill_tokens += len(ids)
             tree.reprefill_context += attended_positions(len(ids))
-            row = Row(t, node, len(ids) - len(tree.prompt_ids), since_fork=0, original=original, children=children)
+            flags = tree.completion_roles(node)   # a multi-turn path's tool turns so far: its turn limit goes on
+            row = Row(t, node, len(ids) - len(tree.prompt_ids), since_fork=0, original=original, children=children,
+                      turns=tree.tool_calls(node), turn_start=len(flags) - flags[::-1].index(True) if any(flags) else 0)
             prefixes.append(Prefix(ids, [row]))
         self.grow(trees, prefixes)
 
