@@ -62,3 +62,17 @@ def test_tool_turns_are_counted_per_step_and_in_total():
     assert step == {"tool_calls": 2, "tool_seconds": 0.5, "appended_tokens": 4, "tool_unavailable": 0}
     assert (led.tool_calls, led.appended_tokens, tree.generated_tokens()) == (2, 4, 3)
     assert led.totals()["tool_seconds"] == 0.5
+
+
+def test_report_states_the_tool_share_of_a_multi_turn_run(tmp_path):
+    import json
+
+    from branchrl.data.report import _markdown
+
+    steps = [{"generated_tokens": 100, "leaves": 8, "forks": 4, "verified_samples": 2, "tool_calls": 6,
+              "tool_seconds": 0.3, "appended_tokens": 30, "verified_with_tool": 1.0},
+             {"generated_tokens": 100, "leaves": 8, "forks": 4, "verified_samples": 0, "tool_calls": 4,
+              "tool_seconds": 0.2, "appended_tokens": 20, "verified_with_tool": 0.0}]
+    text = _markdown(tmp_path, json.loads('{"eval_before": 0.1, "eval_after": 0.3}'), steps)
+    assert "Tools: 10 calls (0.5 s in the sandbox), 50 tool-output tokens appended" in text
+    assert "called a tool: 100%" in text   # steps with no kept sample do not count

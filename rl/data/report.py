@@ -44,6 +44,12 @@ def _markdown(run_dir: Path, summary: dict, steps: list[dict]) -> str:
     lines = [f"# branchrl run `{run_dir.name}`", "",
              f"{len(steps)} steps recorded; {leaves} leaves verified, {sum(s['forks'] for s in steps)} forks, "
              f"{sum(s['verified_samples'] for s in steps)} verified samples kept from {gen} generated tokens.", ""]
+    calls = sum(s.get("tool_calls", 0) for s in steps)
+    if calls:   # a multi-turn env: the tool's share of the run
+        kept = [s["verified_with_tool"] for s in steps if s.get("verified_samples")]
+        lines += [f"Tools: {calls} calls ({sum(s['tool_seconds'] for s in steps):.1f} s in the sandbox), "
+                  f"{sum(s['appended_tokens'] for s in steps)} tool-output tokens appended; kept samples that "
+                  f"called a tool: {sum(kept) / max(len(kept), 1):.0%} (mean over steps).", ""]
     if "eval_before" in summary:
         lines += [f"Held-out pass@1: **{summary['eval_before']:.3f} → {summary['eval_after']:.3f}** "
                   f"({summary['eval_after'] - summary['eval_before']:+.3f}).", ""]
