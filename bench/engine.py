@@ -46,6 +46,9 @@ SHAPES = {  # name: (config class, kwargs)
                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)),
     "tiny": (LlamaConfig, dict(vocab_size=100, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                                num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)),
+    # issue 16's append shape: wide enough that the MLP, not attention over the cache, dominates as in real models
+    "small": (LlamaConfig, dict(vocab_size=1000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                                num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)),
     "qwen2.5-0.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                                        tie_word_embeddings=True)),
