@@ -6,6 +6,9 @@ copies the result into the GSM8K-style final answer that the math verifier check
 model cannot multiply three digits by two in its head, but it can learn to copy the operands into a
 call and the output into the answer, so this is the CPU demo where the tool is needed
 (`configs/tool_demo.yaml`). Splits hash the operand pair, order ignored, like arithmetic.
+`product_digits` keeps only problems whose product has that many digits: the demo's tiny model copies a
+number of one fixed length far more reliably (with 4- and 5-digit products mixed, after RL it still
+wrote 4-digit results with their first digit doubled, `9889` -> `998899`, on 17% of held-out problems).
 """
 
 from __future__ import annotations
@@ -28,22 +31,28 @@ class Multiply(PythonTool, ProceduralEnvironment):
     too_few_hint = "ask for fewer or raise digits"
     split_of = staticmethod(split_of)
 
-    def __init__(self, digits: int = 3, digits_b: int = 2, max_turns: int = 2):
+    def __init__(self, digits: int = 3, digits_b: int = 2, max_turns: int = 2, product_digits: int = 0):
         for name, value in (("digits", digits), ("digits_b", digits_b)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 9:
                 raise ValueError(f"{name} must be an integer in 1..9, got {value!r}")
+        if product_digits and product_digits not in (digits + digits_b - 1, digits + digits_b):
+            raise ValueError(f"product_digits must be 0 (any) or {digits + digits_b - 1} or {digits + digits_b} for "
+                             f"{digits}- by {digits_b}-digit operands, got {product_digits!r}")
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             raise ValueError(f"max_turns must be a positive integer (tool calls per episode), got {max_turns!r}")
         super().__init__(name="multiply", verifier="math", verifier_args={"numeric": True}, answer_marker="####",
                          tool_stops=(CLOSE,), max_turns=max_turns)
-        self.digits, self.digits_b = digits, digits_b
+        self.digits, self.digits_b, self.product_digits = digits, digits_b, product_digits
 
     def candidate(self, rng: random.Random):
         a = rng.randint(10 ** (self.digits - 1), 10**self.digits - 1)
         b = rng.randint(10 ** (self.digits_b - 1), 10**self.digits_b - 1)
+        if self.product_digits and len(str(a * b)) != self.product_digits:
+            return None
         return f"{a}*{b}", lambda: Problem(id=f"{a}*{b}", prompt=f"{a}*{b}=", answer=str(a * b),
                                            solution=worked_solution(a, b))
 
 
-def load_environment(digits: int = 3, digits_b: int = 2, max_turns: int = 2) -> Multiply:
-    return Multiply(digits=digits, digits_b=digits_b, max_turns=max_turns)
+def load_environment(digits: int = 3, digits_b: int = 2, max_turns: int = 2, product_digits: int = 0) -> Multiply:
+    """product_digits: only problems whose product has this many digits (0 = any)."""
+    return Multiply(digits=digits, digits_b=digits_b, max_turns=max_turns, product_digits=product_digits)

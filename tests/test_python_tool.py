@@ -149,3 +149,16 @@ def test_tool_variants_of_gsm8k_and_math_offer_the_tool():
     assert math_env.max_turns == 1 and math_env.eval_problems(1)[0].prompt.startswith("You may run Python")
     with pytest.raises(ValueError, match="whole number of tool calls"):
         load_env("gsm8k", path=str(fixtures / "gsm8k"), tools=-1)
+
+
+def test_multiply_splits_are_disjoint_and_product_digits_filters():
+    env = Multiply(product_digits=5)
+    drawn = (("eval", env.eval_problems(50)), ("warm", env.warm_start_problems(50, 0)),
+             ("train", env.train_problems(50, 0)))
+    ids = {split: {p.id for p in problems} for split, problems in drawn}
+    assert not ids["eval"] & ids["warm"] and not ids["eval"] & ids["train"] and not ids["warm"] & ids["train"]
+    assert all(len(p.answer) == 5 for p in env.eval_problems(50))
+    swapped = {"*".join(reversed(i.split("*"))) for i in ids["eval"]}
+    assert not swapped & (ids["train"] | ids["warm"])   # a*b held out means b*a is never trained on
+    with pytest.raises(ValueError, match="product_digits"):
+        Multiply(product_digits=7)
