@@ -19,7 +19,10 @@ positions (`reopen`). With a row cap (`max_rows`) `grow` is continuous batching:
 prefixes whose rows fit and admits the next ones (`Engine.admit`) as rows finish. A prefix is admitted
 only when all the rows it may need at once fit (under a fork rule, its tree's whole leaf budget), so
 an online fork never finds the cap full: the cap changes when a tree is decoded, never where it forks.
-It does not verify or score anything.
+With `tools` (an env that calls tools, `tools.py`), a row whose turn ends on the env's stop string waits
+for its call while the other rows decode (the engine steps with it parked), and the tool's output is
+appended to its path (flagged tool tokens, log-prob 0) and to its engine row (`Engine.extend`); turn and
+token limits hold per episode. It does not verify or score anything.
 """
 
 from __future__ import annotations
