@@ -1,7 +1,8 @@
 """The inference-group role: an engine + branching sampler that turns prompts into trees.
 
 A plain class (Ray wraps it in `branchrl.launch`). It takes token ids, not text, so it needs no
-tokenizer (except for an env with tools: it loads the env and the tokenizer to read calls and encode outputs), and returns trees with per-token log-probs and entropies (of the distribution each token was
+tokenizer (except for an env with tools: it loads the env and the tokenizer to read calls and encode
+outputs), and returns trees with per-token log-probs and entropies (of the distribution each token was
 drawn from: rollout.temperature, top_k, top_p). With rollout.max_rows it decodes at most that many
 sequences at once, admitting waiting prompts as rows finish (continuous batching). It never verifies.
 Architectures the plain decoder lacks run on the slower HF fallback engine (`load_engine` logs which),
