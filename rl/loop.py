@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from branchrl.data.datastore import DataStore, sample_id
-from branchrl.data.ledger import Ledger
+from branchrl.data.ledger import STEP_ROLLOUT, STEP_TRAIN, Ledger
 from branchrl.data.prune import Selection, select_verified
 from branchrl.envs import Environment, Problem, load_env
 from branchrl.training.algos import ALGOS
@@ -103,7 +103,8 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     roles = launch(cfg, answer_start_ids(cfg, env, tokenizer))
     try:
         info = roles.policy
-        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
+        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"],
+                                                               info["head_params"])
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, attempt=point.attempt if point else 0)
     finally:
         roles.shutdown()
@@ -213,6 +214,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
             close_step(ctx, finish_update(ctx, *pending), metrics, eval_set, busy, feed, eval_before)
     unused = feed.drain()
     wall = time.perf_counter() - t0 - busy["eval"]
+    add_device_seconds(ctx, feed, busy["train"], wall)
     return {"rl_seconds": wall, "trainer_idle_fraction": 1 - busy["train"] / wall,
             "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
 
@@ -239,15 +241,16 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     t_step, cfg = time.perf_counter(), ctx.cfg
     got = gather(ctx, feed)
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
-    store.write(step, provenance(ctx, chosen, step, store.attempt))
+    shard = store.write(step, provenance(ctx, chosen, step, store.attempt))
     batch, dropped = ALGOS[cfg.train.algo].batch(got.trees, chosen.sequences, cfg.train.shared_spans,
                                                  cfg.rollout.prompts_per_step)
     update = ctx.roles.trainer.start_train(batch) if batch else None
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
-    led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
-                    sum(t.context_sum() for t in got.trees), got.rollout_seconds)
+    mark = led.state()
+    led.add_rollout(got.trees, got.rollout_seconds, got.stale_tokens)
     led.verified_tokens += chosen.verified_tokens
-    led.verify_seconds += got.verify_seconds
+    led.verified_bytes += shard.stat().st_size if shard else 0
+    led.add_verify(len(got.leaves), got.verify_seconds, sum(leaf.result.seconds for leaf in got.leaves))
     record = {"step": step, "prompts": len(got.problems), "batches": got.batches,
               "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
               "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
@@ -255,7 +258,8 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
               "stale_batches": got.stale_batches, "generated_tokens": generated,
               "verified_tokens": chosen.verified_tokens,
               "tokens_per_s": got.generated_tokens() / got.rollout_seconds if got.rollout_seconds else 0.0,
-              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds}
+              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds,
+              **led.since(mark, STEP_ROLLOUT)}
     return record, update, t_step
 
 
@@ -264,10 +268,10 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     stats = ctx.roles.trainer.finish_train(update) if update is not None else None
     version, sync_s = sync(ctx.roles)
     led = ctx.ledger
+    mark = led.state()
     if stats:
         led.add_train(stats)
-    led.sync_seconds += sync_s
-    led.sync_bytes += ctx.roles.published.bytes
+    led.add_sync(sync_s, ctx.roles.published.bytes)
     return {**record, "policy_version": version, "trained_tokens": stats.trained_tokens if stats else 0,
             "loss": stats.loss if stats else None, "clip_fraction": stats.clip_fraction if stats else None,
             "mismatch": stats.mismatch if stats else None,
@@ -275,7 +279,15 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
             "sync_bytes": ctx.roles.published.bytes, "sync_fallbacks": ctx.roles.faults.sync_fallbacks,
             "step_seconds": time.perf_counter() - t_step, "rollout_train_flop_ratio": led.ratio,
             "rollout_restarts": ctx.roles.faults.rollout_restarts,
-            "trainer_restarts": ctx.roles.faults.trainer_restarts}
+            "trainer_restarts": ctx.roles.faults.trainer_restarts, **led.since(mark, STEP_TRAIN)}
+
+
+def add_device_seconds(ctx: Context, feed: Feed, train_busy: float, wall: float) -> None:
+    """Busy and idle device-seconds of both groups over `wall` (a device: a GPU, or a worker slot without one)."""
+    r, t = ctx.cfg.rollout, ctx.cfg.train
+    per_worker, per_trainer = r.gpus_per_worker or 1.0, t.gpus or 1.0
+    ctx.ledger.add_busy("rollout", sum(feed.busy) * per_worker, len(feed.busy) * per_worker * wall)
+    ctx.ledger.add_busy("train", train_busy * t.workers * per_trainer, t.workers * per_trainer * wall)
 
 
 def gather(ctx: Context, feed: Feed) -> Rollouts:
