@@ -1,4 +1,5 @@
-"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run;
+"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run,
+`plan` a cluster for a run's workload;
 `envs`, `verifiers` and `env check` show what is registered and check an environment.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
@@ -72,8 +73,31 @@ def _parser() -> argparse.ArgumentParser:
                             description="Write report.md, learning.png, compute.png and trees.png into RUN_DIR.")
     report.add_argument("run_dir", help="a branchrl run directory (holds metrics.jsonl)")
     report.set_defaults(handler=_report)
+    _add_plan_command(sub)
     _add_registry_commands(sub)
     return parser
+
+
+def _add_plan_command(sub) -> None:
+    plan = sub.add_parser("plan", help="size a cluster for a run's workload: GPUs per group, step time, WAN",
+                          description="Price RUN_DIR's measured workload for a model on N GPUs (a roofline: decode "
+                                      "reads weights + KV, prefill and training at an MFU) and split them between "
+                                      "inference and training. Without --model and --gpu: the run's own hardware, "
+                                      "calibrated from its measured seconds. See docs/PLANNING.md.")
+    plan.add_argument("run_dir", help="a finished branchrl run directory (summary.json, config.yaml, metrics.jsonl)")
+    plan.add_argument("--model", help="the target model: an HF config.json or model directory (e.g. "
+                                      "configs/models/qwen2.5-7b.json)")
+    plan.add_argument("--gpu", help="target GPU: a100, h100, h200 or b200")
+    plan.add_argument("--gpus", type=int, help="GPUs in all (with --model); default in own mode: the run's devices")
+    plan.add_argument("--sites", type=int, default=1, help="2 = inference in one site, training in another")
+    plan.add_argument("--wan-gbps", type=float, help="bandwidth between the two sites, Gb/s (with --sites 2)")
+    plan.add_argument("--out", help="write the plan as JSON here (e.g. plan.json)")
+    for flag, what in (("--decode-efficiency", "share of the HBM read floor decode reaches"),
+                       ("--prefill-mfu", "prefill MFU"), ("--train-mfu", "training MFU"),
+                       ("--decode-batch", "rows a replica decodes at once (at most)"),
+                       ("--net-gbps", "weight-broadcast bandwidth inside a site, Gb/s")):
+        plan.add_argument(flag, type=float, help=f"{what} (default: see docs/PLANNING.md)")
+    plan.set_defaults(handler=_plan)
 
 
 def _add_registry_commands(sub) -> None:
@@ -221,6 +245,35 @@ def _report(args) -> int:
     from branchrl.data.report import write_report
 
     print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def _plan(args) -> int:
+    import json
+
+    from .config import ConfigError
+    from .plan.costs import Efficiencies
+    from .plan.plan import plan_own, plan_target, table
+
+    if (args.model is None) != (args.gpu is None):
+        raise ConfigError("give --model and --gpu together (a target), or neither (the run's own hardware)")
+    if args.gpus is not None and args.gpus < 1 or args.model and args.gpus is None:
+        raise ConfigError("--gpus N: a whole number of GPUs >= 1 (required with --model)")
+    knobs = {k: getattr(args, k) for k in ("decode_efficiency", "prefill_mfu", "train_mfu", "decode_batch", "net_gbps")
+             if getattr(args, k) is not None}
+    if any(v <= 0 for v in knobs.values()):
+        raise ConfigError(f"efficiencies and bandwidths must be > 0: {knobs}")
+    if "decode_batch" in knobs:
+        knobs["decode_batch"] = int(knobs["decode_batch"])
+    if args.model:
+        plan = plan_target(args.run_dir, args.model, args.gpu, args.gpus, args.sites, args.wan_gbps,
+                           Efficiencies(**knobs))
+    else:
+        plan = plan_own(args.run_dir, args.gpus, args.sites, args.wan_gbps)
+    print(table(plan))
+    if args.out:
+        Path(args.out).write_text(json.dumps(plan, indent=2) + "\n")
+        print(f"plan written to {args.out}")
     return 0
 
 

@@ -43,7 +43,7 @@ def test_rollout_train_and_eval_accumulate_apart():
     assert (led.rollout_seconds, led.train_seconds) == (2.0, 2.0)
     totals = led.totals()
     assert totals["rollout_train_flop_ratio"] == led.ratio and totals["decode_tokens"] == 14
-    assert "flop_params" not in totals and totals["eval_flops"] == 13840
+    assert totals["flop_params"] == 1000 and totals["eval_flops"] == 13840
     assert totals["train_state_bytes_per_rank"] == 800
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-SHAPE = ("flop_params", "layers", "hidden", "head_params")
 STEP_ROLLOUT = ("prefill_tokens", "reprefill_tokens", "fork_saved_prefill_tokens", "fork_saved_prefill_flops",
                 "rollout_prefill_flops", "rollout_decode_flops", "rollout_flops", "verifier_cpu_seconds",
                 "verified_bytes")   # what a step's metrics line adds when its rollouts are in
@@ -136,7 +135,7 @@ class Ledger:
         return asdict(self)
 
     def totals(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in SHAPE}
+        out = asdict(self)   # the shape too: a planner derives attention context from FLOPs with it
         out["decode_tokens"] = self.generated_tokens
         out["rollout_train_flop_ratio"] = self.ratio
         return out

@@ -1,0 +1,131 @@
+"""`branchrl plan`: a run's measured workload, priced for a model and a cluster, split between the groups.
+
+`plan_target` prices the run's workload for another model on N GPUs of a listed kind (costs.target_costs);
+`plan_own` calibrates from the run's own measured seconds and re-splits its own devices (what `branchrl
+report` shows: what to change so neither group idles). Both return the plan as a dict (plan.json): the split,
+`rollout_train_flop_ratio`, `step_seconds`, `verified_samples_per_hour`, `verifier_cpus`, idle fractions and,
+for two sites, the WAN bytes and seconds each way and the staleness that hides them; `from` says which inputs
+each figure came from, `inputs` holds them with their sources. It writes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from branchrl.config import ConfigError
+
+from . import hardware as hw
+from .costs import Costs, Efficiencies, own_costs, target_costs
+from .shape import load_shape
+from .split import Prediction, predict, split
+from .workload import Workload, load_workload
+
+SOURCES = {"decode_efficiency": hw.DECODE_EFFICIENCY_SOURCE, "prefill_mfu": hw.PREFILL_MFU_SOURCE,
+           "train_mfu": hw.TRAIN_MFU_SOURCE, "decode_batch": hw.DECODE_BATCH_SOURCE, "net_gbps": hw.NET_GBPS_SOURCE}
+
+
+def plan_target(run_dir: str | Path, model: str | Path, gpu_name: str, gpus: int, sites: int = 1,
+                wan_gbps: float | None = None, eff: Efficiencies = Efficiencies()) -> dict:
+    check_sites(sites, wan_gbps)
+    w, shape, gpu = load_workload(run_dir), load_shape(model), hw.gpu(gpu_name)
+    c = target_costs(w, shape, gpu, eff)
+    inputs = {"run": str(run_dir), "model": {**asdict(shape), "weight_bytes": shape.weight_bytes},
+              "hardware": asdict(gpu), "efficiencies": {k: {"value": v, "source": SOURCES[k]}
+                                                        for k, v in asdict(eff).items()}}
+    return assemble(w, c, split(c, gpus, w.max_staleness), sites, wan_gbps, {"mode": "target", "inputs": inputs})
+
+
+def plan_own(run_dir: str | Path, gpus: int | None = None, sites: int = 1, wan_gbps: float | None = None) -> dict:
+    """Calibrated on the run's own hardware: its measured per-step seconds; `as_run` predicts the run itself
+    (its own split), next to what it measured; the plan re-splits its devices (or `gpus` of them)."""
+    check_sites(sites, wan_gbps)
+    w = load_workload(run_dir)
+    c = own_costs(w)
+    devices = gpus or round(w.rollout_devices + w.train_devices)
+    as_run = predict(c, w.rollout_devices, w.train_devices, w.max_staleness)
+    extra = {"mode": "own", "inputs": {"run": str(run_dir)},
+             "as_run": {**asdict(as_run), "measured_step_seconds": w.wall_seconds,
+                        "measured_rollout_idle_fraction": w.rollout_idle_fraction,
+                        "measured_trainer_idle_fraction": w.trainer_idle_fraction}}
+    return assemble(w, c, split(c, devices, w.max_staleness), sites, wan_gbps, extra)
+
+
+def check_sites(sites: int, wan_gbps: float | None) -> None:
+    if sites not in (1, 2):
+        raise ConfigError(f"--sites {sites}: plan for 1 site or 2 (inference in one, training in the other)")
+    if sites == 2 and not (wan_gbps and wan_gbps > 0):
+        raise ConfigError("--sites 2 needs --wan-gbps G, the link's bandwidth between the sites in Gb/s (> 0)")
+
+
+def assemble(w: Workload, c: Costs, p: Prediction, sites: int, wan_gbps: float | None, extra: dict) -> dict:
+    link = wan(w, c, p, wan_gbps) if sites == 2 else None
+    step = link["step_seconds"] if link else p.step_seconds
+    devices = p.inference + p.train
+    out = {"gpus": devices, "inference_gpus": p.inference, "training_gpus": p.train, "sites": sites,
+           "rollout_train_flop_ratio": c.rollout_flops / c.train_flops if c.train_flops else None,
+           "step_seconds": step, "rollout_seconds": p.rollout_seconds, "train_seconds": p.train_seconds,
+           "sync_seconds": c.sync_seconds, "verify_seconds": c.verify_seconds,
+           "rollout_idle_fraction": 1 - c.inference_device_seconds / (p.inference * step),
+           "trainer_idle_fraction": 1 - p.train_seconds / step, "max_staleness": w.max_staleness,
+           "verified_samples_per_step": w.verified_samples,
+           "verified_samples_per_hour": w.verified_samples * 3600 / step,
+           "gpu_seconds_per_verified_sample": devices * step / w.verified_samples if w.verified_samples else None,
+           "verifier_cpus": max(1, math.ceil(w.leaves * w.verifier_cpu_seconds_per_leaf / step)),
+           "rollout_flops_per_step": c.rollout_flops, "train_flops_per_step": c.train_flops}
+    if link:
+        out["wan"] = link
+    out["from"] = provenance(w, c, link)
+    out.update(extra)
+    out["inputs"]["workload"] = asdict(w)
+    return out
+
+
+def wan(w: Workload, c: Costs, p: Prediction, gbps: float) -> dict:
+    """Inference in one site, training in the other: verified data one way, weights the other, per step."""
+    to_trainers, to_inference = w.verified_bytes, c.weight_bytes
+    there, back = to_trainers * 8 / (gbps * 1e9), to_inference * 8 / (gbps * 1e9)
+    step = max(p.step_seconds, there, back)
+    return {"gbps": gbps, "bytes_to_trainers_per_step": to_trainers, "bytes_to_inference_per_step": to_inference,
+            "seconds_to_trainers_per_step": there, "seconds_to_inference_per_step": back, "step_seconds": step,
+            "link_busy_fraction": max(there, back) / step,
+            "staleness_needed": max(1, math.ceil((there + p.train_seconds + back + c.sync_seconds) / step))}
+
+
+def provenance(w: Workload, c: Costs, link: dict | None) -> dict:
+    run = f"the run's {w.steps} steps"
+    out = {"rollout_train_flop_ratio": f"ledger FLOP formulas on the target shape over {run}' tokens and context",
+           "inference_gpus": f"fastest step over every split at max_staleness {w.max_staleness} (split.py)",
+           "step_seconds": "step model (split.py) on: " + "; ".join(f"{k}: {v}" for k, v in c.notes.items()),
+           "verified_samples_per_hour": f"{w.verified_samples:.3g} verified samples per step ({run}) / step_seconds",
+           "verifier_cpus": f"{w.leaves:.3g} leaves per step x {w.verifier_cpu_seconds_per_leaf * 1e3:.3g} ms "
+                            f"verifier CPU per leaf ({run}) / step_seconds"}
+    out["training_gpus"] = out["inference_gpus"]
+    if link:
+        out["wan"] = (f"{w.verified_bytes:.3g} B verified data per step ({run}) and one bf16 copy of the weights "
+                      f"per step, at {link['gbps']:g} Gb/s")
+    return out
+
+
+def table(plan: dict) -> str:
+    """The short table `branchrl plan` prints."""
+    split = f"{plan['gpus']:g} = {plan['inference_gpus']:g} + {plan['training_gpus']:g}"
+    rows = [("gpus (inference + training)", split),
+            ("rollout_train_flop_ratio", _fmt(plan["rollout_train_flop_ratio"])),
+            ("step_seconds", _fmt(plan["step_seconds"])),
+            ("idle: rollout / trainer", f"{plan['rollout_idle_fraction']:.0%} / {plan['trainer_idle_fraction']:.0%}"),
+            ("verified_samples_per_hour", _fmt(plan["verified_samples_per_hour"])),
+            ("verifier_cpus", str(plan["verifier_cpus"]))]
+    if "wan" in plan:
+        x = plan["wan"]
+        rows += [("WAN to trainers / to inference per step",
+                  f"{x['bytes_to_trainers_per_step'] / 1e6:.3g} MB ({x['seconds_to_trainers_per_step']:.3g} s) / "
+                  f"{x['bytes_to_inference_per_step'] / 1e9:.3g} GB ({x['seconds_to_inference_per_step']:.3g} s)"),
+                 ("staleness to hide the WAN", str(x["staleness_needed"]))]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
