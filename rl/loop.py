@@ -240,6 +240,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     so far, the pending update and the step's start time (`finish_update` completes the record)."""
     t_step, cfg = time.perf_counter(), ctx.cfg
     got = gather(ctx, feed)
+    t_driver = time.perf_counter()   # the driver's own share of the step: prune, store, batch, hand the update over
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
     shard = store.write(step, provenance(ctx, chosen, step, store.attempt))
     batch, dropped = ALGOS[cfg.train.algo].batch(got.trees, chosen.sequences, cfg.train.shared_spans,
@@ -247,6 +248,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     update = ctx.roles.trainer.start_train(batch) if batch else None
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
     mark = led.state()
+    led.driver_seconds += time.perf_counter() - t_driver
     led.add_rollout(got.trees, got.rollout_seconds, got.stale_tokens)
     led.verified_tokens += chosen.verified_tokens
     led.verified_bytes += shard.stat().st_size if shard else 0

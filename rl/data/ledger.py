@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 STEP_ROLLOUT = ("prefill_tokens", "reprefill_tokens", "fork_saved_prefill_tokens", "fork_saved_prefill_flops",
                 "rollout_prefill_flops", "rollout_decode_flops", "rollout_flops", "verifier_cpu_seconds",
-                "verified_bytes")   # what a step's metrics line adds when its rollouts are in
+                "verified_bytes", "driver_seconds")   # what a step's metrics line adds when its rollouts are in
 STEP_TRAIN = ("train_update_flops", "train_recompute_flops", "train_reference_flops", "train_flops",
               "train_checkpoint_flops")   # ... and when its update is done
 
@@ -55,6 +55,7 @@ class Ledger:
     train_seconds: float = 0.0
     verify_seconds: float = 0.0
     sync_seconds: float = 0.0
+    driver_seconds: float = 0.0  # the driver's own work in a step (prune, store, batch), serial with the groups
     rollout_busy_device_seconds: float = 0.0
     rollout_idle_device_seconds: float = 0.0
     train_busy_device_seconds: float = 0.0

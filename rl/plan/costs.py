@@ -8,7 +8,7 @@ Two ways to get there, both into one `Costs`:
   inference replica spans the fewest GPUs (a power of two) that hold its bf16 weights in half their memory; a
   trainer group needs room for 16 bytes per parameter (fp32 master, gradient, two Adam moments). Verification
   is assumed to run beside decode (leaves verified as they finish), so it is off the critical path; the weight
-  broadcast inside a site goes at `net_gbps`.
+  broadcast inside a site goes at `net_gbps`; the driver's own work per step is the run's, per leaf.
 - `own_costs`: the run's own measured seconds per step (its hardware, calibrated): busy device-seconds of
   each group, the slowest worker's share, the verify wait and the sync seconds as measured.
 It does not choose a split (`split.py`).
@@ -39,6 +39,7 @@ class Costs:
     train_device_seconds: float        # per step: the update and its extra passes
     sync_seconds: float                # weight sync inside a site, serial with the step
     verify_seconds: float              # verification the driver waits for, serial with the step
+    driver_seconds: float              # the driver's own work (prune, store, batch), serial with the step
     imbalance: float                   # slowest rollout worker's busy seconds / the mean
     inference_unit: int                # devices per inference replica (tensor parallel)
     min_train_devices: int
@@ -70,7 +71,8 @@ def target_costs(w: Workload, shape: Shape, gpu: hw.Gpu, eff: Efficiencies) -> C
              "train": f"{3 * one_pass + extra:.3g} model FLOPs + {checkpoint:.3g} checkpoint recompute at "
                       f"{eff.train_mfu:.0%} MFU of {gpu.bf16_flops / 1e12:.0f} TFLOP/s",
              "sync": f"{shape.weight_bytes / 1e9:.3g} GB of bf16 weights at {eff.net_gbps:.0f} Gb/s"}
-    return Costs(prefill_s + decode_s, train_s, shape.weight_bytes * 8 / (eff.net_gbps * 1e9), 0.0, 1.0, unit,
+    driver = w.driver_seconds   # the same leaves to prune and store whatever the model
+    return Costs(prefill_s + decode_s, train_s, shape.weight_bytes * 8 / (eff.net_gbps * 1e9), 0.0, driver, 1.0, unit,
                  max(1, math.ceil(state / (hw.MEMORY_USABLE * gpu.memory_bytes))), prefill + decode,
                  3 * one_pass + extra + checkpoint, shape.weight_bytes, notes)
 
@@ -97,7 +99,8 @@ def own_costs(w: Workload) -> Costs:
     notes = {"inference": f"measured: {w.rollout_busy_device_seconds:.3g} busy device-s per step over "
                           f"{w.rollout_devices:g} rollout devices, slowest worker {imbalance:.2f}x the mean",
              "train": f"measured: {w.train_busy_device_seconds:.3g} busy device-s per step",
-             "sync": f"measured: {w.sync_seconds:.3g} s per step", "verify": f"measured: {w.verify_seconds:.3g} s "
+             "sync": f"measured: {w.sync_seconds:.3g} s per step", "driver": f"measured: {w.driver_seconds:.3g} s",
+             "verify": f"measured: {w.verify_seconds:.3g} s "
                                                                                  "per step waited on verification"}
     return Costs(w.rollout_busy_device_seconds, w.train_busy_device_seconds, w.sync_seconds, w.verify_seconds,
-                 imbalance, 1, 1, w.rollout_flops, w.train_flops, w.weight_bytes_per_sync, notes)
+                 w.driver_seconds, imbalance, 1, 1, w.rollout_flops, w.train_flops, w.weight_bytes_per_sync, notes)

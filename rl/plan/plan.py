@@ -66,7 +66,7 @@ def assemble(w: Workload, c: Costs, p: Prediction, sites: int, wan_gbps: float |
     out = {"gpus": devices, "inference_gpus": p.inference, "training_gpus": p.train, "sites": sites,
            "rollout_train_flop_ratio": c.rollout_flops / c.train_flops if c.train_flops else None,
            "step_seconds": step, "rollout_seconds": p.rollout_seconds, "train_seconds": p.train_seconds,
-           "sync_seconds": c.sync_seconds, "verify_seconds": c.verify_seconds,
+           "sync_seconds": c.sync_seconds, "verify_seconds": c.verify_seconds, "driver_seconds": c.driver_seconds,
            "rollout_idle_fraction": 1 - c.inference_device_seconds / (p.inference * step),
            "trainer_idle_fraction": 1 - p.train_seconds / step, "max_staleness": w.max_staleness,
            "verified_samples_per_step": w.verified_samples,

@@ -1,11 +1,11 @@
 """The step model and the split of N devices between the inference and the training group.
 
 The step model follows the driver (rl/loop.py). Synchronous (max_staleness 0): rollouts, verification, the
-update and the weight sync run one after another, so each group idles while the other works. Async (k >= 1):
-the next batch is sampled while the driver verifies and trains, so a step takes the longer of the two lanes,
-plus the sync (a rollout worker loads new weights between batches). Rollout time scales as 1 / inference
-devices (data-parallel replicas) times the slowest worker's share; training as 1 / training devices.
-`split` tries every split in whole replicas and keeps the fastest step. Nothing here reads files.
+driver's own work, the update and the weight sync run one after another, so each group idles while the other
+works. Async (k >= 1): the next batch is sampled while the driver verifies and trains, so a step takes the
+longer of the two lanes, plus the sync (a rollout worker loads new weights between batches). Rollout time
+scales as 1 / inference devices (data-parallel replicas) times the slowest worker's share; training as
+1 / training devices. `split` tries every split in whole replicas and keeps the fastest step. Nothing here reads files.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def predict(c: Costs, inference: float, train: float, staleness: int) -> Predict
     rollout = c.inference_device_seconds * c.imbalance / inference
     update = c.train_device_seconds / train
     if staleness == 0:
-        step = rollout + c.verify_seconds + update + c.sync_seconds
+        step = rollout + c.verify_seconds + c.driver_seconds + update + c.sync_seconds
     else:
-        step = max(rollout, c.verify_seconds + update) + c.sync_seconds
+        step = max(rollout, c.verify_seconds + c.driver_seconds + update) + c.sync_seconds
     return Prediction(inference, train, step, rollout, update,
                       1 - c.inference_device_seconds / (inference * step), 1 - update / step)
 

@@ -17,7 +17,7 @@ from branchrl.config import ConfigError, load_config
 
 NEEDED = ("steps", "verified_samples", "generated_tokens", "prefill_tokens", "rollout_prefill_flops",
           "rollout_decode_flops", "train_update_flops", "processed_tokens", "leaves", "verifier_cpu_seconds",
-          "rollout_busy_device_seconds", "train_busy_device_seconds", "rl_seconds", "flop_params")
+          "rollout_busy_device_seconds", "train_busy_device_seconds", "rl_seconds", "flop_params", "driver_seconds")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Workload:
     train_busy_device_seconds: float
     verify_seconds: float          # wall seconds the driver waited on verification
     sync_seconds: float
+    driver_seconds: float          # the driver's own work (prune, store, batch), serial with both groups
     wall_seconds: float            # rl_seconds / steps: the run's measured step time, evals excluded
     trainer_idle_fraction: float
     rollout_idle_fraction: float
@@ -104,5 +105,5 @@ def _per_step(s: dict, cfg, pass_rate: float, prompts: float) -> Workload:
         rollout_devices=r.workers * (r.gpus_per_worker or 1.0), train_devices=t.workers * (t.gpus or 1.0),
         rollout_seconds=s["rollout_seconds"] / n, rollout_busy_device_seconds=s["rollout_busy_device_seconds"] / n,
         train_busy_device_seconds=s["train_busy_device_seconds"] / n, verify_seconds=s["verify_seconds"] / n,
-        sync_seconds=s["sync_seconds"] / n, wall_seconds=s["rl_seconds"] / n,
+        sync_seconds=s["sync_seconds"] / n, driver_seconds=s["driver_seconds"] / n, wall_seconds=s["rl_seconds"] / n,
         trainer_idle_fraction=s["trainer_idle_fraction"], rollout_idle_fraction=s["rollout_idle_fraction"])
