@@ -92,6 +92,8 @@ def _add_plan_command(sub) -> None:
     plan.add_argument("--sites", type=int, default=1, help="2 = inference in one site, training in another")
     plan.add_argument("--wan-gbps", type=float, help="bandwidth between the two sites, Gb/s (with --sites 2)")
     plan.add_argument("--out", help="write the plan as JSON here (e.g. plan.json)")
+    plan.add_argument("--prompts-per-step", type=int, help="with --model: prompts per step (default: what fills "
+                                                           "every inference replica's decode batch once)")
     for flag, what in (("--decode-efficiency", "share of the HBM read floor decode reaches"),
                        ("--prefill-mfu", "prefill MFU"), ("--train-mfu", "training MFU"),
                        ("--decode-batch", "rows a replica decodes at once (at most)"),
@@ -259,6 +261,8 @@ def _plan(args) -> int:
         raise ConfigError("give --model and --gpu together (a target), or neither (the run's own hardware)")
     if args.gpus is not None and args.gpus < 1 or args.model and args.gpus is None:
         raise ConfigError("--gpus N: a whole number of GPUs >= 1 (required with --model)")
+    if args.prompts_per_step is not None and (args.prompts_per_step < 1 or not args.model):
+        raise ConfigError("--prompts-per-step N: N >= 1, with --model (the run's own plan keeps its prompts)")
     knobs = {k: getattr(args, k) for k in ("decode_efficiency", "prefill_mfu", "train_mfu", "decode_batch", "net_gbps")
              if getattr(args, k) is not None}
     if any(v <= 0 for v in knobs.values()):
@@ -267,7 +271,7 @@ def _plan(args) -> int:
         knobs["decode_batch"] = int(knobs["decode_batch"])
     if args.model:
         plan = plan_target(args.run_dir, args.model, args.gpu, args.gpus, args.sites, args.wan_gbps,
-                           Efficiencies(**knobs))
+                           Efficiencies(**knobs), args.prompts_per_step)
     else:
         plan = plan_own(args.run_dir, args.gpus, args.sites, args.wan_gbps)
     print(table(plan))

@@ -1,8 +1,10 @@
 """`branchrl plan`: model shapes from configs, the workload read from a real run, plans that are consistent,
 the own-hardware plan against what the run measured, the docs' worked example, and bad input.
 
-tests/fixtures/plan_run holds summary.json, config.yaml and metrics.jsonl of a real run (made with this
-version: `branchrl run` of the demo config for 6 steps, see docs/PLANNING.md), so these tests need no Ray.
+tests/fixtures/plan_run and plan_run_async hold summary.json, config.yaml and metrics.jsonl of two real runs made
+with this version on the 2-core CPU VM: tests/test_run.py's SMALL_RUN (echo env, 2 rollout workers, 1 trainer)
+for 10 steps, synchronous and with rollout.max_staleness=1, so these tests need no Ray. Remake them with
+`branchrl run CONFIG <SMALL_RUN overrides> run.steps=10 [rollout.max_staleness=1] --out DIR` and copy the three files.
 """
 
 import json
@@ -13,14 +15,15 @@ import pytest
 
 from branchrl.cli import main
 from branchrl.plan import hardware as hw
-from branchrl.plan.costs import Efficiencies, target_costs
-from branchrl.plan.plan import assemble, plan_own, plan_target
+from branchrl.plan.costs import Efficiencies
+from branchrl.plan.plan import assemble, plan_own, plan_target, target_options
 from branchrl.plan.shape import load_shape, shape_from_config
-from branchrl.plan.split import split
+from branchrl.plan.split import best
 from branchrl.plan.workload import Workload, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "tests" / "fixtures" / "plan_run"
+ASYNC_RUN = ROOT / "tests" / "fixtures" / "plan_run_async"
 MODELS = ROOT / "configs" / "models"
 KEYS = {"inference_gpus", "training_gpus", "rollout_train_flop_ratio", "step_seconds", "verified_samples_per_hour",
         "verifier_cpus", "from", "inputs"}
@@ -79,10 +82,21 @@ def test_a_smaller_model_is_cheaper_per_sample():
     assert small["verified_samples_per_hour"] > big["verified_samples_per_hour"]
 
 
+def test_a_fixed_step_size_stops_scaling_with_gpus():
+    """With --prompts-per-step fixed, more GPUs only shrink each replica's decode batch: the decode cost per token
+    goes up (the weights are read for fewer rows), so samples per hour grow far less than the GPUs."""
+    fixed = {n: plan_target(RUN, MODELS / "qwen2.5-7b.json", "h100", n, prompts=64) for n in (8, 64)}
+    assert fixed[8]["prompts_per_step"] == fixed[64]["prompts_per_step"] == 64
+    assert fixed[64]["decode_rows_per_replica"] < fixed[8]["decode_rows_per_replica"]
+    assert fixed[64]["verified_samples_per_hour"] < 2 * fixed[8]["verified_samples_per_hour"]
+
+
 def test_two_sites_report_wan_bytes_both_ways():
     plan = plan_target(RUN, MODELS / "qwen2.5-7b.json", "h100", 64, sites=2, wan_gbps=10.0)
     link, w = plan["wan"], load_workload(RUN)
-    assert link["bytes_to_trainers_per_step"] == w.verified_bytes > 0
+    # the plan sizes the step to fill the decode batches: the run's bytes per prompt, times its prompts per step
+    assert link["bytes_to_trainers_per_step"] == pytest.approx(w.verified_bytes / w.prompts * plan["prompts_per_step"])
+    assert link["bytes_to_trainers_per_step"] > 0
     assert link["bytes_to_inference_per_step"] == load_shape(MODELS / "qwen2.5-7b.json").weight_bytes
     assert link["seconds_to_inference_per_step"] == pytest.approx(15_231_233_024 * 8 / 10e9)
     assert plan["step_seconds"] >= link["seconds_to_inference_per_step"]   # a slow link sets the step
@@ -91,10 +105,11 @@ def test_two_sites_report_wan_bytes_both_ways():
     assert "wan" not in one and one["step_seconds"] <= plan["step_seconds"]
 
 
-def test_the_plan_reproduces_its_own_run_within_15_percent():
-    """Done-when 3: given the run's measured per-step costs, the step model predicts the run's step time and
-    both groups' idle fractions (the run in the fixture: demo config, synchronous, 2 rollout workers, 1 trainer)."""
-    run = plan_own(RUN)["as_run"]
+@pytest.mark.parametrize("run_dir", [RUN, ASYNC_RUN], ids=["sync", "async"])
+def test_the_plan_reproduces_its_own_run_within_15_percent(run_dir):
+    """Given the run's measured per-step costs (each group's busy seconds, the verify wait, the driver's own work,
+    the sync), the step model predicts the run's step time and both groups' idle fractions."""
+    run = plan_own(run_dir)["as_run"]
     assert run["step_seconds"] == pytest.approx(run["measured_step_seconds"], rel=0.15)
     assert run["rollout_idle_fraction"] == pytest.approx(run["measured_rollout_idle_fraction"], rel=0.15)
     assert run["trainer_idle_fraction"] == pytest.approx(run["measured_trainer_idle_fraction"], rel=0.15)
@@ -114,7 +129,7 @@ def gsm8k_like() -> Workload:
     fork_ctx = c * (p + c) + c * (c + 1) // 2
     zero = dict.fromkeys(("rollout_flops", "train_flops", "weight_bytes_per_sync", "rollout_devices", "train_devices",
                           "rollout_seconds", "rollout_busy_device_seconds", "train_busy_device_seconds",
-                          "verify_seconds", "sync_seconds", "wall_seconds", "trainer_idle_fraction",
+                          "verify_seconds", "sync_seconds", "driver_seconds", "wall_seconds", "trainer_idle_fraction",
                           "rollout_idle_fraction", "recompute_passes", "reference_passes",
                           "fork_saved_prefill_tokens"), 0)
     return Workload(steps=1, max_staleness=1, prompts=f, leaves=8 * f, pass_rate=0.5, verified_samples=3 * f,
@@ -125,24 +140,32 @@ def gsm8k_like() -> Workload:
 
 
 def test_the_docs_worked_example():
-    w, shape = gsm8k_like(), load_shape(MODELS / "qwen2.5-7b.json")
-    c = target_costs(w, shape, hw.GPUS["h100"], Efficiencies())
-    assert (round(c.inference_device_seconds, 1), round(c.train_device_seconds, 1)) == (63.9, 53.7)
+    w, h100 = gsm8k_like(), hw.GPUS["h100"]
+    options = target_options(w, load_shape(MODELS / "qwen2.5-7b.json"), h100, Efficiencies(), 64, None)
+    wi, c, p = best(options)
+    per_prompt = [x / wi.prompts for x in (c.inference_device_seconds, c.train_device_seconds)]
+    assert [round(x, 4) for x in per_prompt] == [0.2496, 0.2098] and c.rows == 256
     assert round(c.sync_seconds, 3) == 0.305 and c.min_train_devices == 2
     assert round(c.rollout_flops / c.train_flops, 2) == 0.52
-    one = assemble(w, c, split(c, 64, w.max_staleness), 1, None, {"inputs": {}})
-    assert (one["inference_gpus"], one["training_gpus"], round(one["step_seconds"], 3)) == (35, 29, 2.157)
-    assert round(one["verified_samples_per_hour"] / 1e6, 2) == 1.28 and one["verifier_cpus"] == 3
-    two = assemble(w, c, split(c, 64, w.max_staleness), 2, 100.0, {"inputs": {}})["wan"]
-    assert round(two["seconds_to_inference_per_step"], 2) == 1.22 and two["bytes_to_trainers_per_step"] == 2_304_000
-    assert round(two["step_seconds"], 3) == 2.157 and two["staleness_needed"] == 2
-    small = target_costs(w, load_shape(MODELS / "qwen2.5-1.5b.json"), hw.GPUS["h100"], Efficiencies())
-    per_sample = assemble(w, small, split(small, 64, 1), 1, None, {"inputs": {}})["gpu_seconds_per_verified_sample"]
-    assert (round(per_sample, 3), round(one["gpu_seconds_per_verified_sample"], 2)) == (0.045, 0.18)
+    one = assemble(wi, c, p, 1, None, {"inputs": {}})
+    assert (one["inference_gpus"], one["training_gpus"], wi.prompts) == (35, 29, 1120)
+    assert (round(p.rollout_seconds, 2), round(p.train_seconds, 2), round(one["step_seconds"], 2)) == (7.99, 8.10, 8.41)
+    assert round(one["verified_samples_per_hour"] / 1e6, 2) == 1.44 and one["verifier_cpus"] == 4
+    rate = {i.inference: x.verified_samples / i.step_seconds for x, _, i in options}
+    assert rate[35] > max(rate[34], rate[36])
+    two = assemble(wi, c, p, 2, 100.0, {"inputs": {}})["wan"]
+    assert round(two["seconds_to_inference_per_step"], 2) == 1.22 and two["bytes_to_trainers_per_step"] == 10_080_000
+    assert round(two["step_seconds"], 2) == 8.41 and two["staleness_needed"] == 2
+    slow = assemble(wi, c, p, 2, 10.0, {"inputs": {}})
+    assert round(slow["step_seconds"], 1) == 12.2 and round(slow["verified_samples_per_hour"] / 1e6, 2) == 0.99
+    small = assemble(*best(target_options(w, load_shape(MODELS / "qwen2.5-1.5b.json"), h100, Efficiencies(), 64,
+                                          None)), 1, None, {"inputs": {}})
+    assert (round(small["gpu_seconds_per_verified_sample"], 3), round(one["gpu_seconds_per_verified_sample"], 3)) == (
+        0.040, 0.160)
     doc = (ROOT / "docs" / "PLANNING.md").read_text()
-    for quoted in ("63.9 device-seconds", "53.7 device-seconds", "step 2.157 s", "1.28 M verified", "**0.52**",
-                   "0.045 GPU-seconds", "0.180"):
-        assert quoted in doc
+    for quoted in ("0.2496 device-seconds", "0.2098 device-seconds", "**step 8.41 s**", "**1.44 M verified",
+                   "**0.52**", "0.040 GPU-seconds", "0.160", "10.1 MB", "12.2 s", "0.99 M"):
+        assert quoted in doc, quoted
 
 
 def test_cli_writes_plan_json(tmp_path, capsys):
@@ -168,6 +191,7 @@ def test_cli_writes_plan_json(tmp_path, capsys):
     (["--model", "M", "--gpu", "h100", "--gpus", "8", "--sites", "3", "--wan-gbps", "1"], "--sites 3"),
     (["--model", "M", "--gpu", "h100", "--gpus", "8", "--train-mfu", "0"], "must be > 0"),
     (["--model", "nowhere.json", "--gpu", "h100", "--gpus", "8"], "no config.json there"),
+    (["--prompts-per-step", "4"], "--prompts-per-step N"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     args = [str(MODELS / "qwen2.5-7b.json") if a == "M" else a for a in args]

@@ -17,9 +17,9 @@ from pathlib import Path
 from branchrl.config import ConfigError
 
 from . import hardware as hw
-from .costs import Costs, Efficiencies, own_costs, target_costs
+from .costs import Costs, Efficiencies, decode_batch, inference_unit, min_train_devices, own_costs, target_costs
 from .shape import load_shape
-from .split import Prediction, predict, split
+from .split import Prediction, best, choices, predict
 from .workload import Workload, load_workload
 
 SOURCES = {"decode_efficiency": hw.DECODE_EFFICIENCY_SOURCE, "prefill_mfu": hw.PREFILL_MFU_SOURCE,
@@ -27,14 +27,34 @@ SOURCES = {"decode_efficiency": hw.DECODE_EFFICIENCY_SOURCE, "prefill_mfu": hw.P
 
 
 def plan_target(run_dir: str | Path, model: str | Path, gpu_name: str, gpus: int, sites: int = 1,
-                wan_gbps: float | None = None, eff: Efficiencies = Efficiencies()) -> dict:
+                wan_gbps: float | None = None, eff: Efficiencies = Efficiencies(), prompts: int | None = None) -> dict:
+    """prompts: per step; default, for each split, what fills every inference replica's decode batch once
+    (one wave of full batches per step)."""
     check_sites(sites, wan_gbps)
     w, shape, gpu = load_workload(run_dir), load_shape(model), hw.gpu(gpu_name)
-    c = target_costs(w, shape, gpu, eff)
+    w_best, c, p = best(target_options(w, shape, gpu, eff, gpus, prompts))
     inputs = {"run": str(run_dir), "model": {**asdict(shape), "weight_bytes": shape.weight_bytes},
               "hardware": asdict(gpu), "efficiencies": {k: {"value": v, "source": SOURCES[k]}
-                                                        for k, v in asdict(eff).items()}}
-    return assemble(w, c, split(c, gpus, w.max_staleness), sites, wan_gbps, {"mode": "target", "inputs": inputs})
+                                                        for k, v in asdict(eff).items()},
+              "prompts_per_step": prompts or "fill every replica's decode batch once per step"}
+    extra = {"mode": "target", "inputs": inputs, "prompts_per_step": w_best.prompts,
+             "decode_rows_per_replica": c.rows, "inference_replica_gpus": c.inference_unit}
+    return assemble(w_best, c, p, sites, wan_gbps, extra)
+
+
+def target_options(w: Workload, shape, gpu: hw.Gpu, eff: Efficiencies, devices: int,
+                   prompts: int | None) -> list[tuple[Workload, Costs, Prediction]]:
+    """Every split of `devices`, each with its prompts per step, its costs and its predicted step."""
+    unit = inference_unit(shape, gpu)
+    cap = decode_batch(shape, gpu, unit, w.sequence_length, eff.decode_batch)
+    per_prompt = w.leaves / w.prompts
+    out = []
+    for i in choices(devices, unit, min_train_devices(shape, gpu)):
+        replicas = i // unit
+        wi = w.scaled(prompts or max(1, round(replicas * cap / per_prompt)))
+        c = target_costs(wi, shape, gpu, eff, rows=max(1, min(cap, math.ceil(wi.leaves / replicas))))
+        out.append((wi, c, predict(c, i, devices - i, w.max_staleness)))
+    return out
 
 
 def plan_own(run_dir: str | Path, gpus: int | None = None, sites: int = 1, wan_gbps: float | None = None) -> dict:
@@ -45,11 +65,12 @@ def plan_own(run_dir: str | Path, gpus: int | None = None, sites: int = 1, wan_g
     c = own_costs(w)
     devices = gpus or round(w.rollout_devices + w.train_devices)
     as_run = predict(c, w.rollout_devices, w.train_devices, w.max_staleness)
+    _, _, p = best([(w, c, predict(c, i, devices - i, w.max_staleness)) for i in choices(devices, 1, 1)])
     extra = {"mode": "own", "inputs": {"run": str(run_dir)},
              "as_run": {**asdict(as_run), "measured_step_seconds": w.wall_seconds,
                         "measured_rollout_idle_fraction": w.rollout_idle_fraction,
                         "measured_trainer_idle_fraction": w.trainer_idle_fraction}}
-    return assemble(w, c, split(c, devices, w.max_staleness), sites, wan_gbps, extra)
+    return assemble(w, c, p, sites, wan_gbps, extra)
 
 
 def check_sites(sites: int, wan_gbps: float | None) -> None:
@@ -96,7 +117,8 @@ def wan(w: Workload, c: Costs, p: Prediction, gbps: float) -> dict:
 def provenance(w: Workload, c: Costs, link: dict | None) -> dict:
     run = f"the run's {w.steps} steps"
     out = {"rollout_train_flop_ratio": f"ledger FLOP formulas on the target shape over {run}' tokens and context",
-           "inference_gpus": f"fastest step over every split at max_staleness {w.max_staleness} (split.py)",
+           "inference_gpus": f"most verified samples per second over every split at max_staleness {w.max_staleness}"
+                             " (split.py)",
            "step_seconds": "step model (split.py) on: " + "; ".join(f"{k}: {v}" for k, v in c.notes.items()),
            "verified_samples_per_hour": f"{w.verified_samples:.3g} verified samples per step ({run}) / step_seconds",
            "verifier_cpus": f"{w.leaves:.3g} leaves per step x {w.verifier_cpu_seconds_per_leaf * 1e3:.3g} ms "

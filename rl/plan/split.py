@@ -5,7 +5,7 @@ driver's own work, the update and the weight sync run one after another, so each
 works. Async (k >= 1): the next batch is sampled while the driver verifies and trains, so a step takes the
 longer of the two lanes, plus the sync (a rollout worker loads new weights between batches). Rollout time
 scales as 1 / inference devices (data-parallel replicas) times the slowest worker's share; training as
-1 / training devices. `split` tries every split in whole replicas and keeps the fastest step. Nothing here reads files.
+1 / training devices. `best` keeps the split with the most verified samples per second. Nothing here reads files.
 """
 
 from __future__ import annotations
@@ -39,12 +39,16 @@ def predict(c: Costs, inference: float, train: float, staleness: int) -> Predict
                       1 - c.inference_device_seconds / (inference * step), 1 - update / step)
 
 
-def split(c: Costs, devices: int, staleness: int) -> Prediction:
-    """The fastest split of `devices` (inference in whole replicas, training at least its minimum)."""
-    options = [predict(c, i, devices - i, staleness)
-               for i in range(c.inference_unit, devices - c.min_train_devices + 1, c.inference_unit)]
-    if not options:
-        raise ConfigError(f"--gpus {devices} cannot hold one inference replica ({c.inference_unit} GPUs) and the "
-                          f"training state ({c.min_train_devices} GPUs at least); plan for "
-                          f"{c.inference_unit + c.min_train_devices} or more")
-    return min(options, key=lambda p: (p.step_seconds, abs(p.rollout_idle_fraction - p.trainer_idle_fraction)))
+def choices(devices: int, unit: int, min_train: int) -> list[int]:
+    """Every inference size worth trying: whole replicas of `unit` devices, leaving training at least `min_train`."""
+    out = list(range(unit, devices - min_train + 1, unit))
+    if not out:
+        raise ConfigError(f"--gpus {devices} cannot hold one inference replica ({unit} GPUs) and the training state "
+                          f"({min_train} GPUs at least); plan for {unit + min_train} or more")
+    return out
+
+
+def best(options: list[tuple]) -> tuple:
+    """The option (workload, costs, prediction) with the most verified samples per second, then the evener idle."""
+    return max(options, key=lambda o: (o[0].verified_samples / o[2].step_seconds,
+                                       -abs(o[2].rollout_idle_fraction - o[2].trainer_idle_fraction)))

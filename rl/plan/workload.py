@@ -9,6 +9,7 @@ divided by the steps. It does not price anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,11 @@ from branchrl.config import ConfigError, load_config
 NEEDED = ("steps", "verified_samples", "generated_tokens", "prefill_tokens", "rollout_prefill_flops",
           "rollout_decode_flops", "train_update_flops", "processed_tokens", "leaves", "verifier_cpu_seconds",
           "rollout_busy_device_seconds", "train_busy_device_seconds", "rl_seconds", "flop_params", "driver_seconds")
+
+
+EXTENSIVE = ("prompts", "leaves", "verified_samples", "prefill_tokens", "prefill_context", "decode_tokens",
+             "decode_context", "train_tokens", "train_context", "fork_saved_prefill_tokens", "rollout_flops",
+             "train_flops", "verified_bytes")   # per-step counts that grow with the prompts per step
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,12 @@ class Workload:
     wall_seconds: float            # rl_seconds / steps: the run's measured step time, evals excluded
     trainer_idle_fraction: float
     rollout_idle_fraction: float
+
+    def scaled(self, prompts: float) -> "Workload":
+        """The same workload with `prompts` prompts per step: every per-step count scales, the ratios stay (measured
+        seconds are the run's own and stay too: only `own_costs` reads them, on an unscaled workload)."""
+        f = prompts / self.prompts
+        return dataclasses.replace(self, **{k: getattr(self, k) * f for k in EXTENSIVE})
 
     @property
     def sequence_length(self) -> float:
