@@ -62,7 +62,8 @@ def _plan_section(run_dir: Path, summary: dict, has_devices: bool) -> str:
                 "rollout.max_staleness=1 overlaps them)") + ".", "",
              "| | predicted, as run | measured | re-split |", "|---|---|---|---|",
              *[f"| {name} | {a:.3g} | {b:.3g} | {c:.3g} |" for name, a, b, c in rows], "",
-             f"Verifier CPUs to keep pace: {plan['verifier_cpus']}.", "", "![devices](devices.png)", ""]
+             f"The step is bound by {plan['bound_by']}. Verifier CPUs to keep pace: {plan['verifier_cpus']}.", "",
+             "![devices](devices.png)", ""]
     return "\n".join(lines)
 
 

@@ -28,11 +28,12 @@ SOURCES = {"decode_efficiency": hw.DECODE_EFFICIENCY_SOURCE, "prefill_mfu": hw.P
 
 def plan_target(run_dir: str | Path, model: str | Path, gpu_name: str, gpus: int, sites: int = 1,
                 wan_gbps: float | None = None, eff: Efficiencies = Efficiencies(), prompts: int | None = None) -> dict:
-    """prompts: per step; default, for each split, what fills every inference replica's decode batch once
-    (one wave of full batches per step)."""
+    """prompts: per step; default, for each split, what fills every inference replica's decode batch once (one
+    wave of full batches per step), or as many waves as it takes for a step to outlast the weights' WAN trip."""
     check_sites(sites, wan_gbps)
     w, shape, gpu = load_workload(run_dir), load_shape(model), hw.gpu(gpu_name)
-    w_best, c, p = best(target_options(w, shape, gpu, eff, gpus, prompts))
+    link = shape.weight_bytes * 8 / (wan_gbps * 1e9) if sites == 2 else 0.0   # a step must outlast the weights' trip
+    w_best, c, p = best(target_options(w, shape, gpu, eff, gpus, prompts, min_step=link))
     inputs = {"run": str(run_dir), "model": {**asdict(shape), "weight_bytes": shape.weight_bytes},
               "hardware": asdict(gpu), "efficiencies": {k: {"value": v, "source": SOURCES[k]}
                                                         for k, v in asdict(eff).items()},
@@ -42,8 +43,8 @@ def plan_target(run_dir: str | Path, model: str | Path, gpu_name: str, gpus: int
     return assemble(w_best, c, p, sites, wan_gbps, extra)
 
 
-def target_options(w: Workload, shape, gpu: hw.Gpu, eff: Efficiencies, devices: int,
-                   prompts: int | None) -> list[tuple[Workload, Costs, Prediction]]:
+def target_options(w: Workload, shape, gpu: hw.Gpu, eff: Efficiencies, devices: int, prompts: int | None,
+                   min_step: float = 0.0) -> list[tuple[Workload, Costs, Prediction]]:
     """Every split of `devices`, each with its prompts per step, its costs and its predicted step."""
     unit = inference_unit(shape, gpu)
     cap = decode_batch(shape, gpu, unit, w.sequence_length, eff.decode_batch)
@@ -51,9 +52,18 @@ def target_options(w: Workload, shape, gpu: hw.Gpu, eff: Efficiencies, devices: 
     out = []
     for i in choices(devices, unit, min_train_devices(shape, gpu)):
         replicas = i // unit
-        wi = w.scaled(prompts or max(1, round(replicas * cap / per_prompt)))
-        c = target_costs(wi, shape, gpu, eff, rows=max(1, min(cap, math.ceil(wi.leaves / replicas))))
-        out.append((wi, c, predict(c, i, devices - i, w.max_staleness)))
+
+        def priced(n: float) -> tuple[Workload, Costs, Prediction]:
+            wi = w.scaled(n)
+            c = target_costs(wi, shape, gpu, eff, rows=max(1, min(cap, math.ceil(wi.leaves / replicas))))
+            return wi, c, predict(c, i, devices - i, w.max_staleness)
+
+        wave = prompts or max(1, round(replicas * cap / per_prompt))
+        option, waves = priced(wave), 1
+        while not prompts and option[2].step_seconds < min_step and waves < 10**6:   # more waves of full batches
+            waves += max(1, int(waves * (min_step / option[2].step_seconds - 1)))
+            option = priced(wave * waves)
+        out.append(option)
     return out
 
 
@@ -95,12 +105,27 @@ def assemble(w: Workload, c: Costs, p: Prediction, sites: int, wan_gbps: float |
            "gpu_seconds_per_verified_sample": devices * step / w.verified_samples if w.verified_samples else None,
            "verifier_cpus": max(1, math.ceil(w.leaves * w.verifier_cpu_seconds_per_leaf / step)),
            "rollout_flops_per_step": c.rollout_flops, "train_flops_per_step": c.train_flops}
+    out["bound_by"] = bound_by(c, p, w.max_staleness, link)
     if link:
         out["wan"] = link
     out["from"] = provenance(w, c, link)
     out.update(extra)
     out["inputs"]["workload"] = asdict(w)
     return out
+
+
+def bound_by(c: Costs, p: Prediction, staleness: int, link: dict | None) -> str:
+    """What sets the step: the WAN link, or the longest part of the step model's critical path."""
+    if link and link["step_seconds"] > p.step_seconds:
+        return "wan: the weights' trip between the sites"
+    parts = {"rollout": p.rollout_seconds, "verify": c.verify_seconds, "driver": c.driver_seconds,
+             "train": p.train_seconds, "sync": c.sync_seconds}
+    if staleness and p.rollout_seconds >= c.verify_seconds + c.driver_seconds + p.train_seconds:
+        return "rollout lane (the training lane waits)"
+    if staleness:
+        parts.pop("rollout")
+    top = max(parts, key=parts.get)
+    return f"{top} ({parts[top]:.3g} s of a {p.step_seconds:.3g} s step)"
 
 
 def wan(w: Workload, c: Costs, p: Prediction, gbps: float) -> dict:
@@ -138,7 +163,7 @@ def table(plan: dict) -> str:
             ("step_seconds", _fmt(plan["step_seconds"])),
             ("idle: rollout / trainer", f"{plan['rollout_idle_fraction']:.0%} / {plan['trainer_idle_fraction']:.0%}"),
             ("verified_samples_per_hour", _fmt(plan["verified_samples_per_hour"])),
-            ("verifier_cpus", str(plan["verifier_cpus"]))]
+            ("verifier_cpus", str(plan["verifier_cpus"])), ("bound by", plan["bound_by"])]
     if "wan" in plan:
         x = plan["wan"]
         rows += [("WAN to trainers / to inference per step",
