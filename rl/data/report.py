@@ -123,7 +123,7 @@ def _plot_compute(path: Path, summary: dict, steps: list[dict]) -> None:
 def _plot_devices(path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), width_ratios=(2, 3))
     groups = ["rollout", "train"]
     busy = [summary[f"{g}_busy_device_seconds"] for g in groups]
     idle = [summary[f"{g}_idle_device_seconds"] for g in groups]
@@ -134,7 +134,8 @@ def _plot_devices(path: Path, summary: dict) -> None:
     kinds = ["rollout_prefill", "rollout_decode", "train_update", "train_recompute", "train_reference",
              "train_checkpoint"]
     right.bar([k.replace("_", "\n", 1) for k in kinds], [summary[f"{k}_flops"] for k in kinds])
-    right.set(ylabel="FLOPs", title="FLOPs by pass")
+    right.bar(["saved by\nforks"], [summary["fork_saved_prefill_flops"]], color="lightgray", hatch="//")
+    right.set(ylabel="FLOPs", title="FLOPs by pass (and the prefill forks saved)")
     right.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
