@@ -84,6 +84,8 @@ def load_workload(run_dir: str | Path) -> Workload:
     if missing:
         raise ConfigError(f"{path} lacks {', '.join(missing)}: it was written before the complete ledger; "
                           f"run again with this version of branchrl")
+    if not s["leaves"] or not s["steps"]:
+        raise ConfigError(f"{path}: the run sampled no leaves, so there is no workload to plan from")
     cfg = load_config(run / "config.yaml")
     return _per_step(s, cfg, *_from_metrics(run))
 
