@@ -126,7 +126,7 @@ def launch(cfg: Config, answer_ids: frozenset[int] = frozenset()) -> Roles:
         marker = cfg.verify.node_resource
         roles.verifiers = [ray.remote(VerifierWorker).options(
             num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1,
-            resources={marker: NODE_SHARE} if marker else None).remote()
+            resources={marker: NODE_SHARE} if marker else None).remote(cfg.verify.settings)
             for _ in range(cfg.verify.workers)]
     except BaseException:
         roles.shutdown()  # nothing half-launched stays on the cluster
