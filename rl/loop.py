@@ -103,8 +103,8 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     roles = launch(cfg, answer_start_ids(cfg, env, tokenizer))
     try:
         info = roles.policy
-        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"],
-                                                               info["head_params"])
+        ledger = Ledger(**point.ledger) if point else Ledger(info.flop_params, info.layers, info.hidden,
+                                                               info.head_params)
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, attempt=point.attempt if point else 0)
     finally:
         roles.shutdown()
