@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from branchrl.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -47,8 +49,6 @@ WEIGHT_BYTES_PER_PARAM = 2         # bf16 weights on the inference group and on 
 
 
 def gpu(name: str) -> Gpu:
-    from branchrl.config import ConfigError
-
     if name not in GPUS:
         raise ConfigError(f"unknown --gpu {name!r}; choose one of {', '.join(GPUS)}")
     return GPUS[name]
