@@ -53,18 +53,20 @@ def _plan_section(run_dir: Path, summary: dict, has_devices: bool) -> str:
              plan["rollout_idle_fraction"]),
             ("trainer idle fraction", run["trainer_idle_fraction"], run["measured_trainer_idle_fraction"],
              plan["trainer_idle_fraction"])]
-    split = (f"{run['inference']:g} rollout + {run['train']:g} training devices"
-             f" → {plan['inference_gpus']:g} + {plan['training_gpus']:g}")
+    now = f"{run['inference']:g} rollout + {run['train']:g} training devices"
+    same = (run["inference"], run["train"]) == (plan["inference_gpus"], plan["training_gpus"])
+    advice = (f"no other split of these devices is faster: keep **{now}**" if same else
+              f"so that neither group idles: **{now} → {plan['inference_gpus']:g} + {plan['training_gpus']:g}**")
     lines = ["", "## Plan for this run's own hardware", "",
-             f"Calibrated from the run's measured seconds (`branchrl plan {run_dir}`; docs/PLANNING.md). "
-             f"So that neither group idles: **{split}**, at max_staleness {plan['max_staleness']}"
+             f"Calibrated from the run's measured seconds (`branchrl plan {run_dir}`; docs/PLANNING.md): "
+             f"{advice}, at max_staleness {plan['max_staleness']}"
              + ("" if plan["max_staleness"] else " (synchronous: each group waits for the other; "
                 "rollout.max_staleness=1 overlaps them)") + ".", "",
              "| | predicted, as run | measured | re-split |", "|---|---|---|---|",
              *[f"| {name} | {a:.3g} | {b:.3g} | {c:.3g} |" for name, a, b, c in rows], "",
              f"The step is bound by {plan['bound_by']}. Verifier CPUs to keep pace: {plan['verifier_cpus']}.", "",
              "![devices](devices.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(run_dir: Path, summary: dict, steps: list[dict]) -> str:
