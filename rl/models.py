@@ -86,6 +86,28 @@ def save_policy(path: Path, model: torch.nn.Module, state: dict[str, torch.Tenso
     tokenizer.save_pretrained(path)
 
 
+def describe(model: torch.nn.Module, tokenizer) -> dict:
+    """What the driver and the rollout workers need to know about a policy: HF config, special ids, FLOP
+    parameter count, layers and width (the ledger's attention term)."""
+    c = model.config
+    return {"config": c.to_dict(), "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id,
+            "flop_params": count_flop_params(model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
+
+
+def describe_unloaded(cfg: ModelConfig, seed: int) -> dict:
+    """`describe` without reading or initialising any weights (the model is built on the meta device), for a
+    driver that places no trainer (`branchrl generate`)."""
+    tokenizer = load_tokenizer(cfg)
+    with torch.device("meta"):
+        if cfg.path is None:
+            model = build_tiny_model(cfg, tokenizer, seed, torch.float32)
+        else:
+            from transformers import AutoConfig
+
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.path))
+    return describe(model, tokenizer)
+
+
 def count_flop_params(model: torch.nn.Module) -> int:
     """N in the 2N / 6N FLOP rules: all parameters except the input embedding (LM head included)."""
     emb = model.get_input_embeddings().weight

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from branchrl.config import Config, weight_sync_backend
-from branchrl.models import count_flop_params, load_policy, save_policy
+from branchrl.models import describe, load_policy, save_policy
 from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
 from branchrl.tree import attended_positions
 
@@ -99,9 +99,7 @@ class Trainer(BroadcastMember):
 
     def describe(self) -> dict:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
-        c = self.model.config
-        return {"config": c.to_dict(), "eos_id": self.tokenizer.eos_token_id, "pad_id": self.tokenizer.pad_token_id,
-                "flop_params": count_flop_params(self.model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
+        return describe(self.model, self.tokenizer)
 
     def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
         """Short SFT on worked (prompt, solution) pairs before RL."""
