@@ -186,16 +186,8 @@ def _append(journal, record: dict) -> None:
 def drive(cfg: Config, out: Path, address: str | None, env: Environment, tokenizer, walk: Walk,
           lines: list[dict]) -> dict:
     t0 = time.perf_counter()
-    attempt = 1 + max((line["attempt"] for line in lines), default=-1)
-    store = DataStore(out / "data", attempt=attempt)   # adopts a shard a kill left out of the manifest
-    stored = {(entry["step"], entry["attempt"]) for entry in store.shards}
-    counted = [line for line in lines if not line["rows"] or (line["step"], line["attempt"]) in stored]
-    for line in counted:
-        walk.replay(line)
-    if store.rows:
-        rows = read_data_set(out / "data", ["problem_id", "completion"]).to_pydict()
-        for pid, completion in zip(rows["problem_id"], rows["completion"]):
-            walk.seen[pid].add(env.signature(completion))
+    store, counted = restore(out, env, walk, lines)
+    attempt = store.attempt
     progress = Progress(cfg.run.steps)
     progress.note(f"generating into {out}: {len(walk.problems)} {cfg.generate.split} problems, {len(walk.done)} done"
                   + (f"; resuming as attempt {attempt}" if attempt else ""))
@@ -215,6 +207,25 @@ def drive(cfg: Config, out: Path, address: str | None, env: Environment, tokeniz
     progress.note(f"{summary['problems_done']}/{summary['problems']} problems done, {summary['verified_samples']} "
                   f"verified samples; summary in {out / 'summary.json'}")
     return summary
+
+
+def restore(out: Path, env: Environment, walk: Walk, lines: list[dict]) -> tuple[DataStore, list[dict]]:
+    """The data store opened for the next attempt (0 when there are no lines), and the journal lines that count,
+    applied to `walk` together with the signatures of every stored sample."""
+    attempt = 1 + max((line["attempt"] for line in lines), default=-1)
+    store = DataStore(out / "data", attempt=attempt)   # adopts a shard a kill left out of the manifest
+    stored = {(entry["step"], entry["attempt"]) for entry in store.shards}
+    counted = [line for line in lines if not line["rows"] or (line["step"], line["attempt"]) in stored]
+    for line in counted:
+        walk.replay(line)
+    if store.rows:
+        rows = read_data_set(out / "data", ["problem_id", "completion"]).to_pydict()
+        for pid, completion in zip(rows["problem_id"], rows["completion"], strict=True):
+            if pid not in walk.seen:
+                raise DataSetError(f"{out / 'data'} holds samples of problem {pid!r}, which this walk does not visit; "
+                                   f"generate into a new --out")
+            walk.seen[pid].add(env.signature(completion))
+    return store, counted
 
 
 def walk_batches(ctx: Context, walk: Walk, store: DataStore, next_key: int) -> dict:
