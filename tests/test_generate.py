@@ -58,7 +58,7 @@ def _check_walk(out: Path, problems: int, per_problem: int) -> dict:
     assert len({r["sample_id"] for r in rows}) == len(rows), "a sample id is stored twice"
     assert all(r["step"] <= done_at[r["problem_id"]] for r in rows), "a problem was sampled after it was done"
     per = Counter(r["problem_id"] for r in rows)
-    assert max(per.values()) <= per_problem
+    assert max(per.values(), default=0) <= per_problem
     assert all(len({r["completion"].strip() for r in rows if r["problem_id"] == p}) == n for p, n in per.items())
     return done_at
 
