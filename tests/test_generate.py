@@ -179,3 +179,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("from_checkpoint", [False, True])
+def test_a_fixed_policy_is_described_without_weights_and_published_as_a_trainer_publishes_version_0(
+        tmp_path, from_checkpoint):
+    """What the driver learns on the meta device equals the trainer's `describe`, and rollout worker 0's weights
+    equal trainer version 0's, byte for byte: a tiny model built from run.seed, or an HF directory."""
+    from branchrl.models import describe_unloaded
+    from branchrl.rollout.worker import RolloutWorker
+    from branchrl.training.trainer import Trainer
+
+    cfg = load_config(None, [*SMALL_RUN, "run.seed=3"])
+    if from_checkpoint:
+        Trainer(cfg).save(str(tmp_path / "ckpt"))
+        cfg = load_config(None, [*SMALL_RUN, f"model.path={tmp_path / 'ckpt'}"])
+    trainer = Trainer(cfg)
+    info = trainer.describe()
+    assert describe_unloaded(cfg.model, cfg.run.seed) == info
+    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], 0)
+    published, weights = worker.publish_fixed()
+    assert (published.version, published.checksum) == (0, trainer.publish()[0].checksum)
+    assert worker.set_weights(weights)["checksum"] == published.checksum
