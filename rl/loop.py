@@ -37,7 +37,7 @@ from .feed import Feed
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
-from .records import Leaf
+from .records import Leaf, PolicyInfo
 from .tree import Tree
 
 
@@ -97,7 +97,7 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
 
 @contextmanager
 def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: Progress, address: str | None,
-             point: checkpoints.ResumePoint | None = None, policy: dict | None = None) -> Iterator[Context]:
+             point: checkpoints.ResumePoint | None = None, policy: PolicyInfo | None = None) -> Iterator[Context]:
     """Ray started or joined, the roles launched, the driver's Context (its ledger continued from the resume
     point, if any); the roles go down on the way out. policy: a fixed policy's `models.describe` (generate.py):
     no training group."""
@@ -105,7 +105,7 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     roles = launch(cfg, answer_start_ids(cfg, env, tokenizer), policy)
     try:
         info = roles.policy
-        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
+        ledger = Ledger(**point.ledger) if point else Ledger(info.flop_params, info.layers, info.hidden)
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, attempt=point.attempt if point else 0)
     finally:
         roles.shutdown()

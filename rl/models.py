@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .config import ModelConfig
+from .records import PolicyInfo
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = string.printable[:95] + "\n"  # digits, letters, punctuation, space, newline
@@ -86,15 +87,15 @@ def save_policy(path: Path, model: torch.nn.Module, state: dict[str, torch.Tenso
     tokenizer.save_pretrained(path)
 
 
-def describe(model: torch.nn.Module, tokenizer) -> dict:
+def describe(model: torch.nn.Module, tokenizer) -> PolicyInfo:
     """What the driver and the rollout workers need to know about a policy: HF config, special ids, FLOP
     parameter count, layers and width (the ledger's attention term)."""
     c = model.config
-    return {"config": c.to_dict(), "eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id,
-            "flop_params": count_flop_params(model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
+    return PolicyInfo(c.to_dict(), tokenizer.eos_token_id, tokenizer.pad_token_id, count_flop_params(model),
+                      c.num_hidden_layers, c.hidden_size)
 
 
-def describe_unloaded(cfg: ModelConfig, seed: int) -> dict:
+def describe_unloaded(cfg: ModelConfig, seed: int) -> PolicyInfo:
     """`describe` without reading or initialising any weights (the model is built on the meta device), for a
     driver that places no trainer (`branchrl generate`)."""
     tokenizer = load_tokenizer(cfg)

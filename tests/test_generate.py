@@ -197,7 +197,7 @@ def test_a_fixed_policy_is_described_without_weights_and_published_as_a_trainer_
     trainer = Trainer(cfg)
     info = trainer.describe()
     assert describe_unloaded(cfg.model, cfg.run.seed) == info
-    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], 0)
+    worker = RolloutWorker(cfg, info.config, info.eos_id, info.pad_id, 0)
     published, weights = worker.publish_fixed()
     assert (published.version, published.checksum) == (0, trainer.publish()[0].checksum)
     assert worker.set_weights(weights)["checksum"] == published.checksum

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from branchrl.config import Config, weight_sync_backend
 from branchrl.models import describe, load_policy, save_policy
+from branchrl.records import PolicyInfo
 from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
 from branchrl.tree import attended_positions
 
@@ -97,7 +98,7 @@ class Trainer(BroadcastMember):
         if path and (path / SHARDED_DIR).is_dir():   # a checkpoint this trainer saved: continue it exactly
             self._load_sharded(path)
 
-    def describe(self) -> dict:
+    def describe(self) -> PolicyInfo:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
         return describe(self.model, self.tokenizer)
 
