@@ -120,6 +120,10 @@ class RolloutConfig(Section):
         description="0 = synchronous: each step's rollouts start after the last update's weights (on-policy); k >= 1 = "
                     "async: the workers keep k batches in flight while the trainer trains, and a batch more than k "
                     "policy versions behind the update it would feed is dropped and counted")
+    problem_order: Literal["draw", "epochs"] = Field(
+        "draw", description="which train problems each batch holds: draw = an independent seeded draw per batch (any "
+                            "env); epochs = a fresh permutation of the whole train split per epoch, no problem twice "
+                            "in an epoch (an env that knows its split's size: a data-set env)")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
     weight_sync: Literal["auto", "object_store", "collective"] = Field(

@@ -33,7 +33,7 @@ from branchrl.verifiers import verifier_version
 from . import checkpoints, dispatch
 from .config import Config, ConfigError, dump_config, load_config
 from .context import Context
-from .feed import Feed
+from .feed import Feed, epoch_size
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
@@ -116,6 +116,8 @@ def prepare(cfg: Config, run_dir: Path):
     env = load_env(cfg.env.name, **cfg.env.kwargs)
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
+    if cfg.rollout.problem_order == "epochs":
+        epoch_size(cfg, env)
     tokenizer = load_tokenizer(cfg.model)
     limit = cfg.model.tiny.max_position if cfg.model.path is None else None
     if limit is not None:
