@@ -25,6 +25,7 @@ import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +57,7 @@ class Walk:
     seen: dict[str, set[str]]         # signatures of the samples stored, per problem id
     done: dict[str, int] = field(default_factory=dict)   # problem id -> the step that finished it
     busy: set[str] = field(default_factory=set)          # problems in a batch on the rollout workers
+    cursor: int = 0                                      # every problem before it is done
 
     @classmethod
     def start(cls, problems: list[Problem]) -> "Walk":
@@ -63,7 +65,10 @@ class Walk:
 
     def next_batch(self, n: int) -> list[Problem]:
         """The first n problems, in walk order, that are neither done nor in a batch already."""
-        batch = [p for p in self.problems if p.id not in self.done and p.id not in self.busy][:n]
+        while self.cursor < len(self.problems) and self.problems[self.cursor].id in self.done:
+            self.cursor += 1   # a long walk is not scanned from its start for every batch
+        open_ = (p for p in islice(self.problems, self.cursor, None) if p.id not in self.done and p.id not in self.busy)
+        batch = list(islice(open_, n))
         self.busy.update(p.id for p in batch)
         return batch
 
