@@ -1,6 +1,6 @@
-"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run,
-`plan` a cluster for a run's workload;
-`envs`, `verifiers` and `env check` show what is registered and check an environment.
+"""`branchrl` command line: `run` a config, `generate` a data set from a fixed policy, `train` on a stored data set,
+`verify` a JSONL file, `report` a run, `plan` a cluster for a run's workload; `envs`, `verifiers` and `env check`
+show what is registered and check an environment.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
 (bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                                                          "last step checkpoint (run.checkpoint_every); overrides may "
                                                          "only reshape the training group, e.g. train.workers=1")
     run.set_defaults(handler=_run)
+    _add_generate(sub)
     train = sub.add_parser("train", help="fine-tune the configured policy on a stored verified data set (no sampling)",
                            description="SFT on every stored (prompt, completion) for train.epochs passes at train.lr; "
                                        "held-out pass@1 before and after, as `run` measures it.")
@@ -102,6 +103,24 @@ def _add_plan_command(sub) -> None:
     plan.set_defaults(handler=_plan)
 
 
+def _add_generate(sub) -> None:
+    gen = sub.add_parser("generate", help="a verified data set from a fixed policy: rollout workers and verifiers "
+                                          "only, no training",
+                         description="Walk the env's problems (generate.split, generate.problems) once with the policy "
+                                     "model.path (e.g. a run's checkpoints/final) or the tiny model, fixed; each until "
+                                     "it has generate.per_problem distinct verified samples or has spent "
+                                     "generate.max_leaves_per_problem leaves. Writes run's data set (data/, "
+                                     "data_manifest.json) and summary.json. `generate --resume OUT_DIR` continues a "
+                                     "stopped or killed walk without sampling a done problem again.")
+    gen.add_argument("config", nargs="?", help="YAML config: model, env, rollout, branch, verify, generate")
+    gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. generate.per_problem=8")
+    gen.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
+    gen.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    gen.add_argument("--resume", metavar="OUT_DIR", help="continue this walk with its own config.yaml; overrides may "
+                                                         "only be run.steps and rollout/verify worker placement")
+    gen.set_defaults(handler=_generate)
+
+
 def _add_registry_commands(sub) -> None:
     sub.add_parser("envs", help="list the registered environments (built-ins and entry points)").set_defaults(
         handler=_envs)
@@ -142,6 +161,30 @@ def _run(args) -> int:
     from .loop import run  # torch and ray load only once the config is known to be good
 
     run(cfg, out, address=cfg.run.ray_address)
+    return 0
+
+
+def _generate(args) -> int:
+    from .config import ConfigError, check_generate_resume
+
+    if args.resume:
+        overrides = [*([args.config] if args.config else []), *args.overrides]   # `--resume DIR k=v`: k=v is `config`
+        if args.out:
+            raise ConfigError("--resume OUT_DIR takes no --out: the walk continues in its own directory")
+        check_generate_resume(overrides)
+        out = Path(args.resume)
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out} holds no config.yaml; pass the --out dir of a `branchrl generate`")
+        from .generate import resume  # torch and ray load only once the dir is known good
+
+        resume(out, address=args.address, overrides=overrides)
+        return 0
+    if not args.config:
+        raise ConfigError("branchrl generate needs a config file (e.g. configs/demo.yaml) or --resume OUT_DIR")
+    cfg, out = resolve_run(args)
+    from .generate import generate
+
+    generate(cfg, out, address=cfg.run.ray_address)
     return 0
 
 

@@ -25,6 +25,7 @@ from branchrl.data.datastore import DataStore, sample_id
 from branchrl.data.ledger import STEP_ROLLOUT, STEP_TRAIN, Ledger
 from branchrl.data.prune import Selection, select_verified
 from branchrl.envs import Environment, Problem, load_env
+from branchrl.sync.weight_sync import Published
 from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
@@ -32,11 +33,11 @@ from branchrl.verifiers import verifier_version
 from . import checkpoints, dispatch
 from .config import Config, ConfigError, dump_config, load_config
 from .context import Context
-from .feed import Feed
+from .feed import Feed, epoch_size
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
-from .records import Leaf
+from .records import Leaf, PolicyInfo
 from .tree import Tree
 
 
@@ -96,11 +97,12 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
 
 @contextmanager
 def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: Progress, address: str | None,
-             point: checkpoints.ResumePoint | None = None) -> Iterator[Context]:
+             point: checkpoints.ResumePoint | None = None, policy: PolicyInfo | None = None) -> Iterator[Context]:
     """Ray started or joined, the roles launched, the driver's Context (its ledger continued from the resume
-    point, if any); the roles go down on the way out."""
+    point, if any); the roles go down on the way out. policy: a fixed policy's `models.describe` (generate.py):
+    no training group."""
     start_ray(cfg, address)
-    roles = launch(cfg, answer_start_ids(cfg, env, tokenizer))
+    roles = launch(cfg, answer_start_ids(cfg, env, tokenizer), policy)
     try:
         info = roles.policy
         ledger = Ledger(**point.ledger) if point else Ledger(info.flop_params, info.layers, info.hidden,
@@ -115,6 +117,8 @@ def prepare(cfg: Config, run_dir: Path):
     env = load_env(cfg.env.name, **cfg.env.kwargs)
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
+    if cfg.rollout.problem_order == "epochs":
+        epoch_size(cfg, env)
     tokenizer = load_tokenizer(cfg.model)
     limit = cfg.model.tiny.max_position if cfg.model.path is None else None
     if limit is not None:
@@ -352,11 +356,12 @@ def provenance(ctx: Context, chosen: Selection, step: int, attempt: int = 0) -> 
             for p, leaf in chosen.samples]
 
 
-def sync(roles: Roles) -> tuple[int, float]:
-    """Publish the trainer's weights once to the object store; every rollout worker loads that copy.
-    Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
+def sync(roles: Roles, published: Published | None = None) -> tuple[int, float]:
+    """Publish the trainer's weights (or take `published`, a fixed policy's) once to the object store; every
+    rollout worker loads that copy. Returns (policy version, seconds). Raises if a worker holds another version or
+    checksum."""
     t0 = time.perf_counter()
-    published = roles.trainer.publish()
+    published = published if published is not None else roles.trainer.publish()
     loaded = dispatch.load_weights(roles, published)
     for i, got in enumerate(loaded):
         if (got["version"], got["checksum"]) != (published.version, published.checksum):

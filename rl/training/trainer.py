@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from branchrl.config import Config, weight_sync_backend
-from branchrl.models import count_flop_params, load_policy, save_policy
+from branchrl.models import describe, load_policy, save_policy
 from branchrl.records import PolicyInfo
 from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
 from branchrl.tree import attended_positions
@@ -105,10 +105,7 @@ class Trainer(BroadcastMember):
 
     def describe(self) -> PolicyInfo:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
-        c = self.model.config
-        return PolicyInfo(c.to_dict(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                          count_flop_params(self.model), c.num_hidden_layers, c.hidden_size,
-                          self.model.get_output_embeddings().weight.numel())
+        return describe(self.model, self.tokenizer)
 
     def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
         """Short SFT on worked (prompt, solution) pairs before RL."""
