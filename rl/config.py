@@ -9,6 +9,7 @@ instant.
 from __future__ import annotations
 
 import difflib
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
@@ -121,6 +122,10 @@ class RolloutConfig(Section):
                     "policy versions behind the update it would feed is dropped and counted")
     tool_workers: int = Field(4, gt=0, description="tool calls a rollout worker runs at once (envs with tools: "
                                                    "each in its own warm sandbox) while its other rows decode")
+    problem_order: Literal["draw", "epochs"] = Field(
+        "draw", description="which train problems each batch holds: draw = an independent seeded draw per batch (any "
+                            "env); epochs = a fresh permutation of the whole train split per epoch, no problem twice "
+                            "in an epoch (an env that knows its split's size: a data-set env)")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
     weight_sync: Literal["auto", "object_store", "collective"] = Field(
@@ -176,6 +181,26 @@ class VerifyConfig(Section):
     node_resource: str | None = Field(
         None, min_length=1,
         description="custom Ray resource marking the nodes verifiers run on; null = any node")
+    settings: dict[str, dict] = Field(
+        default_factory=dict,
+        description="per-verifier settings applied in every verifier actor, e.g. {math: {workers: 2}} (math-verify "
+                    "processes per actor; default one per CPU, at most 4)")
+
+    @model_validator(mode="after")
+    def _settings_fit(self):
+        from branchrl.verifiers.registry import UnknownVerifier, get_verifier  # light: no torch, no Ray
+        for name, kwargs in self.settings.items():
+            try:
+                configure = get_verifier(name).configure
+            except UnknownVerifier as e:
+                raise ValueError(str(e)) from None
+            if configure is None:
+                raise ValueError(f"verifier {name!r} takes no settings")
+            try:
+                inspect.signature(configure).bind_partial(**kwargs)
+            except TypeError as e:
+                raise ValueError(f"verify.settings.{name}: {e}") from None
+        return self
 
 
 class TrainConfig(Section):
@@ -245,6 +270,22 @@ class EvalConfig(Section):
     every: int = Field(0, ge=0, description="also evaluate every N steps (0 = only before and after)")
 
 
+class GenerateConfig(Section):
+    split: Literal["train", "warm_start", "eval"] = Field(
+        "train", description="`branchrl generate`: the env split whose problems it walks")
+    problems: int = Field(
+        0, ge=0, description="`branchrl generate`: problems of the split to walk, each once, drawn with run.seed (0 = "
+                             "the whole split, for an env that knows its size: a data-set env, not a procedural one)")
+    per_problem: int = Field(4, gt=0, description="`branchrl generate`: a problem is done once it has this many "
+                                                  "distinct verified samples")
+    max_leaves_per_problem: int = Field(
+        32, gt=0, description="`branchrl generate`: a problem is also done once this many leaves were sampled "
+                              "for it (one new tree per batch until then); at least branch.max_leaves")
+    batches_in_flight: int = Field(
+        2, gt=0, description="`branchrl generate`: batches of rollout.prompts_per_step problems on the rollout workers "
+                             "at once (2: they sample the next while the driver verifies and stores one)")
+
+
 class RunConfig(Section):
     name: str = Field("run", description="run name, used for the default output dir")
     seed: int = Field(0, description="seed for data sampling, model init and sampling")
@@ -266,6 +307,8 @@ class Config(Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verifier pool")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training group")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig,
+                                     description="`branchrl generate`: a verified data set from a fixed policy")
 
     @model_validator(mode="after")
     def _combination(self) -> "Config":
@@ -279,7 +322,27 @@ class Config(Section):
         if 0 < r.max_rows < self.branch.max_leaves:
             raise ValueError(f"rollout.max_rows={r.max_rows} cannot hold one tree: branch.max_leaves="
                              f"{self.branch.max_leaves} rows may decode at once; raise max_rows, or 0 for no cap")
+        if self.generate.max_leaves_per_problem < self.branch.max_leaves:
+            raise ValueError(f"generate.max_leaves_per_problem={self.generate.max_leaves_per_problem} is below one "
+                             f"tree's leaf budget (branch.max_leaves={self.branch.max_leaves}); raise it or lower "
+                             f"branch.max_leaves")
         return self
+
+
+# what `branchrl generate --resume` may change: how long the walk goes on and how its workers are placed, nothing
+# that changes which problems it walks or what counts as a sample
+GENERATE_RESUME_KEYS = ("run.steps", "run.ray_address", "rollout.workers", "rollout.cpus_per_worker",
+                        "rollout.gpus_per_worker", "rollout.threads_per_worker", "rollout.node_resource",
+                        "verify.workers", "verify.cpus_per_worker", "verify.node_resource")
+
+
+def check_generate_resume(overrides: list[str]) -> None:
+    """A generate resume's overrides may only be GENERATE_RESUME_KEYS; anything else is a one-line error."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or key not in GENERATE_RESUME_KEYS:
+            raise ConfigError(f"generate --resume continues with the output dir's own config.yaml; an override may "
+                              f"only be one of {', '.join(GENERATE_RESUME_KEYS)}, not {item!r}")
 
 
 def weight_sync_backend(cfg: Config) -> str | None:

@@ -1,4 +1,4 @@
-"""Typed records the driver passes between phases: what a verified leaf is.
+"""Typed records the driver passes between phases: what the policy is and what a verified leaf is.
 
 A `Leaf` is one finished completion of a rollout tree, with the verifier record it was checked with
 and the verifier's `Result`. The driver makes leaves (`loop.verify_leaves`), pruning picks the ones
@@ -51,3 +51,14 @@ class Leaf:
                 spans.append({"role": "tool" if roles[start] else "policy", "start": at, "end": end})
                 start, at = i, end
         return spans
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What the driver and the rollout workers need to know about the policy (`Trainer.describe`)."""
+    config: dict        # the HF model config, as a dict (the rollout workers build their decoder from it)
+    eos_id: int
+    pad_id: int
+    flop_params: int    # N in the 2N / 6N FLOP rules (`models.count_flop_params`)
+    layers: int
+    hidden: int
+    head_params: int    # LM head parameters (activation-checkpoint recompute leaves the head out)
