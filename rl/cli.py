@@ -94,6 +94,7 @@ def _add_registry_commands(sub) -> None:
 
 
 def _run(args) -> int:
+    from . import preflight
     from .config import ConfigError
 
     if args.resume:
@@ -102,10 +103,7 @@ def _run(args) -> int:
         if args.out or any("=" not in x for x in overrides):
             raise ConfigError("--resume RUN_DIR takes no config or --out: the run continues with its own config.yaml, "
                               "in its own directory")
-        from .checkpoints import check_reshape, resume_point
-
-        check_reshape(overrides)
-        resume_point(Path(args.resume))  # a run dir with a checkpoint, or a one-line error before Ray starts
+        preflight.resumable(Path(args.resume), overrides, args.address)  # one-line errors before Ray starts
         from .loop import resume  # torch and ray load only once the run dir is known good
 
         resume(Path(args.resume), address=args.address, overrides=overrides)
@@ -113,6 +111,7 @@ def _run(args) -> int:
     if not args.config:
         raise ConfigError("branchrl run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     cfg, out = resolve_run(args)
+    preflight.inputs(cfg, out)  # one-line errors before torch and ray take seconds to import
     from .loop import run  # torch and ray load only once the config is known to be good
 
     run(cfg, out, address=cfg.run.ray_address)
@@ -120,10 +119,10 @@ def _run(args) -> int:
 
 
 def _train(args) -> int:
-    cfg, out = resolve_run(args)
-    from branchrl.data.datastore import find_data_dir
+    from . import preflight
 
-    data = find_data_dir(Path(args.from_data))
+    cfg, out = resolve_run(args)
+    data = preflight.training_data(cfg, out, Path(args.from_data))
     from .from_data import train_from_data  # torch and ray load only once config and data dir are known good
 
     train_from_data(cfg, data, out, address=cfg.run.ray_address)
@@ -138,22 +137,7 @@ def resolve_run(args):
     if args.address:
         cfg.run.ray_address = args.address
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_before_import(cfg, out)
     return cfg, out
-
-
-def _check_before_import(cfg, out: Path) -> None:
-    """The cheap input checks, before torch and ray take seconds to import; `loop.prepare` repeats them
-    (it is the API's entry point) and adds the ones that need the tokenizer."""
-    from branchrl.envs import load_env
-
-    from .config import ConfigError
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output dir {out} is a file; pass another --out")
-    if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"output dir {out} is not empty; pass another --out")
-    load_env(cfg.env.name, **cfg.env.kwargs)
 
 
 def _verify(args) -> int:

@@ -287,8 +287,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_yaml(Path(path))
+    file_env = dict(data.get("env") or {}) if isinstance(data.get("env"), dict) else {}
     for item in overrides:
         _apply_override(data, item)
+    _env_kwargs_left_behind(file_env, data.get("env"), overrides)
     _check_keys(data, Config)
     _empty_sections(data, Config)
     try:
@@ -340,6 +342,21 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: the value is not valid YAML (quote it to pass a string)") from None
+
+
+def _env_kwargs_left_behind(file_env: dict, env: Any, overrides: list[str]) -> None:
+    """`env.name=X` on the command line over a file whose env.kwargs were written for another env: those
+    kwargs would go to X (often accepted, with another meaning). The user drops them or names them."""
+    keys = [item.partition("=")[0] for item in overrides]
+    kwargs = file_env.get("kwargs")
+    if "env.name" not in keys or not kwargs or any(k == "env.kwargs" or k.startswith("env.kwargs.") for k in keys):
+        return
+    before, after = file_env.get("name", EnvConfig.model_fields["name"].default), (env or {}).get("name")
+    if after != before:
+        shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ConfigError(f"env.name={after} replaces the config's env {before!r}, whose env.kwargs ({shown}) would "
+                          f"go to {after}; drop them with env.kwargs={{}} or name {after}'s own "
+                          f"(env.kwargs.KEY=VALUE)")
 
 
 def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:

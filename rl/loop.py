@@ -24,13 +24,13 @@ from pathlib import Path
 from branchrl.data.datastore import DataStore, sample_id
 from branchrl.data.ledger import Ledger
 from branchrl.data.prune import Selection, select_verified
-from branchrl.envs import Environment, Problem, load_env
+from branchrl.envs import Environment, Problem
 from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
 
-from . import checkpoints, dispatch
-from .config import Config, ConfigError, dump_config, load_config
+from . import checkpoints, dispatch, preflight
+from .config import Config, dump_config, load_config
 from .context import Context
 from .feed import Feed
 from .launch import Roles, launch, start_ray
@@ -66,13 +66,9 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
 def resume(run_dir: Path, address: str | None = None, overrides: list[str] = ()) -> dict:
     """Continue a killed run from its last step checkpoint (checkpoints.py says what carries over); overrides may
     reshape the training group (checkpoints.RESHAPE_KEYS), and config.yaml keeps the new shape."""
-    checkpoints.check_reshape(overrides)
-    point = checkpoints.resume_point(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg, point, env = preflight.resumable(run_dir, overrides, address)
     if overrides:
-        dump_config(cfg, run_dir / "config.yaml")
-    env = load_env(cfg.env.name, **cfg.env.kwargs)
-    cfg.model.path = str(point.checkpoint)  # weights, Adam moments and tokenizer as they were at the checkpoint
+        dump_config(load_config(run_dir / "config.yaml", overrides), run_dir / "config.yaml")
     cfg.warm_start.problems = 0
     checkpoints.begin_attempt(run_dir, point, overrides=overrides)
     return drive(cfg, run_dir, address or cfg.run.ray_address, env, load_tokenizer(cfg.model),
@@ -110,22 +106,13 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
 
 
 def prepare(cfg: Config, run_dir: Path):
-    """Everything that can fail on bad input, done before Ray starts: env, problems, lengths, run dir."""
-    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    """Everything that can fail on bad input, done before Ray starts (preflight.py), then the run dir."""
+    env = preflight.inputs(cfg, run_dir)
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
     tokenizer = load_tokenizer(cfg.model)
-    limit = cfg.model.tiny.max_position if cfg.model.path is None else None
-    if limit is not None:
-        longest = max(len(tokenizer.encode(p.prompt)) for p in eval_set + env.train_problems(8, 0))
-        if longest + cfg.rollout.max_new_tokens > limit:
-            raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} plus the longest prompt ({longest} "
-                              f"tokens) exceeds model.tiny.max_position={limit}")
-        worked = max((len(tokenizer.encode(p.prompt + p.solution)) + 1 for p in warm_set), default=0)
-        if worked > limit:
-            raise ConfigError(f"a warm-start example is {worked} tokens, over model.tiny.max_position={limit}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"output dir {run_dir} is not empty; pass another --out")
+    preflight.lengths(cfg, tokenizer, [p.prompt for p in eval_set + env.train_problems(8, 0)],
+                      [p.prompt + p.solution for p in warm_set])
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     return env, tokenizer, eval_set, warm_set
