@@ -94,7 +94,7 @@ def _add_registry_commands(sub) -> None:
 
 
 def _run(args) -> int:
-    from . import preflight
+    from . import interrupt, preflight
     from .config import ConfigError
 
     if args.resume:
@@ -106,16 +106,14 @@ def _run(args) -> int:
         preflight.resumable(Path(args.resume), overrides, args.address)  # one-line errors before Ray starts
         from .loop import resume  # torch and ray load only once the run dir is known good
 
-        resume(Path(args.resume), address=args.address, overrides=overrides)
-        return 0
+        return interrupt.exit_code(resume(Path(args.resume), address=args.address, overrides=overrides))
     if not args.config:
         raise ConfigError("branchrl run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     cfg, out = resolve_run(args)
     preflight.inputs(cfg, out)  # one-line errors before torch and ray take seconds to import
     from .loop import run  # torch and ray load only once the config is known to be good
 
-    run(cfg, out, address=cfg.run.ray_address)
-    return 0
+    return interrupt.exit_code(run(cfg, out, address=cfg.run.ray_address))
 
 
 def _train(args) -> int:

@@ -29,7 +29,7 @@ from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
 
-from . import checkpoints, dispatch, preflight
+from . import checkpoints, dispatch, interrupt, preflight
 from .config import Config, dump_config, load_config
 from .context import Context
 from .feed import Feed
@@ -81,13 +81,32 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
     progress = Progress(cfg.run.steps)
     progress.note(f"run dir {run_dir}; starting Ray" + (f"; resuming after step {point.step}" if point else ""))
     with launched(cfg, env, tokenizer, run_dir, progress, address, point) as ctx:
-        summary = train_and_evaluate(ctx, eval_set, warm_set, point)
+        interrupt.install()  # once Ray is up: ray.init sets a SIGTERM handler of its own
+        try:
+            summary = train_and_evaluate(ctx, eval_set, warm_set, point)
+        except interrupt.Interrupted as stop:
+            summary = stopped(ctx, stop, point)
+        finally:
+            interrupt.restore()
         summary["placement"] = ctx.roles.placement()
     summary["wall_seconds"] = time.perf_counter() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
-                  f"summary in {run_dir / 'summary.json'}")
+    if summary["interrupted"]:
+        progress.note(f"{summary['signal']}: stopped after step {summary['steps']} with a step checkpoint; "
+                      f"continue with `branchrl run --resume {run_dir}`")
+    else:
+        progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
+                      f"summary in {run_dir / 'summary.json'}")
     return summary
+
+
+def stopped(ctx: Context, stop: interrupt.Interrupted, point: checkpoints.ResumePoint | None) -> dict:
+    """The summary of a run stopped by a signal at a clean point (its step checkpoint written): what it did so
+    far, `interrupted: true`, no eval_after."""
+    return {"interrupted": True, "signal": stop.signal_name, "eval_before": stop.eval_before, "eval_after": None,
+            "steps": stop.step, "steps_planned": ctx.cfg.run.steps, "seed": ctx.cfg.run.seed,
+            "resumed_from_step": point.step if point else None, "attempt": ctx.attempt, **ctx.ledger.totals(),
+            **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
 
 
 @contextmanager
@@ -146,8 +165,10 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     else:
         eval_before = evaluate(ctx, eval_set, step=0)
         ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
-        if cfg.run.checkpoint_every:  # a point to resume or recover from before the first step checkpoint
+        # a point to resume or recover from before the first step checkpoint
+        if cfg.run.checkpoint_every or interrupt.requested():
             checkpoints.save(ctx, 0, 1, eval_before)
+        interrupt.check(0, eval_before)
     while True:
         store = DataStore(ctx.run_dir / "data", attempt=ctx.attempt)
         try:
@@ -157,7 +178,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
             point = recover(ctx, e)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
     trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
-    return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
+    return {"interrupted": False, "eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows, "seed": cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
             **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
@@ -216,8 +237,10 @@ def close_step(ctx: Context, record: dict, metrics, eval_set: list[Problem], bus
     metrics.write(json.dumps(record) + "\n")
     metrics.flush()
     ctx.progress.step(record)
-    if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
+    due = cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0
+    if (due or interrupt.requested()) and step < cfg.run.steps:
         checkpoints.save(ctx, step, feed.oldest_key(), eval_before)
+        interrupt.check(step, eval_before)   # a stop signal ends the run here, at this checkpoint
 
 
 def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict, object, float]:
