@@ -237,6 +237,19 @@ class EvalConfig(Section):
     every: int = Field(0, ge=0, description="also evaluate every N steps (0 = only before and after)")
 
 
+class TrackConfig(Section):
+    tensorboard: bool = Field(True, description="TensorBoard event files of every per-step scalar in RUN/tensorboard/")
+    wandb: bool = Field(False, description="also log every per-step scalar to Weights & Biases (pip install wandb)")
+    wandb_project: str = Field("branchrl", description="the W&B project the run is logged to")
+    wandb_mode: Literal["online", "offline"] | None = Field(
+        None, description="W&B mode: offline writes RUN/wandb/ for a later `wandb sync`; null = wandb's own default "
+                          "(WANDB_MODE, else online)")
+    samples: int = Field(4, ge=0, description="passing and failing rollouts (each, plus up to as many verifier errors) "
+                                              "written per step to RUN/samples/step-NNNNNN.jsonl")
+    warn_after: int = Field(3, gt=0, description="warn on the console when no rollout has passed for this many steps "
+                                                 "in a row")
+
+
 class RunConfig(Section):
     name: str = Field("run", description="run name, used for the default output dir")
     seed: int = Field(0, description="seed for data sampling, model init and sampling")
@@ -258,6 +271,7 @@ class Config(Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verifier pool")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training group")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+    track: TrackConfig = Field(default_factory=TrackConfig, description="experiment tracking and run-time warnings")
 
     @model_validator(mode="after")
     def _combination(self) -> "Config":

@@ -37,6 +37,7 @@ from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
 from .records import Leaf
+from .tracking import Tracker, rollout_stats, write_samples
 from .tree import Tree
 
 
@@ -211,7 +212,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
     cfg, pending, busy = ctx.cfg, None, {"train": 0.0, "eval": 0.0}
     feed = Feed(ctx, depth=cfg.rollout.max_staleness, next_key=point.next_key if point else 1)
     t0 = time.perf_counter()
-    with open(ctx.run_dir / "metrics.jsonl", "a" if point else "w") as metrics:
+    with Tracker(cfg, ctx.run_dir, ctx.progress, append=bool(point)) as metrics:
         for step in range((point.step if point else 0) + 1, cfg.run.steps + 1):
             if pending:
                 close_step(ctx, finish_update(ctx, *pending), metrics, eval_set, busy, feed, eval_before)
@@ -225,7 +226,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
             "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
 
 
-def close_step(ctx: Context, record: dict, metrics, eval_set: list[Problem], busy: dict, feed: Feed,
+def close_step(ctx: Context, record: dict, metrics: Tracker, eval_set: list[Problem], busy: dict, feed: Feed,
                eval_before: float) -> None:
     """A step whose update is synced: mid-run eval when due, its metrics line, a step checkpoint when due."""
     cfg, step = ctx.cfg, record["step"]
@@ -234,9 +235,7 @@ def close_step(ctx: Context, record: dict, metrics, eval_set: list[Problem], bus
         t_eval = time.perf_counter()
         record["eval"] = evaluate(ctx, eval_set, step)
         busy["eval"] += time.perf_counter() - t_eval
-    metrics.write(json.dumps(record) + "\n")
-    metrics.flush()
-    ctx.progress.step(record)
+    metrics.step(record)
     due = cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0
     if (due or interrupt.requested()) and step < cfg.run.steps:
         checkpoints.save(ctx, step, feed.oldest_key(), eval_before)
@@ -250,6 +249,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     got = gather(ctx, feed)
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
     store.write(step, provenance(ctx, chosen, step, store.attempt))
+    write_samples(ctx.run_dir, step, got.leaves, ctx.tokenizer, cfg.track.samples)
     batch, dropped = ALGOS[cfg.train.algo].batch(got.trees, chosen.sequences, cfg.train.shared_spans,
                                                  cfg.rollout.prompts_per_step)
     update = ctx.roles.trainer.start_train(batch) if batch else None
@@ -265,7 +265,9 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
               "stale_batches": got.stale_batches, "generated_tokens": generated,
               "verified_tokens": chosen.verified_tokens,
               "tokens_per_s": got.generated_tokens() / got.rollout_seconds if got.rollout_seconds else 0.0,
-              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds}
+              "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds,
+              "verify_leaves_per_s": len(got.leaves) / got.verify_seconds if got.verify_seconds else 0.0,
+              **rollout_stats(got.leaves, got.trees)}
     return record, update, t_step
 
 
@@ -280,6 +282,9 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     led.sync_bytes += ctx.roles.published.bytes
     return {**record, "policy_version": version, "trained_tokens": stats.trained_tokens if stats else 0,
             "loss": stats.loss if stats else None, "clip_fraction": stats.clip_fraction if stats else None,
+            "kl": stats.kl if stats else None, "grad_norm": stats.grad_norm if stats else None,
+            "lr": stats.lr if stats else None,
+            "train_tokens_per_s": stats.processed_tokens / stats.seconds if stats and stats.seconds else 0.0,
             "mismatch": stats.mismatch if stats else None,
             "train_seconds": stats.seconds if stats else 0.0, "sync_seconds": sync_s,
             "sync_bytes": ctx.roles.published.bytes, "sync_fallbacks": ctx.roles.faults.sync_fallbacks,

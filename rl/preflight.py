@@ -3,7 +3,8 @@
 
     training_data  `inputs`, and a stored data set `train --from-data` can read
     resumable  a run dir `--resume` can continue, and `inputs` for its config
-    inputs   the output dir, the env (loaded with its kwargs), model.path, the Ray address, GPUs on this machine
+    inputs   the output dir, the env (loaded with its kwargs), model.path, wandb if asked for, the Ray address,
+             GPUs on this machine
     lengths  a tiny model's prompts + completions fit model.tiny.max_position (needs the tokenizer)
 
 model.path is a local HF directory or a hub id; a hub id that is not in the local cache needs the hub, which is
@@ -15,6 +16,7 @@ Imports neither torch nor ray (a Ray address is resolved with a file read and a 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -39,6 +41,9 @@ def inputs(cfg: Config, out: Path | None):
         output_dir(out)
     env = load_env(cfg.env.name, **cfg.env.kwargs)
     model_source(cfg.model.path)
+    if cfg.track.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("track.wandb=true but wandb is not installed; `pip install wandb`, or track.wandb=false "
+                          "(TensorBoard files are written either way)")
     address = ray_address(cfg.run.ray_address)
     if not address:
         local_gpus(cfg)
