@@ -70,11 +70,19 @@ class ModelConfig(Section):
         "float32", description="compute dtype of the trainers' forward/backward (their weights and optimizer state "
                                "stay float32), of the rollout engines and of exported checkpoints")
 
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="auto: when the tokenizer has a chat template, the env's prompt is the user message (after "
+                            "system_prompt, if any) and the assistant's turn is opened; none: the raw prompt text")
+    system_prompt: str | None = Field(None, description="system message before each prompt (needs a chat template)")
+
     @model_validator(mode="after")
     def _trainable(self) -> "ModelConfig":
         if self.dtype == "float16":
             raise ValueError("model.dtype=float16 would train without loss scaling, which the trainer does not do; "
                              "use bfloat16 (the same memory) or float32")
+        if self.system_prompt is not None and self.chat_template == "none":
+            raise ValueError("model.system_prompt needs model.chat_template=auto (a system message lives in the "
+                             "chat template)")
         return self
 
 

@@ -36,6 +36,7 @@ from .feed import Feed
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
+from .prompts import templated
 from .records import Leaf
 from .tracking import Tracker, rollout_stats, write_samples
 from .tree import Tree
@@ -71,9 +72,11 @@ def resume(run_dir: Path, address: str | None = None, overrides: list[str] = ())
     if overrides:
         dump_config(load_config(run_dir / "config.yaml", overrides), run_dir / "config.yaml")
     cfg.warm_start.problems = 0
+    tokenizer = load_tokenizer(cfg.model)
+    env = templated(env, tokenizer, cfg.model)
     checkpoints.begin_attempt(run_dir, point, overrides=overrides)
-    return drive(cfg, run_dir, address or cfg.run.ray_address, env, load_tokenizer(cfg.model),
-                 env.eval_problems(cfg.eval.problems), [], point)
+    return drive(cfg, run_dir, address or cfg.run.ray_address, env, tokenizer, env.eval_problems(cfg.eval.problems),
+                 [], point)
 
 
 def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tokenizer, eval_set: list[Problem],
@@ -128,9 +131,10 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
 def prepare(cfg: Config, run_dir: Path):
     """Everything that can fail on bad input, done before Ray starts (preflight.py), then the run dir."""
     env = preflight.inputs(cfg, run_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    env = templated(env, tokenizer, cfg.model)   # prompts as the policy sees them (chat template)
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
-    tokenizer = load_tokenizer(cfg.model)
     preflight.lengths(cfg, tokenizer, [p.prompt for p in eval_set + env.train_problems(8, 0)],
                       [p.prompt + p.solution for p in warm_set])
     run_dir.mkdir(parents=True, exist_ok=True)
