@@ -2,7 +2,8 @@
 # One check of the GPU paths on a single GPU machine (H100/H200; CUDA torch preinstalled; Ray and datasets not
 # needed), in at most 9 minutes, ending in one table:
 #   gpu tests   the gpu-marked tests (pytest -m gpu)
-#   engine      engine vs transformers `generate` tokens/s, Qwen2.5-0.5B and 1.5B shapes, batch 64 and 256, bf16
+#   engine      tokens/s of eager and graph decoding (compiled step per bucket, CUDA graphs) vs transformers
+#               `generate`; host time and KV bytes per step; Qwen2.5-0.5B and 1.5B shapes, batch 64 and 256, bf16
 #   fork        the cost of a fork against a prefill
 #   trainer     tokens/s, MFU and peak memory at the 1.5B shape, 8x2048 tokens, fsdp on 1 rank, act. ckpt off/on
 #   mismatch    bf16 engine-vs-trainer log-prob mismatch (old_logprobs rollout vs recompute)
@@ -79,28 +80,28 @@ elif ! ensure pytest; then
 else
   # only the files that hold gpu tests: the others import Ray, which this machine need not have
   mapfile -t FILES < <(grep -l "pytest.mark.gpu" tests/test_*.py)
-  if part "gpu tests" 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${FILES[@]}"; then :; fi
+  if part "gpu tests" 60 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${FILES[@]}"; then :; fi
   summary=$(grep -E "passed|skipped|failed|error" "$WORK/out" | tail -n 1)
   row "gpu tests" "$(basename -a "${FILES[@]}" | tr '\n' ' ')" "${summary:-no summary line}"
 fi
 
 if [ "$READY" = 1 ]; then
-  # --- engine: BEGIN (bench/engine.py; the lead wires the compiled / CUDA-graph engine case in here) -----------
+  # --- engine: eager vs graph decoding (compiled step per batch bucket, CUDA-graph captured on a GPU) ----------
   if [ "$MODE" = gpu ]; then
-    ENGINE=(--shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 256 --cases throughput fork)
-  else
-    ENGINE=(--shapes tiny --batches 4 --prompt 8 --new 8 --cases throughput fork --threads 1)
+    ENGINE=(--shapes qwen2.5-0.5b qwen2.5-1.5b --batches 64 256 --prompt 256 --new 128 --dtype bfloat16
+            --cases throughput overhead fork --decode eager graph)
+  else   # one compile only (a CPU compile takes ~40 s): graph decoding in the overhead case
+    ENGINE=(--shapes tiny --batches 4 --prompt 8 --new 8 --threads 1 --cases overhead fork --decode eager graph)
   fi
-  if part "engine" 210 "$PY" bench/engine.py "${ENGINE[@]}"; then
-    while IFS= read -r line; do
-      case "$line" in
-        "#"*|"") ;;
-        *"fork "*) row "fork" "${line%% *}" "$(echo "${line#* }" | sed 's/^ *//')" ;;
-        *) row "engine" "${line%%:*}" "$(echo "${line#*:}" | tr -s ' ' | sed 's/^ //')" ;;
-      esac
-    done < "$WORK/out"
-  fi
-  # --- engine: END -------------------------------------------------------------------------------------------
+  # rows printed before a failure or a timeout still count: eager numbers come before the graph capture
+  part "engine" 270 "$PY" bench/engine.py "${ENGINE[@]}"
+  while IFS= read -r line; do
+    case "$line" in
+      "#"*|"") ;;
+      *"fork "*) row "fork" "${line%% *}" "$(echo "${line#* }" | sed 's/^ *//')" ;;
+      *:*) row "engine" "$(echo "${line%%:*}" | tr -s ' ')" "$(echo "${line#*:}" | tr -s ' ' | sed 's/^ //')" ;;
+    esac
+  done < "$WORK/out"
 
   # --- trainer ---------------------------------------------------------------------------------------------------
   if [ "$MODE" = gpu ]; then
@@ -108,7 +109,7 @@ if [ "$READY" = 1 ]; then
   else
     TRAIN=(--shape tiny --batch 2 --seq 64 --ranks 1 --sharding fsdp --ac false true --cpu --warmup 0)
   fi
-  part "trainer" 150 "$PY" bench/train_memory.py "${TRAIN[@]}" --workdir "$WORK/models"
+  part "trainer" 120 "$PY" bench/train_memory.py "${TRAIN[@]}" --workdir "$WORK/models"
 
   # --- mismatch --------------------------------------------------------------------------------------------------
   if [ "$MODE" = gpu ]; then
@@ -116,7 +117,7 @@ if [ "$READY" = 1 ]; then
   else
     MISMATCH=(--shapes tiny --dtypes bfloat16 --prompts 2 --roots 2 --new 8 --threads 1)
   fi
-  part "mismatch" 90 "$PY" bench/logprob_mismatch.py "${MISMATCH[@]}" --workdir "$WORK/models"
+  part "mismatch" 60 "$PY" bench/logprob_mismatch.py "${MISMATCH[@]}" --workdir "$WORK/models"
 else
   for name in engine fork trainer mismatch; do row "$name" "skipped" "branchrl or its dependencies are missing"; done
 fi

@@ -48,7 +48,7 @@ def roles(shape: str, dtype: str, args):
                              f"rollout.threads_per_worker={args.threads}", *gpu])
     trainer = Trainer(cfg)
     info = trainer.describe()
-    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker = RolloutWorker(cfg, info.config, info.eos_id, info.pad_id, rank=0)
     worker.set_weights(trainer.publish()[1])
     return trainer, worker
 

@@ -9,6 +9,7 @@ instant.
 from __future__ import annotations
 
 import difflib
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
@@ -176,6 +177,26 @@ class VerifyConfig(Section):
     node_resource: str | None = Field(
         None, min_length=1,
         description="custom Ray resource marking the nodes verifiers run on; null = any node")
+    settings: dict[str, dict] = Field(
+        default_factory=dict,
+        description="per-verifier settings applied in every verifier actor, e.g. {math: {workers: 2}} (math-verify "
+                    "processes per actor; default one per CPU, at most 4)")
+
+    @model_validator(mode="after")
+    def _settings_fit(self):
+        from branchrl.verifiers.registry import UnknownVerifier, get_verifier  # light: no torch, no Ray
+        for name, kwargs in self.settings.items():
+            try:
+                configure = get_verifier(name).configure
+            except UnknownVerifier as e:
+                raise ValueError(str(e)) from None
+            if configure is None:
+                raise ValueError(f"verifier {name!r} takes no settings")
+            try:
+                inspect.signature(configure).bind_partial(**kwargs)
+            except TypeError as e:
+                raise ValueError(f"verify.settings.{name}: {e}") from None
+        return self
 
 
 class TrainConfig(Section):

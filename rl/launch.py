@@ -20,6 +20,7 @@ from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from branchrl.records import PolicyInfo
 from branchrl.rollout.worker import RolloutWorker
 from branchrl.sync.collective import Collective
 from branchrl.sync.weight_sync import Published
@@ -44,7 +45,7 @@ class Roles:
     verifiers: list[ray.actor.ActorHandle]
     groups: list[PlacementGroup] = field(default_factory=list)
     published: Published | None = None   # the last weights the trainer published (a revived worker loads them)
-    policy: dict | None = None      # the trainer's `describe()`: HF config, special ids, FLOP parameter count
+    policy: PolicyInfo | None = None   # the trainer's `describe()`: HF config, special ids, FLOP parameters
     faults: Faults = field(default_factory=Faults)
     collective: Collective | None = None   # the weight broadcast group's driver side; None: object store only
 
@@ -119,13 +120,13 @@ def launch(cfg: Config, answer_ids: frozenset[int] = frozenset()) -> Roles:
             ray.remote(RolloutWorker).options(
                 num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=-1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
-            ).remote(cfg, info["config"], info["eos_id"], info["pad_id"], i, answer_ids)
+            ).remote(cfg, info.config, info.eos_id, info.pad_id, i, answer_ids)
             for i in range(r.workers)
         ]
         marker = cfg.verify.node_resource
         roles.verifiers = [ray.remote(VerifierWorker).options(
             num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1,
-            resources={marker: NODE_SHARE} if marker else None).remote()
+            resources={marker: NODE_SHARE} if marker else None).remote(cfg.verify.settings)
             for _ in range(cfg.verify.workers)]
     except BaseException:
         roles.shutdown()  # nothing half-launched stays on the cluster

@@ -122,7 +122,7 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
     roles = launch(cfg, answer_start_ids(cfg, env, tokenizer))
     try:
         info = roles.policy
-        ledger = Ledger(**point.ledger) if point else Ledger(info["flop_params"], info["layers"], info["hidden"])
+        ledger = Ledger(**point.ledger) if point else Ledger(info.flop_params, info.layers, info.hidden)
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, attempt=point.attempt if point else 0)
     finally:
         roles.shutdown()

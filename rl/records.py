@@ -1,4 +1,4 @@
-"""Typed records the driver passes between phases: what a verified leaf is.
+"""Typed records the driver passes between phases: what the policy is and what a verified leaf is.
 
 A `Leaf` is one finished completion of a rollout tree, with the verifier record it was checked with
 and the verifier's `Result`. The driver makes leaves (`loop.verify_leaves`), pruning picks the ones
@@ -35,3 +35,14 @@ class Leaf:
     @property
     def branch_path(self) -> str:
         return self.tree.branch_path(self.node)
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What the driver and the rollout workers need to know about the policy (`Trainer.describe`)."""
+    config: dict        # the HF model config, as a dict (the rollout workers build their decoder from it)
+    eos_id: int
+    pad_id: int
+    flop_params: int    # N in the 2N / 6N FLOP rules (`models.count_flop_params`)
+    layers: int
+    hidden: int

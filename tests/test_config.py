@@ -245,3 +245,13 @@ def test_answer_start_ids_are_the_markers_first_token_never_a_bare_space():
     tokenizer = load_tokenizer(cfg.model)   # character-level: " ####" is " ", "#", "#", "#", "#"
     assert answer_start_ids(cfg, env, tokenizer) == {tokenizer.encode("#", add_special_tokens=False)[0]}
     assert answer_start_ids(load_config(None, ["branch.fork_in_answer=true"]), env, tokenizer) == frozenset()
+
+
+@pytest.mark.parametrize("settings, says", [
+    ("{math: {workerz: 2}}", "verify.settings.math: got an unexpected keyword argument 'workerz'"),
+    ("{nope: {}}", "unknown verifier 'nope'"),
+    ("{python_tests: {workers: 2}}", "verifier 'python_tests' takes no settings"),
+])
+def test_verify_settings_name_a_verifier_and_its_parameters(settings, says):
+    assert says in error_of(overrides=[f"verify.settings={settings}"])
+    assert load_config(None, ["verify.settings={math: {workers: 2}}"]).verify.settings == {"math": {"workers": 2}}

@@ -23,4 +23,7 @@ def test_gpu_check_cpu_smoke_runs_every_part_into_one_table():
     assert [row[1].endswith(f"ac {ac}") for row, ac in zip(trainer, ("false", "true"))] == [True, True]
     assert all("tok/s" in row[2] and "peak" in row[2] for row in trainer)
     assert any("rollout mean" in row[2] and "recompute mean" in row[2] for row in rows if row[0] == "mismatch")
+    engine = [row for row in rows if row[0] == "engine"]
+    assert {"eager", "graph"} <= {row[1].split()[-1] for row in engine}, engine   # both decode modes ran
+    assert all("host in situ" in row[2] and "KV moved" in row[2] for row in engine), engine
     assert any("skipped" in row[2] or "passed" in row[2] for row in rows if row[0] == "gpu tests")

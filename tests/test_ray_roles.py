@@ -20,6 +20,7 @@ from branchrl.training.group import TrainerGroup
 from branchrl.training.trainer import Trainer
 from branchrl.verifier_pool import VerifierWorker
 from branchrl.verifiers import warm_sandbox
+from branchrl.verifiers.math_answer import pool as math_pool
 
 # grad_clip high enough never to clip: clipping (like Adam) hides a wrongly scaled gradient, which the
 # gradients compared below must show
@@ -224,6 +225,17 @@ def test_a_group_the_cluster_cannot_hold_fails_at_once_naming_what_is_missing(ra
         launch(load_config(None, [*TINY, "train.gpus=1"]))
     with pytest.raises(LaunchError, match=r"inference group needs \{'CPU': 64"):
         launch(load_config(None, [*TINY, "rollout.workers=64"]))
+
+
+def test_verify_settings_reach_every_verifier_actor(ray_cluster):
+    ray = ray_cluster
+    cfg = load_config(None, [*TINY, "verify.settings={math: {workers: 3}}"])
+    actor = ray.remote(VerifierWorker).remote(cfg.verify.settings)
+    record = {"verifier": "math", "completion": "\\boxed{1/2}", "answer": "0.5"}
+    results, _ = ray.get(actor.verify_batch.remote([record]))
+    assert results[0].verdict == "pass"
+    assert ray.get(actor.__ray_call__.remote(lambda self: math_pool.POOL.size)) == 3   # the actor's own pool
+    ray.kill(actor)
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")

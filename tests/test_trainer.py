@@ -108,7 +108,7 @@ def test_weights_checksum_tracks_the_model(trained):
 def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
     trainer, _, _, _ = trained
     cfg, info = trainer.cfg, trainer.describe()
-    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker = RolloutWorker(cfg, info.config, info.eos_id, info.pad_id, rank=0)
     published = weights(trainer)
     assert worker.set_weights(published) == {"version": published.version, "checksum": published.checksum,
                                              "pid": os.getpid()}
@@ -126,7 +126,7 @@ def test_rollout_worker_loads_exactly_what_the_trainer_published(trained):
 def test_rollout_worker_refuses_a_too_long_prompt_by_name_and_stays_usable(trained):
     trainer = trained[0]
     info = trainer.describe()
-    worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker = RolloutWorker(trainer.cfg, info.config, info.eos_id, info.pad_id, rank=0)
     worker.set_weights(weights(trainer))
     ok = ("ok", trainer.tokenizer.encode("1+1="))
     with pytest.raises(PromptTooLong, match=r"^prompt 'long' has 60 tokens; with max_new_tokens=6 that is 66, over "
@@ -156,7 +156,7 @@ def test_rollout_worker_branches_within_the_configured_budget(trained):
     cfg = tiny_cfg("branch.roots=2", "branch.max_leaves=3", "branch.entropy_threshold=0.0", "branch.min_prefix=1",
                    "branch.min_gap=1")
     info = trainer.describe()
-    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
+    worker = RolloutWorker(cfg, info.config, info.eos_id, info.pad_id, rank=1)
     worker.set_weights(weights(trainer))
     trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1)
     assert len(trees[0].leaves()) == 3 and trees[0].forks() == 1
@@ -167,7 +167,7 @@ def test_rollout_worker_samples_with_the_configured_truncation_and_row_cap(train
     cfg = tiny_cfg("rollout.top_k=1", "rollout.max_rows=3", "branch.roots=2", "branch.max_leaves=3",
                    "branch.entropy_threshold=0.0", "branch.min_prefix=1", "branch.min_gap=1")
     info = trainer.describe()
-    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=1)
+    worker = RolloutWorker(cfg, info.config, info.eos_id, info.pad_id, rank=1)
     worker.set_weights(weights(trainer))
     batches, step = [], worker.engine.step
     worker.engine.step = lambda tokens: (batches.append(len(tokens)), step(tokens))[1]
@@ -183,7 +183,7 @@ def test_rollout_worker_samples_with_the_configured_truncation_and_row_cap(train
 def test_bfloat16_weights_reach_the_worker_unchanged():
     trainer = Trainer(tiny_cfg("model.dtype=bfloat16"))
     info = trainer.describe()
-    worker = RolloutWorker(trainer.cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker = RolloutWorker(trainer.cfg, info.config, info.eos_id, info.pad_id, rank=0)
     published = weights(trainer)
     assert {t.dtype for t in published.state.values()} == {torch.bfloat16}
     assert worker.set_weights(published)["checksum"] == published.checksum
@@ -330,7 +330,7 @@ def sampled_batch(trainer, algo: str):
     from branchrl.training.algos import ALGOS
 
     cfg, info = trainer.cfg, trainer.describe()
-    worker = RolloutWorker(cfg, info["config"], info["eos_id"], info["pad_id"], rank=0)
+    worker = RolloutWorker(cfg, info.config, info.eos_id, info.pad_id, rank=0)
     worker.set_weights(weights(trainer))
     trees, _ = worker.rollout([("a", trainer.tokenizer.encode("1+1="))], step=1)
     tree, leaves = trees[0], trees[0].leaves()

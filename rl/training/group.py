@@ -24,6 +24,7 @@ import time
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from branchrl.records import PolicyInfo
 from branchrl.sync.weight_sync import Published
 
 from .trainer import TrainStats
@@ -65,7 +66,7 @@ class TrainerGroup:
         """Where a rendezvous on rank 0's node can listen (the trainers', the weight broadcast group's)."""
         return ray.get(self.actors[0].__ray_call__.remote(_node_address))
 
-    def describe(self) -> dict:
+    def describe(self) -> PolicyInfo:
         return ray.get(self.actors[0].describe.remote())
 
     def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:

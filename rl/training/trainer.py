@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from branchrl.config import Config, weight_sync_backend
 from branchrl.models import count_flop_params, load_policy, save_policy
+from branchrl.records import PolicyInfo
 from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
 from branchrl.tree import attended_positions
 
@@ -99,11 +100,11 @@ class Trainer(BroadcastMember):
         if path and (path / SHARDED_DIR).is_dir():   # a checkpoint this trainer saved: continue it exactly
             self._load_sharded(path)
 
-    def describe(self) -> dict:
+    def describe(self) -> PolicyInfo:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
         c = self.model.config
-        return {"config": c.to_dict(), "eos_id": self.tokenizer.eos_token_id, "pad_id": self.tokenizer.pad_token_id,
-                "flop_params": count_flop_params(self.model), "layers": c.num_hidden_layers, "hidden": c.hidden_size}
+        return PolicyInfo(c.to_dict(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+                          count_flop_params(self.model), c.num_hidden_layers, c.hidden_size)
 
     def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
         """Short SFT on worked (prompt, solution) pairs before RL."""

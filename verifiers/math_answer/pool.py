@@ -142,6 +142,11 @@ class SlowPathPool:
         self.workers: list[SlowPathWorker] = []
         self._free: queue.LifoQueue | None = None
 
+    @property
+    def size(self) -> int:
+        """How many processes may run at once (`default_size()` until resized)."""
+        return self._size or default_size()
+
     def resize(self, size: int) -> None:
         """At most `size` processes from now on (meant for start-up); running ones stop after their request."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
