@@ -1,5 +1,5 @@
 """`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run;
-`envs`, `verifiers` and `env check` show what is registered and check an environment.
+`config` shows every key, `envs`, `verifiers` and `env check` show what is registered and check an environment.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
 (bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
     run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
     run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    run.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue this killed run (its own config.yaml) from its "
                                                          "last step checkpoint (run.checkpoint_every); overrides may "
                                                          "only reshape the training group, e.g. train.workers=1")
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--from-data", required=True, metavar="DIR", help="a run directory or its data/ directory")
     train.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
     train.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    train.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
     train.set_defaults(handler=_train)
     verify = sub.add_parser("verify", help="verify JSONL records (the branchrl verify format); results on stdout",
                             description="Verify one JSON record per line ('-' = stdin).")
@@ -77,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_registry_commands(sub) -> None:
+    config = sub.add_parser("config", help="every config key with its value, default and description",
+                            description="Print every config key: its value (from CONFIG and the overrides, else the "
+                                        "default), its default and what it does; * marks a value that differs.")
+    config.add_argument("config", nargs="?", help="YAML run config (default: the defaults alone)")
+    config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
+    config.set_defaults(handler=_config)
     sub.add_parser("envs", help="list the registered environments (built-ins and entry points)").set_defaults(
         handler=_envs)
     sub.add_parser("verifiers", help="list the registered verifiers (built-ins and entry points)").set_defaults(
@@ -106,7 +114,7 @@ def _run(args) -> int:
         preflight.resumable(Path(args.resume), overrides, args.address)  # one-line errors before Ray starts
         from .loop import resume  # torch and ray load only once the run dir is known good
 
-        return interrupt.exit_code(resume(Path(args.resume), address=args.address, overrides=overrides))
+        return interrupt.exit_code(resume(Path(args.resume), args.address, overrides, args.verbose))
     if not args.config:
         raise ConfigError("branchrl run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     cfg, out = resolve_run(args)
@@ -134,8 +142,26 @@ def resolve_run(args):
     cfg = load_config(args.config, args.overrides)
     if args.address:
         cfg.run.ray_address = args.address
+    if args.verbose:
+        cfg.run.verbose = True
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, out
+
+
+def _config(args) -> int:
+    import json
+
+    from .config import describe, load_config
+
+    if args.config and "=" in args.config and not Path(args.config).exists():  # `config k=v`: no file, overrides
+        args.config, args.overrides = None, [args.config, *args.overrides]
+    rows = [(key, json.dumps(value), json.dumps(default), "*" if value != default else " ", text)
+            for key, value, default, text in describe(load_config(args.config, args.overrides))]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'KEY':{width[0]}}   {'VALUE':{width[1]}}  {'DEFAULT':{width[2]}}  DESCRIPTION")
+    for key, value, default, mark, text in rows:
+        print(f"{key:{width[0]}} {mark} {value:{width[1]}}  {default:{width[2]}}  {text}")
+    return 0
 
 
 def _verify(args) -> int:

@@ -286,8 +286,10 @@ class RunConfig(Section):
     checkpoint_every: int = Field(
         0, ge=0,
         description="write a step checkpoint every N steps, which `branchrl run --resume RUN_DIR` continues from (0 = "
-                    "only the final one)")
+                    "only at a stop signal and the final one)")
     ray_address: str | None = Field(None, description="null = embedded local Ray; 'auto' joins a running cluster")
+    verbose: bool = Field(False, description="show Ray's start-up warnings and the actors' weight-loading progress "
+                                             "bars (`--verbose`)")
 
 
 class Config(Section):
@@ -323,6 +325,19 @@ def weight_sync_backend(cfg: Config) -> str | None:
     gpus = cfg.train.gpus >= 1 and cfg.rollout.gpus_per_worker >= 1
     backend = "nccl" if gpus else "gloo"
     return {"object_store": None, "collective": backend, "auto": "nccl" if gpus else None}[cfg.rollout.weight_sync]
+
+
+def describe(cfg: BaseModel, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """Every leaf key of a config as (dotted key, value, default, description), in declaration order."""
+    rows = []
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if _section_type(info.annotation) is not None:
+            rows += describe(value, f"{prefix}{name}.")
+        else:
+            default = info.default_factory() if info.default_factory else info.default
+            rows.append((f"{prefix}{name}", value, default, info.description or ""))
+    return rows
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -65,10 +65,10 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     return drive(cfg, run_dir, address, env, tokenizer, eval_set, warm_set)
 
 
-def resume(run_dir: Path, address: str | None = None, overrides: list[str] = ()) -> dict:
+def resume(run_dir: Path, address: str | None = None, overrides: list[str] = (), verbose: bool = False) -> dict:
     """Continue a killed run from its last step checkpoint (checkpoints.py says what carries over); overrides may
     reshape the training group (checkpoints.RESHAPE_KEYS), and config.yaml keeps the new shape."""
-    cfg, point, env = preflight.resumable(run_dir, overrides, address)
+    cfg, point, env = preflight.resumable(run_dir, overrides, address, verbose)
     if overrides:
         dump_config(load_config(run_dir / "config.yaml", overrides), run_dir / "config.yaml")
     cfg.warm_start.problems = 0

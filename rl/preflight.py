@@ -58,7 +58,7 @@ def training_data(cfg: Config, out: Path, source: Path) -> Path:
     return find_data_dir(source)
 
 
-def resumable(run_dir: Path, overrides: list[str], address: str | None = None):
+def resumable(run_dir: Path, overrides: list[str], address: str | None = None, verbose: bool = False):
     """`run --resume`: the overrides only reshape the training group, the run dir has a step checkpoint, and
     the resumed config (its model the checkpoint) passes `inputs`. Returns (config, resume point, env)."""
     from . import checkpoints
@@ -70,6 +70,7 @@ def resumable(run_dir: Path, overrides: list[str], address: str | None = None):
     cfg.model.path = str(point.checkpoint)  # weights, Adam moments and tokenizer as they were at the checkpoint
     if address:
         cfg.run.ray_address = address
+    cfg.run.verbose = cfg.run.verbose or verbose
     return cfg, point, inputs(cfg, None)
 
 

@@ -30,8 +30,10 @@ def _steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.mark.parametrize("sig, code, at, steps", [(signal.SIGTERM, 143, 6, 8), (signal.SIGINT, 130, 1, 3)])
-def test_a_signalled_run_stops_cleanly_and_resumes_to_the_end(tmp_path, sig, code, at, steps):
+@pytest.mark.parametrize("sig, code, at, steps, verbose", [(signal.SIGTERM, 143, 6, 8, []),
+                                                            (signal.SIGINT, 130, 1, 3, ["--verbose"])])
+def test_a_signalled_run_stops_cleanly_and_resumes_to_the_end(tmp_path, sig, code, at, steps, verbose):
+    """The resume loads the checkpoint's HF weights in every actor: their progress bars show only with --verbose."""
     config, run_dir = tmp_path / "run.yaml", tmp_path / "out"
     cfg = load_config(None, [*SMALL_RUN, f"run.steps={steps}", "eval.every=0"])
     assert cfg.run.checkpoint_every == 0   # the default: a stop must not need a key
@@ -57,9 +59,11 @@ def test_a_signalled_run_stops_cleanly_and_resumes_to_the_end(tmp_path, sig, cod
     assert "--resume" in err.splitlines()[-1]
     before = _ids(run_dir)
 
-    done = subprocess.run([BRANCHRL, "run", "--resume", str(run_dir)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([BRANCHRL, "run", "--resume", str(run_dir), *verbose], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert ("Loading weights" in done.stderr) == bool(verbose), done.stderr[-3000:]
+    assert verbose or "WARNING" not in done.stderr   # Ray's start-up warnings too
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["interrupted"], summary["steps"], summary["resumed_from_step"]) == (False, steps, stopped)
     assert _steps(run_dir) == list(range(1, steps + 1))
