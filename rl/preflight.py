@@ -163,8 +163,17 @@ def local_gpus(cfg: Config) -> None:
 
 
 def visible_gpus() -> int:
-    """NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`."""
+    """NVIDIA GPUs this process may use: the driver's device list (/proc/driver/nvidia/gpus, else `nvidia-smi -L`),
+    capped by CUDA_VISIBLE_DEVICES when set."""
+    listed = Path("/proc/driver/nvidia/gpus")
+    count = len(list(listed.iterdir())) if listed.is_dir() else _smi_gpus()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return count
+
+
+def _smi_gpus() -> int:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return 0
@@ -172,10 +181,7 @@ def visible_gpus() -> int:
         listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return 0
-    count = sum(line.startswith("GPU ") for line in listed.splitlines())
-    if visible is not None:
-        count = min(count, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
-    return count
+    return sum(line.startswith("GPU ") for line in listed.splitlines())
 
 
 def lengths(cfg: Config, tokenizer, prompts: list[str], worked: list[str]) -> None:
