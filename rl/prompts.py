@@ -41,6 +41,8 @@ class Templated:
         self.env, self.tokenizer, self.model = env, tokenizer, model
 
     def __getattr__(self, name: str):
+        if name == "env":   # not set yet (unpickling): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.env, name)
 
     def _rendered(self, problems: list[Problem]) -> list[Problem]:
