@@ -74,7 +74,10 @@ def start_ray(cfg: Config, address: str | None) -> None:
              "include_dashboard": False, "runtime_env": {"env_vars": hush} if hush else None}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as e:   # preflight probed it; a cluster can still go away in between
+            raise LaunchError(f"cannot join the Ray cluster at {address}: {' '.join(str(e).split())}") from None
         return
     need = sum(len(bundles) * bundles[0]["CPU"] for bundles in wanted_bundles(cfg).values())
     # Ray CPUs are reservations, not cores: the loop alternates phases, so the roles share the cores.

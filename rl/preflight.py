@@ -11,7 +11,8 @@ model.path is a local HF directory or a hub id; a hub id that is not in the loca
 probed once with a short timeout (an offline machine would otherwise spend a minute in retries). When the hub
 is unreachable but the model is cached, HF_HUB_OFFLINE=1 is set for this process and the Ray workers it starts.
 Deliberately not here: checks that need the cluster's resources (`launch.check_cluster`) or a model's weights.
-Imports neither torch nor ray (a Ray address is resolved with a file read and a TCP probe).
+Imports neither torch nor ray, except Ray's GCS client to ask a cluster address that answers on gRPC whether it
+is a Ray cluster (nothing starts).
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ def hub_unreachable() -> str | None:
 
 
 def ray_address(address: str | None) -> str | None:
-    """The cluster address the run joins (None: an embedded Ray), checked to answer on TCP."""
+    """The cluster address the run joins (None: an embedded Ray), checked to be a Ray cluster: it accepts a TCP
+    connection and speaks HTTP/2 (gRPC) within PROBE_TIMEOUT_S each, and a GCS answers a request (Ray's own client
+    would otherwise retry for about 40 s)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address in (None, "local"):
         return None
@@ -132,12 +135,41 @@ def ray_address(address: str | None) -> str | None:
     scheme, _, rest = address.rpartition("://")
     host, _, port = rest.partition(":")
     port = int(port) if port.isdigit() else (RAY_CLIENT_PORT if scheme == "ray" else RAY_GCS_PORT)
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as e:
-        raise ConfigError(f"no Ray cluster answers at {address} (ray_address={given}: {type(e).__name__}); start "
-                          f"it with `ray start --head`, fix the address, or leave it out for an embedded Ray") from None
+    why = _no_grpc(host, port) or (None if scheme == "ray" else _no_gcs(f"{host}:{port}"))
+    if why:
+        raise ConfigError(f"no Ray cluster answers at {address} (ray_address={given}: {why}); start it with "
+                          f"`ray start --head`, fix the address, or leave it out for an embedded Ray")
     return address
+
+
+def _no_grpc(host: str, port: int) -> str | None:
+    """Why host:port is not a gRPC server (no TCP connection, or no HTTP/2 SETTINGS frame back), or None."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as conn:
+            conn.settimeout(PROBE_TIMEOUT_S)
+            conn.sendall(preface)
+            head = conn.recv(9)
+    except OSError as e:
+        return type(e).__name__
+    return None if len(head) == 9 and head[3] == 0x04 else "not a gRPC server"
+
+
+def _no_gcs(address: str) -> str | None:
+    """Why the gRPC server at address is not a Ray GCS (one request, PROBE_TIMEOUT_S), or None."""
+    from ray._raylet import GcsClient  # ray is imported, not started
+
+    stderr, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)   # the GCS client's C++ log lines would break the one-line error
+    try:
+        GcsClient(address=address).internal_kv_keys(b"", None, timeout=PROBE_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - any failure to answer means: not a usable GCS
+        return f"not a Ray GCS: {' '.join(str(e).split())[:120]}"
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+        os.close(quiet)
+    return None
 
 
 def _current_cluster() -> str:

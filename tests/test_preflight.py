@@ -77,3 +77,15 @@ def test_a_cached_hub_model_passes_offline_and_turns_the_hub_off(tmp_path, monke
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr
     assert preflight.hub_unreachable() == "the hub (127.0.0.1:9) is unreachable (ConnectionRefusedError)"
+
+
+def test_a_running_cluster_passes_and_a_grpc_server_that_is_not_ray_does_not(ray_cluster):
+    from branchrl import preflight
+
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    t0 = time.perf_counter()
+    assert preflight.ray_address(gcs) == gcs
+    assert preflight._no_gcs(gcs) is None and time.perf_counter() - t0 < 10
+    host, port = gcs.rsplit(":", 1)
+    assert preflight._no_grpc(host, int(port)) is None
+    assert preflight._no_grpc("127.0.0.1", 9) == "ConnectionRefusedError"
