@@ -149,7 +149,7 @@ def _flops(trainer, args) -> float:
     from branchrl.tree import attended_positions
 
     info = trainer.describe()
-    ledger = Ledger(info.flop_params, info.layers, info.hidden)
+    ledger = Ledger(info.flop_params, info.layers, info.hidden, info.head_params)
     return 3.0 * ledger.forward_flops(args.batch * args.seq, args.batch * attended_positions(args.seq))
 
 

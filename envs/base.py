@@ -58,6 +58,11 @@ class Environment:
         """The first n held-out problems (the same list for every seed, so runs compare)."""
         raise NotImplementedError
 
+    def split_size(self, split: str) -> int | None:
+        """How many problems a split ("train", "warm_start", "eval") holds, where the env knows (a data set);
+        None where it is unbounded or unknown (a procedural env): a walk over the whole split needs a count."""
+        return None
+
     def signature(self, completion: str) -> str:
         """What makes two verified completions the same sample: the verifier's signature (normalised
         code for python_tests, whitespace-normalised text by default); an env may override it."""

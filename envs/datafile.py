@@ -157,6 +157,9 @@ class DatasetEnvironment(Environment):
                            f"ask for fewer, use a bigger data file, or change eval_percent / warm_start_percent")
         return pool[:n] if seed is None else random.Random(f"{split}:{seed}").sample(pool, n)
 
+    def split_size(self, split: str) -> int | None:
+        return len(self.splits[split])
+
     def train_problems(self, n: int, seed: int) -> list[Problem]:
         return self._pick("train", n, seed)
 

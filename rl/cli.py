@@ -1,5 +1,6 @@
-"""`branchrl` command line: `run` a config, `train` on a stored data set, `verify` a JSONL file, `report` a run;
-`config` shows every key, `envs`, `verifiers` and `env check` show what is registered and check an environment.
+"""`branchrl` command line: `run` a config, `generate` a data set from a fixed policy, `train` on a stored data set,
+`verify` a JSONL file, `report` a run, `plan` a cluster for a run's workload; `config` shows every key, `envs`,
+`verifiers` and `env check` show what is registered and check an environment.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
 (bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                                                          "last step checkpoint (run.checkpoint_every); overrides may "
                                                          "only reshape the training group, e.g. train.workers=1")
     run.set_defaults(handler=_run)
+    _add_generate(sub)
     train = sub.add_parser("train", help="fine-tune the configured policy on a stored verified data set (no sampling)",
                            description="SFT on every stored (prompt, completion) for train.epochs passes at train.lr; "
                                        "held-out pass@1 before and after, as `run` measures it.")
@@ -74,8 +76,51 @@ def _parser() -> argparse.ArgumentParser:
                             description="Write report.md, learning.png, compute.png and trees.png into RUN_DIR.")
     report.add_argument("run_dir", help="a branchrl run directory (holds metrics.jsonl)")
     report.set_defaults(handler=_report)
+    _add_plan_command(sub)
     _add_registry_commands(sub)
     return parser
+
+
+def _add_plan_command(sub) -> None:
+    plan = sub.add_parser("plan", help="size a cluster for a run's workload: GPUs per group, step time, WAN",
+                          description="Price RUN_DIR's measured workload for a model on N GPUs (a roofline: decode "
+                                      "reads weights + KV, prefill and training at an MFU) and split them between "
+                                      "inference and training. Without --model and --gpu: the run's own hardware, "
+                                      "calibrated from its measured seconds. See docs/PLANNING.md.")
+    plan.add_argument("run_dir", help="a finished branchrl run directory (summary.json, config.yaml, metrics.jsonl)")
+    plan.add_argument("--model", help="the target model: an HF config.json or model directory (e.g. "
+                                      "configs/models/qwen2.5-7b.json)")
+    plan.add_argument("--gpu", help="target GPU: a100, h100, h200 or b200")
+    plan.add_argument("--gpus", type=int, help="GPUs in all (with --model); default in own mode: the run's devices")
+    plan.add_argument("--sites", type=int, default=1, help="2 = inference in one site, training in another")
+    plan.add_argument("--wan-gbps", type=float, help="bandwidth between the two sites, Gb/s (with --sites 2)")
+    plan.add_argument("--out", help="write the plan as JSON here (e.g. plan.json)")
+    plan.add_argument("--prompts-per-step", type=int, help="with --model: prompts per step (default: what fills "
+                                                           "every inference replica's decode batch once)")
+    for flag, what in (("--decode-efficiency", "share of the HBM read floor decode reaches"),
+                       ("--prefill-mfu", "prefill MFU"), ("--train-mfu", "training MFU"),
+                       ("--decode-batch", "rows a replica decodes at once (at most)"),
+                       ("--net-gbps", "weight-broadcast bandwidth inside a site, Gb/s")):
+        plan.add_argument(flag, type=float, help=f"{what} (default: see docs/PLANNING.md)")
+    plan.set_defaults(handler=_plan)
+
+
+def _add_generate(sub) -> None:
+    gen = sub.add_parser("generate", help="a verified data set from a fixed policy: rollout workers and verifiers "
+                                          "only, no training",
+                         description="Walk the env's problems (generate.split, generate.problems) once with the policy "
+                                     "model.path (e.g. a run's checkpoints/final) or the tiny model, fixed; each until "
+                                     "it has generate.per_problem distinct verified samples or has spent "
+                                     "generate.max_leaves_per_problem leaves. Writes run's data set (data/, "
+                                     "data_manifest.json) and summary.json. `generate --resume OUT_DIR` continues a "
+                                     "stopped or killed walk without sampling a done problem again.")
+    gen.add_argument("config", nargs="?", help="YAML config: model, env, rollout, branch, verify, generate")
+    gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. generate.per_problem=8")
+    gen.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
+    gen.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    gen.add_argument("--resume", metavar="OUT_DIR", help="continue this walk with its own config.yaml; overrides may "
+                                                         "only be run.steps and rollout/verify worker placement")
+    gen.set_defaults(handler=_generate)
 
 
 def _add_registry_commands(sub) -> None:
@@ -122,6 +167,33 @@ def _run(args) -> int:
     from .loop import run  # torch and ray load only once the config is known to be good
 
     return interrupt.exit_code(run(cfg, out, address=cfg.run.ray_address))
+
+
+def _generate(args) -> int:
+    from .config import ConfigError, check_generate_resume
+
+    if args.resume:
+        overrides = [*([args.config] if args.config else []), *args.overrides]   # `--resume DIR k=v`: k=v is `config`
+        if args.out:
+            raise ConfigError("--resume OUT_DIR takes no --out: the walk continues in its own directory")
+        check_generate_resume(overrides)
+        out = Path(args.resume)
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out} holds no config.yaml; pass the --out dir of a `branchrl generate`")
+        from .generate import resume  # torch and ray load only once the dir is known good
+
+        resume(out, address=args.address, overrides=overrides)
+        return 0
+    if not args.config:
+        raise ConfigError("branchrl generate needs a config file (e.g. configs/demo.yaml) or --resume OUT_DIR")
+    cfg, out = resolve_run(args)
+    from . import preflight
+
+    preflight.inputs(cfg, None)  # one-line errors before torch and ray import (generate checks the out dir itself)
+    from .generate import generate
+
+    generate(cfg, out, address=cfg.run.ray_address)
+    return 0
 
 
 def _train(args) -> int:
@@ -229,6 +301,37 @@ def _report(args) -> int:
     from branchrl.data.report import write_report
 
     print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def _plan(args) -> int:
+    import json
+
+    from .config import ConfigError
+    from .plan.costs import Efficiencies
+    from .plan.plan import plan_own, plan_target, table
+
+    if (args.model is None) != (args.gpu is None):
+        raise ConfigError("give --model and --gpu together (a target), or neither (the run's own hardware)")
+    if args.gpus is not None and args.gpus < 1 or args.model and args.gpus is None:
+        raise ConfigError("--gpus N: a whole number of GPUs >= 1 (required with --model)")
+    if args.prompts_per_step is not None and (args.prompts_per_step < 1 or not args.model):
+        raise ConfigError("--prompts-per-step N: N >= 1, with --model (the run's own plan keeps its prompts)")
+    knobs = {k: getattr(args, k) for k in ("decode_efficiency", "prefill_mfu", "train_mfu", "decode_batch", "net_gbps")
+             if getattr(args, k) is not None}
+    if any(v <= 0 for v in knobs.values()):
+        raise ConfigError(f"efficiencies and bandwidths must be > 0: {knobs}")
+    if "decode_batch" in knobs:
+        knobs["decode_batch"] = int(knobs["decode_batch"])
+    if args.model:
+        plan = plan_target(args.run_dir, args.model, args.gpu, args.gpus, args.sites, args.wan_gbps,
+                           Efficiencies(**knobs), args.prompts_per_step)
+    else:
+        plan = plan_own(args.run_dir, args.gpus, args.sites, args.wan_gbps)
+    print(table(plan))
+    if args.out:
+        Path(args.out).write_text(json.dumps(plan, indent=2) + "\n")
+        print(f"plan written to {args.out}")
     return 0
 
 

@@ -128,6 +128,10 @@ class RolloutConfig(Section):
         description="0 = synchronous: each step's rollouts start after the last update's weights (on-policy); k >= 1 = "
                     "async: the workers keep k batches in flight while the trainer trains, and a batch more than k "
                     "policy versions behind the update it would feed is dropped and counted")
+    problem_order: Literal["draw", "epochs"] = Field(
+        "draw", description="which train problems each batch holds: draw = an independent seeded draw per batch (any "
+                            "env); epochs = a fresh permutation of the whole train split per epoch, no problem twice "
+                            "in an epoch (an env that knows its split's size: a data-set env)")
     max_batches_per_step: int = Field(4, gt=0, description="most batches sampled in one step (token budget and "
                                                            "grpo/tree dynamic sampling refill)")
     weight_sync: Literal["auto", "object_store", "collective"] = Field(
@@ -279,6 +283,22 @@ class TrackConfig(Section):
                                                  "in a row")
 
 
+class GenerateConfig(Section):
+    split: Literal["train", "warm_start", "eval"] = Field(
+        "train", description="`branchrl generate`: the env split whose problems it walks")
+    problems: int = Field(
+        0, ge=0, description="`branchrl generate`: problems of the split to walk, each once, drawn with run.seed (0 = "
+                             "the whole split, for an env that knows its size: a data-set env, not a procedural one)")
+    per_problem: int = Field(4, gt=0, description="`branchrl generate`: a problem is done once it has this many "
+                                                  "distinct verified samples")
+    max_leaves_per_problem: int = Field(
+        32, gt=0, description="`branchrl generate`: a problem is also done once this many leaves were sampled "
+                              "for it (one new tree per batch until then); at least branch.max_leaves")
+    batches_in_flight: int = Field(
+        2, gt=0, description="`branchrl generate`: batches of rollout.prompts_per_step problems on the rollout workers "
+                             "at once (2: they sample the next while the driver verifies and stores one)")
+
+
 class RunConfig(Section):
     name: str = Field("run", description="run name, used for the default output dir")
     seed: int = Field(0, description="seed for data sampling, model init and sampling")
@@ -303,6 +323,8 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="training group")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
     track: TrackConfig = Field(default_factory=TrackConfig, description="experiment tracking and run-time warnings")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig,
+                                     description="`branchrl generate`: a verified data set from a fixed policy")
 
     @model_validator(mode="after")
     def _combination(self) -> "Config":
@@ -316,7 +338,27 @@ class Config(Section):
         if 0 < r.max_rows < self.branch.max_leaves:
             raise ValueError(f"rollout.max_rows={r.max_rows} cannot hold one tree: branch.max_leaves="
                              f"{self.branch.max_leaves} rows may decode at once; raise max_rows, or 0 for no cap")
+        if self.generate.max_leaves_per_problem < self.branch.max_leaves:
+            raise ValueError(f"generate.max_leaves_per_problem={self.generate.max_leaves_per_problem} is below one "
+                             f"tree's leaf budget (branch.max_leaves={self.branch.max_leaves}); raise it or lower "
+                             f"branch.max_leaves")
         return self
+
+
+# what `branchrl generate --resume` may change: how long the walk goes on and how its workers are placed, nothing
+# that changes which problems it walks or what counts as a sample
+GENERATE_RESUME_KEYS = ("run.steps", "run.ray_address", "rollout.workers", "rollout.cpus_per_worker",
+                        "rollout.gpus_per_worker", "rollout.threads_per_worker", "rollout.node_resource",
+                        "verify.workers", "verify.cpus_per_worker", "verify.node_resource")
+
+
+def check_generate_resume(overrides: list[str]) -> None:
+    """A generate resume's overrides may only be GENERATE_RESUME_KEYS; anything else is a one-line error."""
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or key not in GENERATE_RESUME_KEYS:
+            raise ConfigError(f"generate --resume continues with the output dir's own config.yaml; an override may "
+                              f"only be one of {', '.join(GENERATE_RESUME_KEYS)}, not {item!r}")
 
 
 def weight_sync_backend(cfg: Config) -> str | None:

@@ -14,6 +14,7 @@ next sync.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import ray
@@ -92,6 +93,13 @@ def collect(roles, batch: Batch) -> tuple[list[Tree], list[float]]:
                 ref = workers[i].rollout.remote(batch.shard(i, len(workers)), batch.key, batch.greedy)
         trees[i::len(workers)] = shard_trees
     return trees, busy
+
+
+def publish_fixed(roles):
+    """A fixed policy's weights (`RolloutWorker.publish_fixed`, read by rollout worker 0), left in the object store
+    as a trainer's are: the `Published` record, its `ref` pointing at them. `load_weights` then loads them."""
+    record, weights = roles.rollout[0].publish_fixed.options(num_returns=2).remote()
+    return dataclasses.replace(ray.get(record), ref=weights)
 
 
 def load_weights(roles, published: dict) -> list[dict]:

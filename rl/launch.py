@@ -52,7 +52,8 @@ class Roles:
     def placement(self) -> dict[str, list[str]]:
         """The Ray node id each actor runs on, by group (recorded in summary.json)."""
         node = lambda a: a.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())  # noqa: E731
-        groups = {"training": self.trainer.actors, "inference": self.rollout, "verifier": self.verifiers}
+        trainers = self.trainer.actors if self.trainer is not None else []   # none for a fixed policy
+        groups = {"training": trainers, "inference": self.rollout, "verifier": self.verifiers}
         return {name: ray.get([node(a) for a in actors]) for name, actors in groups.items()}
 
     def shutdown(self) -> None:
@@ -88,47 +89,32 @@ def start_ray(cfg: Config, address: str | None) -> None:
 NODE_SHARE = 0.001   # of a node's marker resource per actor: the marker picks nodes, it is not a capacity
 
 
-def wanted_bundles(cfg: Config) -> dict[str, list[dict[str, float]]]:
-    """One resource bundle per actor, by group; a group's node_resource marker is in each of its bundles."""
+def wanted_bundles(cfg: Config, training: bool = True) -> dict[str, list[dict[str, float]]]:
+    """One resource bundle per actor, by group; a group's node_resource marker is in each of its bundles.
+    training=False: no training group (a fixed policy, `branchrl generate`)."""
     r, t, v = cfg.rollout, cfg.train, cfg.verify
 
     def bundle(cpu: float, gpu: float, marker: str | None) -> dict[str, float]:
         return {k: n for k, n in {"CPU": cpu, "GPU": gpu, marker: NODE_SHARE}.items() if k and n > 0}
 
-    return {"training": [bundle(t.cpus, t.gpus, t.node_resource)] * t.workers,
+    return {**({"training": [bundle(t.cpus, t.gpus, t.node_resource)] * t.workers} if training else {}),
             "inference": [bundle(r.cpus_per_worker, r.gpus_per_worker, r.node_resource)] * r.workers,
             "verifier": [bundle(v.cpus_per_worker, 0, v.node_resource)] * v.workers}
 
 
-def launch(cfg: Config, answer_ids: frozenset[int] = frozenset()) -> Roles:
+def launch(cfg: Config, answer_ids: frozenset[int] = frozenset(), policy: PolicyInfo | None = None) -> Roles:
     """Place the training group, then the inference group, then the verifier pool; returns their handles.
-    answer_ids: the tokens that start the env's final answer, which the rollout workers do not fork after."""
-    r, t = cfg.rollout, cfg.train
-    wanted = wanted_bundles(cfg)
+    answer_ids: the tokens that start the env's final answer, which the rollout workers do not fork after.
+    policy: a fixed policy's `models.describe` (`branchrl generate`): then no training group is placed."""
+    wanted = wanted_bundles(cfg, training=policy is None)
     check_cluster(wanted, [n["Resources"] for n in ray.nodes() if n["Alive"]])  # before placing anything
-    backend = weight_sync_backend(cfg)
-    roles = Roles(None, [], [], collective=Collective(backend, r.weight_sync_timeout_s) if backend else None)
+    backend = weight_sync_backend(cfg) if policy is None else None
+    roles = Roles(None, [], [], policy=policy,
+                  collective=Collective(backend, cfg.rollout.weight_sync_timeout_s) if backend else None)
     try:
-        train_group = _group("training", wanted["training"])
-        roles.groups.append(train_group)
-        roles.trainer = TrainerGroup([
-            ray.remote(Trainer).options(
-                num_cpus=t.cpus, num_gpus=t.gpus, max_restarts=-1,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=i),
-            ).remote(cfg)
-            for i in range(t.workers)
-        ])
-        roles.trainer.connect()
-        roles.policy = info = roles.trainer.describe()
-        infer_group = _group("inference", wanted["inference"])
-        roles.groups.append(infer_group)
-        roles.rollout = [
-            ray.remote(RolloutWorker).options(
-                num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=-1,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
-            ).remote(cfg, info.config, info.eos_id, info.pad_id, i, answer_ids)
-            for i in range(r.workers)
-        ]
+        if policy is None:
+            _launch_trainers(cfg, roles, wanted["training"])
+        _launch_rollout(cfg, roles, wanted["inference"], answer_ids)
         marker = cfg.verify.node_resource
         roles.verifiers = [ray.remote(VerifierWorker).options(
             num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1,
@@ -138,6 +124,35 @@ def launch(cfg: Config, answer_ids: frozenset[int] = frozenset()) -> Roles:
         roles.shutdown()  # nothing half-launched stays on the cluster
         raise
     return roles
+
+
+def _launch_trainers(cfg: Config, roles: Roles, bundles: list[dict]) -> None:
+    """The training group: its placement group, the trainers rendezvoused, the policy they hold described."""
+    t = cfg.train
+    train_group = _group("training", bundles)
+    roles.groups.append(train_group)
+    roles.trainer = TrainerGroup([
+        ray.remote(Trainer).options(
+            num_cpus=t.cpus, num_gpus=t.gpus, max_restarts=-1,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(train_group, placement_group_bundle_index=i),
+        ).remote(cfg)
+        for i in range(t.workers)
+    ])
+    roles.trainer.connect()
+    roles.policy = roles.trainer.describe()
+
+
+def _launch_rollout(cfg: Config, roles: Roles, bundles: list[dict], answer_ids: frozenset[int]) -> None:
+    r, info = cfg.rollout, roles.policy
+    infer_group = _group("inference", bundles)
+    roles.groups.append(infer_group)
+    roles.rollout = [
+        ray.remote(RolloutWorker).options(
+            num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=-1,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(infer_group, placement_group_bundle_index=i),
+        ).remote(cfg, info.config, info.eos_id, info.pad_id, i, answer_ids)
+        for i in range(r.workers)
+    ]
 
 
 def _totals(bundles: list[dict]) -> dict[str, float]:

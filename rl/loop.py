@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from branchrl.data.datastore import DataStore, sample_id
-from branchrl.data.ledger import Ledger
+from branchrl.data.ledger import STEP_ROLLOUT, STEP_TRAIN, Ledger
 from branchrl.data.prune import Selection, select_verified
 from branchrl.envs import Environment, Problem
+from branchrl.sync.weight_sync import Published
 from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
@@ -32,12 +33,12 @@ from branchrl.verifiers import verifier_version
 from . import checkpoints, dispatch, interrupt, preflight
 from .config import Config, dump_config, load_config
 from .context import Context
-from .feed import Feed
+from .feed import Feed, epoch_size
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
 from .prompts import templated
-from .records import Leaf
+from .records import Leaf, PolicyInfo
 from .tracking import Tracker, rollout_stats, write_samples
 from .tree import Tree
 
@@ -115,14 +116,16 @@ def stopped(ctx: Context, stop: interrupt.Interrupted, point: checkpoints.Resume
 
 @contextmanager
 def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: Progress, address: str | None,
-             point: checkpoints.ResumePoint | None = None) -> Iterator[Context]:
+             point: checkpoints.ResumePoint | None = None, policy: PolicyInfo | None = None) -> Iterator[Context]:
     """Ray started or joined, the roles launched, the driver's Context (its ledger continued from the resume
-    point, if any); the roles go down on the way out."""
+    point, if any); the roles go down on the way out. policy: a fixed policy's `models.describe` (generate.py):
+    no training group."""
     start_ray(cfg, address)
-    roles = launch(cfg, answer_start_ids(cfg, env, tokenizer))
+    roles = launch(cfg, answer_start_ids(cfg, env, tokenizer), policy)
     try:
         info = roles.policy
-        ledger = Ledger(**point.ledger) if point else Ledger(info.flop_params, info.layers, info.hidden)
+        ledger = Ledger(**point.ledger) if point else Ledger(info.flop_params, info.layers, info.hidden,
+                                                               info.head_params)
         yield Context(cfg, env, tokenizer, roles, ledger, run_dir, progress, attempt=point.attempt if point else 0)
     finally:
         roles.shutdown()
@@ -135,6 +138,8 @@ def prepare(cfg: Config, run_dir: Path):
     env = templated(env, tokenizer, cfg.model)   # prompts as the policy sees them (chat template)
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
+    if cfg.rollout.problem_order == "epochs":
+        epoch_size(cfg, env)
     preflight.lengths(cfg, tokenizer, [p.prompt for p in eval_set + env.train_problems(8, 0)],
                       [p.prompt + p.solution for p in warm_set])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +231,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
             close_step(ctx, finish_update(ctx, *pending), metrics, eval_set, busy, feed, eval_before)
     unused = feed.drain()
     wall = time.perf_counter() - t0 - busy["eval"]
+    add_device_seconds(ctx, feed, busy["train"], wall)
     return {"rl_seconds": wall, "trainer_idle_fraction": 1 - busy["train"] / wall,
             "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
 
@@ -251,17 +257,20 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     so far, the pending update and the step's start time (`finish_update` completes the record)."""
     t_step, cfg = time.perf_counter(), ctx.cfg
     got = gather(ctx, feed)
+    t_driver = time.perf_counter()   # the driver's own share of the step: prune, store, batch, hand the update over
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
-    store.write(step, provenance(ctx, chosen, step, store.attempt))
+    shard = store.write(step, provenance(ctx, chosen, step, store.attempt))
     write_samples(ctx.run_dir, step, got.leaves, ctx.tokenizer, cfg.track.samples)
     batch, dropped = ALGOS[cfg.train.algo].batch(got.trees, chosen.sequences, cfg.train.shared_spans,
                                                  cfg.rollout.prompts_per_step)
     update = ctx.roles.trainer.start_train(batch) if batch else None
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
-    led.add_rollout(generated, sum(len(t.prompt_ids) + t.reprefill_tokens for t in got.trees),
-                    sum(t.context_sum() for t in got.trees), got.rollout_seconds)
+    mark = led.state()
+    led.driver_seconds += time.perf_counter() - t_driver
+    led.add_rollout(got.trees, got.rollout_seconds, got.stale_tokens)
     led.verified_tokens += chosen.verified_tokens
-    led.verify_seconds += got.verify_seconds
+    led.verified_bytes += shard.stat().st_size if shard else 0
+    led.add_verify(len(got.leaves), got.verify_seconds, sum(leaf.result.seconds for leaf in got.leaves))
     record = {"step": step, "prompts": len(got.problems), "batches": got.batches,
               "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
               "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),
@@ -271,7 +280,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
               "tokens_per_s": got.generated_tokens() / got.rollout_seconds if got.rollout_seconds else 0.0,
               "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds,
               "verify_leaves_per_s": len(got.leaves) / got.verify_seconds if got.verify_seconds else 0.0,
-              **rollout_stats(got.leaves, got.trees)}
+              **rollout_stats(got.leaves, got.trees), **led.since(mark, STEP_ROLLOUT)}
     return record, update, t_step
 
 
@@ -280,10 +289,10 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     stats = ctx.roles.trainer.finish_train(update) if update is not None else None
     version, sync_s = sync(ctx.roles)
     led = ctx.ledger
+    mark = led.state()
     if stats:
         led.add_train(stats)
-    led.sync_seconds += sync_s
-    led.sync_bytes += ctx.roles.published.bytes
+    led.add_sync(sync_s, ctx.roles.published.bytes)
     return {**record, "policy_version": version, "trained_tokens": stats.trained_tokens if stats else 0,
             "loss": stats.loss if stats else None, "clip_fraction": stats.clip_fraction if stats else None,
             "kl": stats.kl if stats else None, "grad_norm": stats.grad_norm if stats else None,
@@ -294,7 +303,15 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
             "sync_bytes": ctx.roles.published.bytes, "sync_fallbacks": ctx.roles.faults.sync_fallbacks,
             "step_seconds": time.perf_counter() - t_step, "rollout_train_flop_ratio": led.ratio,
             "rollout_restarts": ctx.roles.faults.rollout_restarts,
-            "trainer_restarts": ctx.roles.faults.trainer_restarts}
+            "trainer_restarts": ctx.roles.faults.trainer_restarts, **led.since(mark, STEP_TRAIN)}
+
+
+def add_device_seconds(ctx: Context, feed: Feed, train_busy: float, wall: float) -> None:
+    """Busy and idle device-seconds of both groups over `wall` (a device: a GPU, or a worker slot without one)."""
+    r, t = ctx.cfg.rollout, ctx.cfg.train
+    per_worker, per_trainer = r.gpus_per_worker or 1.0, t.gpus or 1.0
+    ctx.ledger.add_busy("rollout", sum(feed.busy) * per_worker, len(feed.busy) * per_worker * wall)
+    ctx.ledger.add_busy("train", train_busy * t.workers * per_trainer, t.workers * per_trainer * wall)
 
 
 def gather(ctx: Context, feed: Feed) -> Rollouts:
@@ -357,11 +374,12 @@ def provenance(ctx: Context, chosen: Selection, step: int, attempt: int = 0) -> 
             for p, leaf in chosen.samples]
 
 
-def sync(roles: Roles) -> tuple[int, float]:
-    """Publish the trainer's weights once to the object store; every rollout worker loads that copy.
-    Returns (policy version, seconds). Raises if a worker holds another version or checksum."""
+def sync(roles: Roles, published: Published | None = None) -> tuple[int, float]:
+    """Publish the trainer's weights (or take `published`, a fixed policy's) once to the object store; every
+    rollout worker loads that copy. Returns (policy version, seconds). Raises if a worker holds another version or
+    checksum."""
     t0 = time.perf_counter()
-    published = roles.trainer.publish()
+    published = published if published is not None else roles.trainer.publish()
     loaded = dispatch.load_weights(roles, published)
     for i, got in enumerate(loaded):
         if (got["version"], got["checksum"]) != (published.version, published.checksum):

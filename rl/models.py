@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .config import ModelConfig
+from .records import PolicyInfo
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = string.printable[:95] + "\n"  # digits, letters, punctuation, space, newline
@@ -84,6 +85,28 @@ def save_policy(path: Path, model: torch.nn.Module, state: dict[str, torch.Tenso
     save_file({k: v.contiguous() for k, v in state.items() if k in names}, str(Path(path) / "model.safetensors"),
               metadata={"format": "pt"})
     tokenizer.save_pretrained(path)
+
+
+def describe(model: torch.nn.Module, tokenizer) -> PolicyInfo:
+    """What the driver and the rollout workers need to know about a policy: HF config, special ids, FLOP
+    parameter count, layers and width (the ledger's attention term), LM head size."""
+    c = model.config
+    return PolicyInfo(c.to_dict(), tokenizer.eos_token_id, tokenizer.pad_token_id, count_flop_params(model),
+                      c.num_hidden_layers, c.hidden_size, model.get_output_embeddings().weight.numel())
+
+
+def describe_unloaded(cfg: ModelConfig, seed: int) -> PolicyInfo:
+    """`describe` without reading or initialising any weights (the model is built on the meta device), for a
+    driver that places no trainer (`branchrl generate`)."""
+    tokenizer = load_tokenizer(cfg)
+    with torch.device("meta"):
+        if cfg.path is None:
+            model = build_tiny_model(cfg, tokenizer, seed, torch.float32)
+        else:
+            from transformers import AutoConfig
+
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.path))
+    return describe(model, tokenizer)
 
 
 def count_flop_params(model: torch.nn.Module) -> int:

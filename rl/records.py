@@ -46,3 +46,4 @@ class PolicyInfo:
     flop_params: int    # N in the 2N / 6N FLOP rules (`models.count_flop_params`)
     layers: int
     hidden: int
+    head_params: int    # LM head parameters (activation-checkpoint recompute leaves the head out)

@@ -97,6 +97,23 @@ class Tree:
             total += attended_positions(len(n.tokens), cached=p + s)
         return total
 
+    def prefill_context(self) -> int:
+        """Attention positions of the prefills alone: the prompt once, plus every re-prefill."""
+        return attended_positions(len(self.prompt_ids)) + self.reprefill_context
+
+    def fork_saved_prefill(self) -> tuple[int, int]:
+        """(tokens, attention positions) of prefill that sharing prefixes saved: at every node with k children,
+        the k - 1 extra branches would each have prefilled their prefix (prompt + completion before the
+        children) again; less what re-opening finished chains did prefill again (`reprefill_tokens`)."""
+        p, starts = len(self.prompt_ids), self.span_starts()
+        tokens = context = 0
+        for n in self.nodes:
+            if len(n.children) > 1:
+                prefix = p + starts[n.id] + len(n.tokens)
+                tokens += (len(n.children) - 1) * prefix
+                context += (len(n.children) - 1) * attended_positions(prefix)
+        return tokens - self.reprefill_tokens, context - self.reprefill_context
+
     def split(self, node: int, offset: int) -> int:
         """Cut `node`'s span before token `offset`: node keeps tokens[:offset]; a new only child takes the
         rest, with node's children, finish and reward. Returns the new child's id. 0 < offset < len."""

@@ -4,7 +4,7 @@ import pytest
 
 from branchrl.data.ledger import Ledger
 from branchrl.training.trainer import TrainStats
-from branchrl.tree import attended_positions
+from branchrl.tree import Tree, attended_positions
 
 # N = 1000 FLOP parameters, 2 layers, width 32: a forward costs 2000 per token + 256 per attended position
 
@@ -15,24 +15,72 @@ def test_forward_flops_by_hand():
     assert led.forward_flops(0, 0) == 0
 
 
+def chain_tree(prompt: int, spans: list[int]) -> Tree:
+    """A prompt of `prompt` tokens and one root chain of sum(spans) tokens (no forks)."""
+    tree = Tree("p", list(range(prompt)), 0)
+    node = tree.add_child(0)
+    tree.nodes[node].tokens = [7] * sum(spans)
+    tree.nodes[node].finish = "eos"
+    return tree
+
+
 def test_rollout_train_and_eval_accumulate_apart():
     led = Ledger(1000, 2, 32)
     assert led.ratio is None  # nothing trained yet: no ratio rather than a division by zero
-    led.add_rollout(generated=6, prefill=4, context_sum=55, seconds=1.5)
-    led.add_rollout(generated=3, prefill=2, context_sum=10, seconds=0.5)
+    led.add_rollout([chain_tree(4, [6])], seconds=1.5)         # prefill 4 (ctx 10), decode 6 after 4 (ctx 45)
+    led.add_rollout([chain_tree(2, [3])], seconds=0.5, stale_tokens=5)   # prefill 2 (ctx 3), decode 3 (ctx 12)
     led.add_train(TrainStats(loss=1.0, sequences=2, trained_tokens=3, processed_tokens=10, context_sum=55, seconds=2.0,
                              state_bytes=800))
     led.add_eval(tokens=5, context_sum=15)
-    assert led.rollout_flops == 34080 + (2000 * 5 + 256 * 10) == 46640
-    assert led.train_flops == 3 * 34080 == 102240                 # 6N per token + 12*L*d per position
+    assert led.rollout_prefill_flops == 2000 * 6 + 256 * (10 + 3)
+    assert led.rollout_decode_flops == 2000 * (6 + 3 + 5) + 256 * (45 + 12)   # stale tokens: 2N each, no attention
+    assert led.rollout_flops == led.rollout_prefill_flops + led.rollout_decode_flops == 2000 * 20 + 256 * 70
+    assert (led.prefill_tokens, led.generated_tokens, led.fork_saved_prefill_tokens) == (6, 14, 0)
+    assert led.train_flops == led.train_update_flops == 3 * 34080 == 102240   # 6N per token + 12*L*d per position
     assert led.eval_flops == 2000 * 5 + 256 * 15 == 13840        # kept out of the ratio
-    assert led.ratio == pytest.approx(46640 / 102240)
-    assert (led.generated_tokens, led.trained_tokens) == (9, 3)
+    assert led.ratio == pytest.approx(57920 / 102240)
+    assert led.trained_tokens == 3
     assert (led.rollout_seconds, led.train_seconds) == (2.0, 2.0)
     totals = led.totals()
-    assert totals["rollout_train_flop_ratio"] == led.ratio
-    assert "flop_params" not in totals and totals["eval_flops"] == 13840
+    assert totals["rollout_train_flop_ratio"] == led.ratio and totals["decode_tokens"] == 14
+    assert totals["flop_params"] == 1000 and totals["eval_flops"] == 13840
     assert totals["train_state_bytes_per_rank"] == 800
+
+
+def test_forks_saved_prefill_is_what_each_extra_branch_would_have_prefilled():
+    # prompt of 3; 2 root chains; the first forks after 2 tokens into 3 children (2 extra branches)
+    tree = Tree("p", [1, 2, 3], 0)
+    a, b = tree.add_child(0), tree.add_child(0)
+    tree.nodes[a].tokens = [5, 6]
+    kids = [tree.add_child(a) for _ in range(3)]
+    for n in [b, *kids]:
+        tree.nodes[n].tokens, tree.nodes[n].finish = [9], "eos"
+    # root: 1 extra chain x prefix 3; node a: 2 extra branches x prefix 3 + 2 = 5
+    assert tree.fork_saved_prefill() == (3 + 2 * 5, attended_positions(3) + 2 * attended_positions(5))
+    tree.reprefill_tokens, tree.reprefill_context = 5, attended_positions(5)   # had a re-opened chain paid one back
+    assert tree.fork_saved_prefill() == (3 + 5, attended_positions(3) + attended_positions(5))
+    led = Ledger(1000, 2, 32)
+    led.add_rollout([tree], seconds=1.0)
+    assert led.fork_saved_prefill_tokens == 8
+    assert led.fork_saved_prefill_flops == 2000 * 8 + 256 * (6 + 15)
+    assert led.prefill_tokens == 3 + 5 and led.reprefill_tokens == 5
+
+
+def test_train_passes_are_named_apart_and_checkpoint_recompute_leaves_the_head_out():
+    led = Ledger(1000, 2, 32, head_params=100)
+    led.add_train(TrainStats(loss=1.0, sequences=2, trained_tokens=3, processed_tokens=10, context_sum=55, seconds=1.0,
+                             forward_tokens=10, forward_context_sum=55, reference_tokens=10,
+                             reference_context_sum=55, checkpoint_tokens=10, checkpoint_context_sum=55))
+    assert (led.train_update_flops, led.train_recompute_flops, led.train_reference_flops) == (3 * 34080, 34080, 34080)
+    assert led.train_flops == 5 * 34080                      # the ratio's denominator: model FLOPs of every pass
+    assert led.train_checkpoint_flops == 34080 - 2 * 100 * 10   # the blocks' forward again, not the LM head
+    mark = led.state()
+    led.add_sync(0.5, 1234)
+    led.add_verify(leaves=4, wall_seconds=0.2, busy_seconds=0.3)
+    led.add_busy("rollout", busy=3.0, held=4.0)
+    assert led.since(mark, ("sync_bytes", "leaves", "verifier_cpu_seconds")) == {
+        "sync_bytes": 1234, "leaves": 4, "verifier_cpu_seconds": 0.3}
+    assert (led.syncs, led.rollout_busy_device_seconds, led.rollout_idle_device_seconds) == (1, 3.0, 1.0)
 
 
 def test_forward_only_passes_count_one_forward_and_state_bytes_keep_the_largest():
@@ -41,7 +89,7 @@ def test_forward_only_passes_count_one_forward_and_state_bytes_keep_the_largest(
                              forward_tokens=10, forward_context_sum=55, state_bytes=900))
     led.add_train(TrainStats(loss=1.0, sequences=1, trained_tokens=1, processed_tokens=0, context_sum=0, seconds=1.0,
                              state_bytes=700))
-    assert led.train_flops == 3 * 34080 + 34080   # a recompute (or reference) pass is a forward: 2N per token
+    assert led.train_flops == 3 * 34080 + 34080   # a recompute pass is a forward: 2N per token
     assert led.train_state_bytes_per_rank == 900
 
 

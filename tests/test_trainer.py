@@ -219,6 +219,8 @@ def test_activation_checkpointing_recomputes_each_block_and_takes_the_same_step(
     a, b = plain.train(sequences(plain)), checkpointed.train(sequences(checkpointed))
     steps = -(-len(PAIRS) // plain.cfg.train.batch_size)
     assert len(calls) == 2 * steps   # forward, and again in backward
+    assert (a.checkpoint_tokens, a.checkpoint_context_sum) == (0, 0)   # the ledger counts the recompute apart
+    assert (b.checkpoint_tokens, b.checkpoint_context_sum) == (b.processed_tokens, b.context_sum)
     assert math.isfinite(b.loss) and b.loss == a.loss
     for (k, p), q in zip(plain.model.named_parameters(), checkpointed.model.parameters()):
         torch.testing.assert_close(local(q.grad), local(p.grad), msg=k)
@@ -395,7 +397,7 @@ def test_kl_term_pulls_towards_a_frozen_copy_of_the_weights_before_the_first_upd
     stats = trainer.train(pg_samples(trainer))
     ref = trainer.reference
     assert ref is not None and not any(p.requires_grad for p in ref.parameters())
-    assert stats.kl > 0 and stats.forward_tokens == 2 * stats.processed_tokens   # recompute + reference passes
+    assert stats.kl > 0 and stats.forward_tokens == stats.reference_tokens == stats.processed_tokens  # two passes
     torch.testing.assert_close(trainer.reference_logprobs(ids, attn, mask, 1.0), start)
     trainer.train(pg_samples(trainer))
     assert trainer.reference is ref

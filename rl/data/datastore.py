@@ -102,7 +102,7 @@ class DataStore:
         if path.exists():  # a second write for one step would silently replace the first shard
             raise FileExistsError(f"{path} already written; a re-run of step {step} needs a new attempt")
         data = _to_parquet(pa.Table.from_pylist(rows, schema=SCHEMA))
-        _write_atomically(path, data)
+        write_atomically(path, data)
         self.shards.append(_entry(path.name, step, self.attempt, len(rows), data))
         self._write_manifest()
         self.ids.update(ids)
@@ -144,7 +144,7 @@ class DataStore:
     def _write_manifest(self) -> None:
         shards = sorted(self.shards, key=lambda e: (e["step"], e["attempt"]))
         text = json.dumps({"format": MANIFEST_FORMAT, "shards": shards}, indent=1) + "\n"
-        _write_atomically(self.manifest, text.encode())
+        write_atomically(self.manifest, text.encode())
 
 
 def find_data_dir(path: Path) -> Path:
@@ -243,7 +243,7 @@ def _to_parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Hidden temp file in the same dir, fsync, rename over the final name, fsync the dir: after a crash the
     final name holds either the old bytes or all the new ones."""
     tmp = path.with_name(f".{path.name}.tmp")

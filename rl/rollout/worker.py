@@ -22,7 +22,7 @@ import torch
 from branchrl.config import Config
 from branchrl.engine import SamplingParams, check_prompts, load_engine
 from branchrl.seeding import derive_seed
-from branchrl.sync.weight_sync import BroadcastMember, Layout, Weights, state_checksum
+from branchrl.sync.weight_sync import BroadcastMember, Layout, Published, Weights, layout, state_checksum
 from branchrl.tree import Tree
 
 from .sampler import GREEDY, GREEDY_BRANCH, BranchSampler
@@ -54,6 +54,19 @@ class RolloutWorker(BroadcastMember):
         """Load the version trainer rank 0 broadcasts over the group this worker joined (`join_broadcast`);
         returns what `set_weights` returns. Raises SyncFailed if the broadcast does not complete."""
         return self._load(version, self._member().receive(spec))
+
+    def publish_fixed(self) -> tuple[Published, Weights]:
+        """A fixed policy with no trainer (`branchrl generate`): read model.path (or build the tiny model from
+        run.seed, as a trainer would) and return what `Trainer.publish` returns for version 0, the weights in the
+        compute dtype for the object store. This worker loads them like every other, through `set_weights`."""
+        from branchrl.models import load_policy
+
+        model, _ = load_policy(self.cfg.model, self.cfg.run.seed, dtype=torch.float32)  # cast as the trainer does
+        dtype = getattr(torch, self.cfg.model.dtype)
+        state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().clone()
+                 for k, v in model.state_dict().items()}
+        weights = Weights(0, state, state_checksum(state))
+        return Published(0, weights.checksum, weights.nbytes, layout(state)), weights
 
     def _load(self, version: int, state: dict) -> dict:
         self.decoder.load_state_dict(state)

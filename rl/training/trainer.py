@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from branchrl.config import Config, weight_sync_backend
-from branchrl.models import count_flop_params, load_policy, save_policy
+from branchrl.models import describe, load_policy, save_policy
 from branchrl.records import PolicyInfo
 from branchrl.sync.weight_sync import BroadcastMember, Published, Weights, layout, state_checksum
 from branchrl.tree import attended_positions
@@ -41,7 +41,8 @@ from .objectives import LIKELIHOOD
 
 STATE_FILE = "trainer.json"       # policy version and shuffling state, for `resume`
 SHARDED_DIR = "sharded"           # in every checkpoint: fp32 master weights and optimizer state (DCP), per rank
-COUNTS = ("trained_tokens", "processed_tokens", "context_sum", "forward_tokens", "forward_context_sum")
+COUNTS = ("trained_tokens", "processed_tokens", "context_sum", "forward_tokens", "forward_context_sum",
+          "reference_tokens", "reference_context_sum", "checkpoint_tokens", "checkpoint_context_sum")
 WARMUP_FRACTION = 0.05            # sft(): linear warm-up over the first 5% of optimizer steps,
 FINAL_LR_FRACTION = 0.1           # then cosine decay to 10% of the peak learning rate
 
@@ -55,8 +56,12 @@ class TrainStats:
     processed_tokens: int          # tokens through forward and backward, prompts included
     context_sum: int               # causal attention positions over those tokens (FLOP accounting)
     seconds: float                 # wall time (the group reports its slowest rank's)
-    forward_tokens: int = 0        # tokens through forward-only passes: recomputed old log-probs, the KL reference
+    forward_tokens: int = 0        # tokens through the forward-only pass recomputing old log-probs
     forward_context_sum: int = 0
+    reference_tokens: int = 0      # tokens through the KL reference's forward-only passes
+    reference_context_sum: int = 0
+    checkpoint_tokens: int = 0     # tokens whose decoder-block forward backward recomputes (activation checkpointing)
+    checkpoint_context_sum: int = 0
     state_bytes: int = 0           # parameters + gradients + optimizer state this rank holds (the group: the largest)
     clip_fraction: float | None = None   # grpo/tree: weighted fraction of tokens whose clipped ratio won
     kl: float | None = None              # grpo/tree: weighted mean k3 KL to the reference policy
@@ -102,9 +107,7 @@ class Trainer(BroadcastMember):
 
     def describe(self) -> PolicyInfo:
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
-        c = self.model.config
-        return PolicyInfo(c.to_dict(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
-                          count_flop_params(self.model), c.num_hidden_layers, c.hidden_size)
+        return describe(self.model, self.tokenizer)
 
     def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
         """Short SFT on worked (prompt, solution) pairs before RL."""
@@ -163,7 +166,7 @@ class Trainer(BroadcastMember):
                 if real:
                     for (i, _), lp in zip(chunk, logp.split([len(c) for _, c in seqs])):
                         mine[i] = lp.tolist()
-                    counts.update(self._counts(attn, mask, 0))
+                    counts.update(self._counts(attn, mask, 0, False))
         parts = [mine]
         if self.world > 1:
             parts = [None] * self.world
@@ -216,7 +219,7 @@ class Trainer(BroadcastMember):
             (loss * (share * self.world)).backward()
             sums.update({"loss": share * loss.item(), **{k: share * v for k, v in stats.items()}})
             if real:
-                sums.update(self._counts(attn, mask, passes))
+                sums.update(self._counts(attn, mask, passes, self.cfg.train.activation_checkpointing))
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm   # a DTensor under FSDP2
         sums["grad_norm"] += float(norm) / self.world   # the same global norm on every rank: summed over them once
@@ -237,12 +240,14 @@ class Trainer(BroadcastMember):
         return (x.to(self.device) for x in pack_batch(seqs, self.tokenizer.pad_token_id))
 
     @staticmethod
-    def _counts(attn: torch.Tensor, mask: torch.Tensor, forward_passes: int) -> dict[str, int]:
-        """A micro-batch's tokens for the ledger: trained, processed (and again per extra forward-only pass)."""
+    def _counts(attn: torch.Tensor, mask: torch.Tensor, reference_passes: int, checkpointing: bool) -> dict[str, int]:
+        """A micro-batch's tokens for the ledger: trained, processed, again per KL-reference forward, and once more
+        when activation checkpointing recomputes the forward in backward."""
         lengths = attn.sum(1).tolist()                                   # [B]
         processed, context = sum(lengths), sum(map(attended_positions, lengths))
         return {"trained_tokens": int(mask.sum()), "processed_tokens": processed, "context_sum": context,
-                "forward_tokens": forward_passes * processed, "forward_context_sum": forward_passes * context}
+                "reference_tokens": reference_passes * processed, "reference_context_sum": reference_passes * context,
+                "checkpoint_tokens": checkpointing * processed, "checkpoint_context_sum": checkpointing * context}
 
     def _sum_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         """Each value summed over the ranks (every rank passes the same keys); unchanged for a lone trainer."""
