@@ -118,6 +118,7 @@ def _add_generate(sub) -> None:
     gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. generate.per_problem=8")
     gen.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
     gen.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    gen.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
     gen.add_argument("--resume", metavar="OUT_DIR", help="continue this walk with its own config.yaml; overrides may "
                                                          "only be run.steps and rollout/verify worker placement")
     gen.set_defaults(handler=_generate)
