@@ -75,7 +75,8 @@ def resume_point(run_dir: Path) -> ResumePoint:
     """The latest complete step checkpoint of a run and the next attempt number; one-line errors otherwise."""
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a branchrl run directory (no config.yaml)")
-    if (run_dir / "summary.json").exists():
+    summary = run_dir / "summary.json"
+    if summary.exists() and not json.loads(summary.read_text()).get("interrupted"):
         raise ConfigError(f"{run_dir} already finished (summary.json exists); nothing to resume")
     done = sorted(p for p in (run_dir / "checkpoints").glob(f"{PREFIX}*") if (p / "driver.json").is_file())
     if not done:

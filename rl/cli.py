@@ -1,6 +1,6 @@
 """`branchrl` command line: `run` a config, `generate` a data set from a fixed policy, `train` on a stored data set,
-`verify` a JSONL file, `report` a run, `plan` a cluster for a run's workload; `envs`, `verifiers` and `env check`
-show what is registered and check an environment.
+`verify` a JSONL file, `report` a run, `plan` a cluster for a run's workload; `config` shows every key, `envs`,
+`verifiers` and `env check` show what is registered and check an environment.
 
 Parses arguments before importing torch or ray, so `branchrl --help` is instant. Every user error
 (bad config, unknown env, missing file, a data set that is empty or does not match its manifest, a
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
     run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
     run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    run.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue this killed run (its own config.yaml) from its "
                                                          "last step checkpoint (run.checkpoint_every); overrides may "
                                                          "only reshape the training group, e.g. train.workers=1")
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--from-data", required=True, metavar="DIR", help="a run directory or its data/ directory")
     train.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
     train.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    train.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
     train.set_defaults(handler=_train)
     verify = sub.add_parser("verify", help="verify JSONL records (the branchrl verify format); results on stdout",
                             description="Verify one JSON record per line ('-' = stdin).")
@@ -116,12 +118,19 @@ def _add_generate(sub) -> None:
     gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. generate.per_problem=8")
     gen.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
     gen.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    gen.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
     gen.add_argument("--resume", metavar="OUT_DIR", help="continue this walk with its own config.yaml; overrides may "
                                                          "only be run.steps and rollout/verify worker placement")
     gen.set_defaults(handler=_generate)
 
 
 def _add_registry_commands(sub) -> None:
+    config = sub.add_parser("config", help="every config key with its value, default and description",
+                            description="Print every config key: its value (from CONFIG and the overrides, else the "
+                                        "default), its default and what it does; * marks a value that differs.")
+    config.add_argument("config", nargs="?", help="YAML run config (default: the defaults alone)")
+    config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
+    config.set_defaults(handler=_config)
     sub.add_parser("envs", help="list the registered environments (built-ins and entry points)").set_defaults(
         handler=_envs)
     sub.add_parser("verifiers", help="list the registered verifiers (built-ins and entry points)").set_defaults(
@@ -139,6 +148,7 @@ def _add_registry_commands(sub) -> None:
 
 
 def _run(args) -> int:
+    from . import interrupt, preflight
     from .config import ConfigError
 
     if args.resume:
@@ -147,21 +157,17 @@ def _run(args) -> int:
         if args.out or any("=" not in x for x in overrides):
             raise ConfigError("--resume RUN_DIR takes no config or --out: the run continues with its own config.yaml, "
                               "in its own directory")
-        from .checkpoints import check_reshape, resume_point
-
-        check_reshape(overrides)
-        resume_point(Path(args.resume))  # a run dir with a checkpoint, or a one-line error before Ray starts
+        preflight.resumable(Path(args.resume), overrides, args.address)  # one-line errors before Ray starts
         from .loop import resume  # torch and ray load only once the run dir is known good
 
-        resume(Path(args.resume), address=args.address, overrides=overrides)
-        return 0
+        return interrupt.exit_code(resume(Path(args.resume), args.address, overrides, args.verbose))
     if not args.config:
         raise ConfigError("branchrl run needs a config file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     cfg, out = resolve_run(args)
+    preflight.inputs(cfg, out)  # one-line errors before torch and ray take seconds to import
     from .loop import run  # torch and ray load only once the config is known to be good
 
-    run(cfg, out, address=cfg.run.ray_address)
-    return 0
+    return interrupt.exit_code(run(cfg, out, address=cfg.run.ray_address))
 
 
 def _generate(args) -> int:
@@ -182,6 +188,9 @@ def _generate(args) -> int:
     if not args.config:
         raise ConfigError("branchrl generate needs a config file (e.g. configs/demo.yaml) or --resume OUT_DIR")
     cfg, out = resolve_run(args)
+    from . import preflight
+
+    preflight.inputs(cfg, None)  # one-line errors before torch and ray import (generate checks the out dir itself)
     from .generate import generate
 
     generate(cfg, out, address=cfg.run.ray_address)
@@ -189,10 +198,10 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
-    cfg, out = resolve_run(args)
-    from branchrl.data.datastore import find_data_dir
+    from . import preflight
 
-    data = find_data_dir(Path(args.from_data))
+    cfg, out = resolve_run(args)
+    data = preflight.training_data(cfg, out, Path(args.from_data))
     from .from_data import train_from_data  # torch and ray load only once config and data dir are known good
 
     train_from_data(cfg, data, out, address=cfg.run.ray_address)
@@ -206,23 +215,26 @@ def resolve_run(args):
     cfg = load_config(args.config, args.overrides)
     if args.address:
         cfg.run.ray_address = args.address
+    if args.verbose:
+        cfg.run.verbose = True
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_before_import(cfg, out)
     return cfg, out
 
 
-def _check_before_import(cfg, out: Path) -> None:
-    """The cheap input checks, before torch and ray take seconds to import; `loop.prepare` repeats them
-    (it is the API's entry point) and adds the ones that need the tokenizer."""
-    from branchrl.envs import load_env
+def _config(args) -> int:
+    import json
 
-    from .config import ConfigError
+    from .config import describe, load_config
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output dir {out} is a file; pass another --out")
-    if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"output dir {out} is not empty; pass another --out")
-    load_env(cfg.env.name, **cfg.env.kwargs)
+    if args.config and "=" in args.config and not Path(args.config).exists():  # `config k=v`: no file, overrides
+        args.config, args.overrides = None, [args.config, *args.overrides]
+    rows = [(key, json.dumps(value), json.dumps(default), "*" if value != default else " ", text)
+            for key, value, default, text in describe(load_config(args.config, args.overrides))]
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'KEY':{width[0]}}   {'VALUE':{width[1]}}  {'DEFAULT':{width[2]}}  DESCRIPTION")
+    for key, value, default, mark, text in rows:
+        print(f"{key:{width[0]}} {mark} {value:{width[1]}}  {default:{width[2]}}  {text}")
+    return 0
 
 
 def _verify(args) -> int:

@@ -71,11 +71,19 @@ class ModelConfig(Section):
         "float32", description="compute dtype of the trainers' forward/backward (their weights and optimizer state "
                                "stay float32), of the rollout engines and of exported checkpoints")
 
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="auto: when the tokenizer has a chat template, the env's prompt is the user message (after "
+                            "system_prompt, if any) and the assistant's turn is opened; none: the raw prompt text")
+    system_prompt: str | None = Field(None, description="system message before each prompt (needs a chat template)")
+
     @model_validator(mode="after")
     def _trainable(self) -> "ModelConfig":
         if self.dtype == "float16":
             raise ValueError("model.dtype=float16 would train without loss scaling, which the trainer does not do; "
                              "use bfloat16 (the same memory) or float32")
+        if self.system_prompt is not None and self.chat_template == "none":
+            raise ValueError("model.system_prompt needs model.chat_template=auto (a system message lives in the "
+                             "chat template)")
         return self
 
 
@@ -270,6 +278,19 @@ class EvalConfig(Section):
     every: int = Field(0, ge=0, description="also evaluate every N steps (0 = only before and after)")
 
 
+class TrackConfig(Section):
+    tensorboard: bool = Field(True, description="TensorBoard event files of every per-step scalar in RUN/tensorboard/")
+    wandb: bool = Field(False, description="also log every per-step scalar to Weights & Biases (pip install wandb)")
+    wandb_project: str = Field("branchrl", description="the W&B project the run is logged to")
+    wandb_mode: Literal["online", "offline"] | None = Field(
+        None, description="W&B mode: offline writes RUN/wandb/ for a later `wandb sync`; null = wandb's own default "
+                          "(WANDB_MODE, else online)")
+    samples: int = Field(4, ge=0, description="passing and failing rollouts (each, plus up to as many verifier errors) "
+                                              "written per step to RUN/samples/step-NNNNNN.jsonl")
+    warn_after: int = Field(3, gt=0, description="warn on the console when no rollout has passed for this many steps "
+                                                 "in a row")
+
+
 class GenerateConfig(Section):
     split: Literal["train", "warm_start", "eval"] = Field(
         "train", description="`branchrl generate`: the env split whose problems it walks")
@@ -293,8 +314,10 @@ class RunConfig(Section):
     checkpoint_every: int = Field(
         0, ge=0,
         description="write a step checkpoint every N steps, which `branchrl run --resume RUN_DIR` continues from (0 = "
-                    "only the final one)")
+                    "only at a stop signal and the final one)")
     ray_address: str | None = Field(None, description="null = embedded local Ray; 'auto' joins a running cluster")
+    verbose: bool = Field(False, description="show Ray's start-up warnings and the actors' weight-loading progress "
+                                             "bars (`--verbose`)")
 
 
 class Config(Section):
@@ -307,6 +330,7 @@ class Config(Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="verifier pool")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training group")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+    track: TrackConfig = Field(default_factory=TrackConfig, description="experiment tracking and run-time warnings")
     generate: GenerateConfig = Field(default_factory=GenerateConfig,
                                      description="`branchrl generate`: a verified data set from a fixed policy")
 
@@ -353,13 +377,28 @@ def weight_sync_backend(cfg: Config) -> str | None:
     return {"object_store": None, "collective": backend, "auto": "nccl" if gpus else None}[cfg.rollout.weight_sync]
 
 
+def describe(cfg: BaseModel, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """Every leaf key of a config as (dotted key, value, default, description), in declaration order."""
+    rows = []
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if _section_type(info.annotation) is not None:
+            rows += describe(value, f"{prefix}{name}.")
+        else:
+            default = info.default_factory() if info.default_factory else info.default
+            rows.append((f"{prefix}{name}", value, default, info.description or ""))
+    return rows
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read YAML (or start from defaults when path is None), apply `a.b=value` overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_yaml(Path(path))
+    file_env = dict(data.get("env") or {}) if isinstance(data.get("env"), dict) else {}
     for item in overrides:
         _apply_override(data, item)
+    _env_kwargs_left_behind(file_env, data.get("env"), overrides)
     _check_keys(data, Config)
     _empty_sections(data, Config)
     try:
@@ -411,6 +450,21 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: the value is not valid YAML (quote it to pass a string)") from None
+
+
+def _env_kwargs_left_behind(file_env: dict, env: Any, overrides: list[str]) -> None:
+    """`env.name=X` on the command line over a file whose env.kwargs were written for another env: those
+    kwargs would go to X (often accepted, with another meaning). The user drops them or names them."""
+    keys = [item.partition("=")[0] for item in overrides]
+    kwargs = file_env.get("kwargs")
+    if "env.name" not in keys or not kwargs or any(k == "env.kwargs" or k.startswith("env.kwargs.") for k in keys):
+        return
+    before, after = file_env.get("name", EnvConfig.model_fields["name"].default), (env or {}).get("name")
+    if after != before:
+        shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ConfigError(f"env.name={after} replaces the config's env {before!r}, whose env.kwargs ({shown}) would "
+                          f"go to {after}; drop them with env.kwargs={{}} or name {after}'s own "
+                          f"(env.kwargs.KEY=VALUE)")
 
 
 def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:

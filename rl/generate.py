@@ -32,15 +32,16 @@ from typing import Callable
 from branchrl.data.datastore import DataSetError, DataStore, read_data_set, write_atomically
 from branchrl.data.ledger import Ledger
 from branchrl.data.prune import Selection, select_verified
-from branchrl.envs import EnvError, Environment, Problem, load_env
+from branchrl.envs import EnvError, Environment, Problem
 from branchrl.records import Leaf
 
-from . import dispatch
+from . import dispatch, preflight
 from .config import Config, ConfigError, GenerateConfig, check_generate_resume, dump_config, load_config
 from .context import Context
 from .loop import launched, provenance, sync, verify_leaves
 from .models import describe_unloaded, load_tokenizer
 from .progress import Progress
+from .prompts import templated
 from .tree import Tree
 
 JOURNAL = "generate_journal.jsonl"
@@ -118,10 +119,10 @@ def resume(out: Path, address: str | None = None, overrides: list[str] = ()) -> 
     cfg = load_config(out / "config.yaml", overrides)
     if overrides:
         dump_config(cfg, out / "config.yaml")
-    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    tokenizer = load_tokenizer(cfg.model)
+    env = templated(preflight.inputs(cfg, None), tokenizer, cfg.model)
     walk = Walk.start(problems_to_walk(cfg, env))
-    return drive(cfg, out, address or cfg.run.ray_address, env, load_tokenizer(cfg.model), walk,
-                 read_journal(out / JOURNAL))
+    return drive(cfg, out, address or cfg.run.ray_address, env, tokenizer, walk, read_journal(out / JOURNAL))
 
 
 def problems_to_walk(cfg: Config, env: Environment) -> list[Problem]:
@@ -147,15 +148,13 @@ def _first_repeat(ids: list[str]) -> str:
 
 
 def prepare(cfg: Config, out: Path) -> tuple[Environment, object, list[Problem]]:
-    """Everything that can fail on bad input, before Ray starts: env, problems, lengths, out dir."""
-    env = load_env(cfg.env.name, **cfg.env.kwargs)
-    problems = problems_to_walk(cfg, env)
+    """Everything that can fail on bad input, before Ray starts (preflight.py): env, model, cluster, problems,
+    lengths, out dir. Prompts go through the model's chat template (prompts.py), as in `run`."""
+    env = preflight.inputs(cfg, None)
     tokenizer = load_tokenizer(cfg.model)
-    if cfg.model.path is None:
-        longest = max(len(tokenizer.encode(p.prompt)) for p in problems)
-        if longest + cfg.rollout.max_new_tokens > cfg.model.tiny.max_position:
-            raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} plus the longest prompt ({longest} "
-                              f"tokens) exceeds model.tiny.max_position={cfg.model.tiny.max_position}")
+    env = templated(env, tokenizer, cfg.model)
+    problems = problems_to_walk(cfg, env)
+    preflight.lengths(cfg, tokenizer, [p.prompt for p in problems], [])
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output dir {out} is not empty; pass another --out, or --resume {out} to continue it")
     out.mkdir(parents=True, exist_ok=True)

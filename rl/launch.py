@@ -69,10 +69,16 @@ def start_ray(cfg: Config, address: str | None) -> None:
     or start an embedded one sized for the config."""
     if ray.is_initialized():
         return
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True, "include_dashboard": False}
+    # quiet unless run.verbose: Ray's start-up warnings, and the progress bars of every actor loading weights
+    hush = {} if cfg.run.verbose else {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    quiet = {"logging_level": logging.INFO if cfg.run.verbose else logging.ERROR, "log_to_driver": True,
+             "include_dashboard": False, "runtime_env": {"env_vars": hush} if hush else None}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as e:   # preflight probed it; a cluster can still go away in between
+            raise LaunchError(f"cannot join the Ray cluster at {address}: {' '.join(str(e).split())}") from None
         return
     need = sum(len(bundles) * bundles[0]["CPU"] for bundles in wanted_bundles(cfg).values())
     # Ray CPUs are reservations, not cores: the loop alternates phases, so the roles share the cores.

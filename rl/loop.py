@@ -24,20 +24,22 @@ from pathlib import Path
 from branchrl.data.datastore import DataStore, sample_id
 from branchrl.data.ledger import STEP_ROLLOUT, STEP_TRAIN, Ledger
 from branchrl.data.prune import Selection, select_verified
-from branchrl.envs import Environment, Problem, load_env
+from branchrl.envs import Environment, Problem
 from branchrl.sync.weight_sync import Published
 from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
 from branchrl.verifiers import verifier_version
 
-from . import checkpoints, dispatch
-from .config import Config, ConfigError, dump_config, load_config
+from . import checkpoints, dispatch, interrupt, preflight
+from .config import Config, dump_config, load_config
 from .context import Context
 from .feed import Feed, epoch_size
 from .launch import Roles, launch, start_ray
 from .models import load_tokenizer
 from .progress import Progress
+from .prompts import templated
 from .records import Leaf, PolicyInfo
+from .tracking import Tracker, rollout_stats, write_samples
 from .tree import Tree
 
 
@@ -64,20 +66,18 @@ def run(cfg: Config, run_dir: Path, address: str | None = None) -> dict:
     return drive(cfg, run_dir, address, env, tokenizer, eval_set, warm_set)
 
 
-def resume(run_dir: Path, address: str | None = None, overrides: list[str] = ()) -> dict:
+def resume(run_dir: Path, address: str | None = None, overrides: list[str] = (), verbose: bool = False) -> dict:
     """Continue a killed run from its last step checkpoint (checkpoints.py says what carries over); overrides may
     reshape the training group (checkpoints.RESHAPE_KEYS), and config.yaml keeps the new shape."""
-    checkpoints.check_reshape(overrides)
-    point = checkpoints.resume_point(run_dir)
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg, point, env = preflight.resumable(run_dir, overrides, address, verbose)
     if overrides:
-        dump_config(cfg, run_dir / "config.yaml")
-    env = load_env(cfg.env.name, **cfg.env.kwargs)
-    cfg.model.path = str(point.checkpoint)  # weights, Adam moments and tokenizer as they were at the checkpoint
+        dump_config(load_config(run_dir / "config.yaml", overrides), run_dir / "config.yaml")
     cfg.warm_start.problems = 0
+    tokenizer = load_tokenizer(cfg.model)
+    env = templated(env, tokenizer, cfg.model)
     checkpoints.begin_attempt(run_dir, point, overrides=overrides)
-    return drive(cfg, run_dir, address or cfg.run.ray_address, env, load_tokenizer(cfg.model),
-                 env.eval_problems(cfg.eval.problems), [], point)
+    return drive(cfg, run_dir, address or cfg.run.ray_address, env, tokenizer, env.eval_problems(cfg.eval.problems),
+                 [], point)
 
 
 def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tokenizer, eval_set: list[Problem],
@@ -86,13 +86,32 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
     progress = Progress(cfg.run.steps)
     progress.note(f"run dir {run_dir}; starting Ray" + (f"; resuming after step {point.step}" if point else ""))
     with launched(cfg, env, tokenizer, run_dir, progress, address, point) as ctx:
-        summary = train_and_evaluate(ctx, eval_set, warm_set, point)
+        interrupt.install()  # once Ray is up: ray.init sets a SIGTERM handler of its own
+        try:
+            summary = train_and_evaluate(ctx, eval_set, warm_set, point)
+        except interrupt.Interrupted as stop:
+            summary = stopped(ctx, stop, point)
+        finally:
+            interrupt.restore()
         summary["placement"] = ctx.roles.placement()
     summary["wall_seconds"] = time.perf_counter() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
-                  f"summary in {run_dir / 'summary.json'}")
+    if summary["interrupted"]:
+        progress.note(f"{summary['signal']}: stopped after step {summary['steps']} with a step checkpoint; "
+                      f"continue with `branchrl run --resume {run_dir}`")
+    else:
+        progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
+                      f"summary in {run_dir / 'summary.json'}")
     return summary
+
+
+def stopped(ctx: Context, stop: interrupt.Interrupted, point: checkpoints.ResumePoint | None) -> dict:
+    """The summary of a run stopped by a signal at a clean point (its step checkpoint written): what it did so
+    far, `interrupted: true`, no eval_after."""
+    return {"interrupted": True, "signal": stop.signal_name, "eval_before": stop.eval_before, "eval_after": None,
+            "steps": stop.step, "steps_planned": ctx.cfg.run.steps, "seed": ctx.cfg.run.seed,
+            "resumed_from_step": point.step if point else None, "attempt": ctx.attempt, **ctx.ledger.totals(),
+            **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
 
 
 @contextmanager
@@ -113,24 +132,16 @@ def launched(cfg: Config, env: Environment, tokenizer, run_dir: Path, progress: 
 
 
 def prepare(cfg: Config, run_dir: Path):
-    """Everything that can fail on bad input, done before Ray starts: env, problems, lengths, run dir."""
-    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    """Everything that can fail on bad input, done before Ray starts (preflight.py), then the run dir."""
+    env = preflight.inputs(cfg, run_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    env = templated(env, tokenizer, cfg.model)   # prompts as the policy sees them (chat template)
     eval_set = env.eval_problems(cfg.eval.problems)
     warm_set = env.warm_start_problems(cfg.warm_start.problems, cfg.run.seed) if cfg.warm_start.problems else []
     if cfg.rollout.problem_order == "epochs":
         epoch_size(cfg, env)
-    tokenizer = load_tokenizer(cfg.model)
-    limit = cfg.model.tiny.max_position if cfg.model.path is None else None
-    if limit is not None:
-        longest = max(len(tokenizer.encode(p.prompt)) for p in eval_set + env.train_problems(8, 0))
-        if longest + cfg.rollout.max_new_tokens > limit:
-            raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} plus the longest prompt ({longest} "
-                              f"tokens) exceeds model.tiny.max_position={limit}")
-        worked = max((len(tokenizer.encode(p.prompt + p.solution)) + 1 for p in warm_set), default=0)
-        if worked > limit:
-            raise ConfigError(f"a warm-start example is {worked} tokens, over model.tiny.max_position={limit}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"output dir {run_dir} is not empty; pass another --out")
+    preflight.lengths(cfg, tokenizer, [p.prompt for p in eval_set + env.train_problems(8, 0)],
+                      [p.prompt + p.solution for p in warm_set])
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     return env, tokenizer, eval_set, warm_set
@@ -164,8 +175,10 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
     else:
         eval_before = evaluate(ctx, eval_set, step=0)
         ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
-        if cfg.run.checkpoint_every:  # a point to resume or recover from before the first step checkpoint
+        # a point to resume or recover from before the first step checkpoint
+        if cfg.run.checkpoint_every or interrupt.requested():
             checkpoints.save(ctx, 0, 1, eval_before)
+        interrupt.check(0, eval_before)
     while True:
         store = DataStore(ctx.run_dir / "data", attempt=ctx.attempt)
         try:
@@ -175,7 +188,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
             point = recover(ctx, e)
     eval_after = evaluate(ctx, eval_set, cfg.run.steps)
     trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
-    return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
+    return {"interrupted": False, "eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
             "steps": cfg.run.steps, "verified_samples": store.rows, "seed": cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
             **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
@@ -208,7 +221,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
     cfg, pending, busy = ctx.cfg, None, {"train": 0.0, "eval": 0.0}
     feed = Feed(ctx, depth=cfg.rollout.max_staleness, next_key=point.next_key if point else 1)
     t0 = time.perf_counter()
-    with open(ctx.run_dir / "metrics.jsonl", "a" if point else "w") as metrics:
+    with Tracker(cfg, ctx.run_dir, ctx.progress, append=bool(point)) as metrics:
         for step in range((point.step if point else 0) + 1, cfg.run.steps + 1):
             if pending:
                 close_step(ctx, finish_update(ctx, *pending), metrics, eval_set, busy, feed, eval_before)
@@ -223,7 +236,7 @@ def train_steps(ctx: Context, store: DataStore, eval_set: list[Problem], eval_be
             "rollout_idle_fraction": 1 - sum(feed.busy) / (len(feed.busy) * wall), "unused_tokens": unused}
 
 
-def close_step(ctx: Context, record: dict, metrics, eval_set: list[Problem], busy: dict, feed: Feed,
+def close_step(ctx: Context, record: dict, metrics: Tracker, eval_set: list[Problem], busy: dict, feed: Feed,
                eval_before: float) -> None:
     """A step whose update is synced: mid-run eval when due, its metrics line, a step checkpoint when due."""
     cfg, step = ctx.cfg, record["step"]
@@ -232,11 +245,11 @@ def close_step(ctx: Context, record: dict, metrics, eval_set: list[Problem], bus
         t_eval = time.perf_counter()
         record["eval"] = evaluate(ctx, eval_set, step)
         busy["eval"] += time.perf_counter() - t_eval
-    metrics.write(json.dumps(record) + "\n")
-    metrics.flush()
-    ctx.progress.step(record)
-    if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and step < cfg.run.steps:
+    metrics.step(record)
+    due = cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0
+    if (due or interrupt.requested()) and step < cfg.run.steps:
         checkpoints.save(ctx, step, feed.oldest_key(), eval_before)
+        interrupt.check(step, eval_before)   # a stop signal ends the run here, at this checkpoint
 
 
 def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict, object, float]:
@@ -247,6 +260,7 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     t_driver = time.perf_counter()   # the driver's own share of the step: prune, store, batch, hand the update over
     chosen = select_verified(got.problems, got.trees, got.leaves, cfg.train.max_per_problem, ctx.env.signature)
     shard = store.write(step, provenance(ctx, chosen, step, store.attempt))
+    write_samples(ctx.run_dir, step, got.leaves, ctx.tokenizer, cfg.track.samples)
     batch, dropped = ALGOS[cfg.train.algo].batch(got.trees, chosen.sequences, cfg.train.shared_spans,
                                                  cfg.rollout.prompts_per_step)
     update = ctx.roles.trainer.start_train(batch) if batch else None
@@ -266,7 +280,8 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
               "verified_tokens": chosen.verified_tokens,
               "tokens_per_s": got.generated_tokens() / got.rollout_seconds if got.rollout_seconds else 0.0,
               "rollout_seconds": got.rollout_seconds, "verify_seconds": got.verify_seconds,
-              **led.since(mark, STEP_ROLLOUT), **tools,
+              "verify_leaves_per_s": len(got.leaves) / got.verify_seconds if got.verify_seconds else 0.0,
+              **rollout_stats(got.leaves, got.trees), **led.since(mark, STEP_ROLLOUT), **tools,
               "verified_with_tool": sum(x.tool_calls > 0 for _, x in chosen.samples) / max(len(chosen.samples), 1)}
     return record, update, t_step
 
@@ -282,6 +297,9 @@ def finish_update(ctx: Context, record: dict, update, t_step: float) -> dict:
     led.add_sync(sync_s, ctx.roles.published.bytes)
     return {**record, "policy_version": version, "trained_tokens": stats.trained_tokens if stats else 0,
             "loss": stats.loss if stats else None, "clip_fraction": stats.clip_fraction if stats else None,
+            "kl": stats.kl if stats else None, "grad_norm": stats.grad_norm if stats else None,
+            "lr": stats.lr if stats else None,
+            "train_tokens_per_s": stats.processed_tokens / stats.seconds if stats and stats.seconds else 0.0,
             "mismatch": stats.mismatch if stats else None,
             "train_seconds": stats.seconds if stats else 0.0, "sync_seconds": sync_s,
             "sync_bytes": ctx.roles.published.bytes, "sync_fallbacks": ctx.roles.faults.sync_fallbacks,

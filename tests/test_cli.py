@@ -58,7 +58,7 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
         "invalid yaml": (["run", bad_yaml], f"{bad_yaml}: not valid YAML (line 3)"),
         "out not empty": (["run", DEMO, "--out", full_dir], f"output dir {full_dir} is not empty; pass another --out"),
         "out is a file": (["run", DEMO, "--out", a_file], f"output dir {a_file} is a file"),
-        "unknown env": (["run", DEMO, "env.name=arithmatic"], "unknown env 'arithmatic'"),
+        "unknown env": (["run", DEMO, "env.name=arithmatic", "env.kwargs={}"], "unknown env 'arithmatic'"),
         "bad env kwargs": (["run", DEMO, "env.kwargs.digits=0"],
                            "env 'arithmetic': digits must be an integer in 1..12"),
         "override after --out": (["run", DEMO, "--out", tmp_path / "new", "run.steps=abc"], "run.steps"),
@@ -178,7 +178,7 @@ def test_prepare_rejects_bad_input_without_starting_ray(prepare, tmp_path, full_
     with pytest.raises(ConfigError, match="is not empty; pass another --out"):
         prepare(small(), full_dir)
     with pytest.raises(EnvError, match="unknown env 'arithmatic'"):
-        prepare(small("env.name=arithmatic"), tmp_path / "a")
+        prepare(small("env.name=arithmatic", "env.kwargs={}"), tmp_path / "a")
     with pytest.raises(EnvError, match="only .* distinct eval problems"):
         prepare(small("env.kwargs.digits=1", "eval.problems=500"), tmp_path / "b")
     with pytest.raises(ConfigError, match="exceeds model.tiny.max_position=32"):

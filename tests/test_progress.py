@@ -31,3 +31,19 @@ def test_missing_loss_and_ratio_and_an_eval():
     first, second = out.getvalue().splitlines()
     assert "step 5/5" in first and "loss -" in first and "flop ratio -" in first and first.endswith("eval 0.500")
     assert second.endswith("] done")
+
+
+def test_eta_counts_the_mean_pace_since_the_first_step_and_ends_with_the_run():
+    now = [100.0]
+    out = io.StringIO()
+    progress = Progress(steps=10, stream=out, clock=lambda: now[0])
+    progress.step(record(step=1, step_seconds=7.0))   # one step seen: its own time, 9 to go
+    now[0] = 120.0
+    progress.step(record(step=3, step_seconds=9.0))   # 20 s for 2 steps since step 1: 10 s a step, 7 to go
+    now[0] = 2000.0
+    progress.step(record(step=9, step_seconds=9.0))   # 1900 s / 8 steps x 1 to go
+    now[0] = 2001.0
+    progress.step(record(step=10))
+    lines = out.getvalue().splitlines()
+    etas = [line.split("  eta ")[1] if "  eta " in line else None for line in lines]
+    assert etas == ["1m03s", "1m10s", "3m58s", None]

@@ -173,3 +173,29 @@ def test_a_run_with_collective_weight_sync_completes_and_records_the_bytes_of_ea
     assert summary["steps"] == 2 and summary["sync_fallbacks"] == 0 and [s["sync_fallbacks"] for s in steps] == [0, 0]
     assert [s["sync_bytes"] for s in steps] == [_state_bytes(cfg)] * 2
     assert summary["sync_bytes"] == 2 * _state_bytes(cfg)
+
+
+ISSUE_13_METRICS = {"reward_mean", "reward_std", "pass_rate", "response_length_mean", "response_length_max", "entropy",
+                    "grad_norm", "lr", "clip_fraction", "kl", "batches", "verdict_pass", "verdict_fail",
+                    "verdict_timeout", "verdict_memory", "verdict_error", "tokens_per_s", "train_tokens_per_s",
+                    "verify_leaves_per_s"}
+
+
+def test_tensorboard_holds_every_step_scalar_and_samples_show_passing_and_failing_rollouts(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, run_dir, _ = finished_run
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(ISSUE_13_METRICS <= s.keys() for s in steps)
+    assert all(s["grad_norm"] > 0 and s["lr"] == cfg.train.lr and s["response_length_max"] > 0 for s in steps)
+    assert all(s["verdict_pass"] + s["verdict_fail"] + s["verdict_timeout"] + s["verdict_memory"]
+               + s["verdict_error"] == s["leaves"] for s in steps)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    numeric = {k for s in steps for k, v in s.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert numeric - {"step"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("reward_mean")] == [1, 2, 3]
+    for step in (1, 2, 3):
+        rows = [json.loads(x) for x in (run_dir / "samples" / f"step-{step:06d}.jsonl").read_text().splitlines()]
+        assert {"pass", "fail"} <= {r["verdict"] for r in rows} and len(rows) <= 3 * cfg.track.samples
+        assert all({"prompt", "completion", "verdict", "reward"} <= r.keys() and r["prompt"] for r in rows)

@@ -478,3 +478,12 @@ def test_a_trainer_on_cuda_trains_in_bfloat16_over_nccl_and_publishes_cpu_weight
     assert all(not torch.equal(v, after[k]) for k, v in before.items() if "embed" not in k)
     published = weights(trainer)
     assert {(t.device.type, t.dtype) for t in published.state.values()} == {("cpu", torch.bfloat16)}
+
+
+def test_train_stats_report_the_gradient_norm_before_clipping_and_the_learning_rate(trained):
+    trainer, _, _, stats = trained
+    assert stats.lr == trainer.cfg.train.lr
+    assert math.isfinite(stats.grad_norm) and stats.grad_norm > 0
+    clipped = Trainer(tiny_cfg("train.grad_clip=0.001"))
+    small = clipped.train(sequences(clipped))
+    assert small.grad_norm > 0.001   # the norm the clip saw, not the clipped one

@@ -68,6 +68,8 @@ class TrainStats:
     tis_clipped: float | None = None     # recompute: weighted fraction of tokens whose importance weight hit tis_cap
     mismatch: float | None = None        # recompute: mean |log p_trainer - log p_rollout| per token before the update
     mismatch_max: float | None = None    # recompute: the largest such gap
+    grad_norm: float | None = None       # mean over the optimizer steps of the gradient norm before clipping
+    lr: float | None = None              # the learning rate of the last optimizer step
 
 
 class Trainer(BroadcastMember):
@@ -208,6 +210,7 @@ class Trainer(BroadcastMember):
                 counts[k] += v
             else:
                 means[k] = v
+        means["lr"] = self.optimizer.param_groups[0]["lr"]
         return TrainStats(sequences=len(items), seconds=time.perf_counter() - t0,
                           state_bytes=parallel.state_bytes(self.model, self.optimizer), **counts, **means)
 
@@ -228,7 +231,9 @@ class Trainer(BroadcastMember):
             sums.update({"loss": share * loss.item(), **{k: share * v for k, v in stats.items()}})
             if real:
                 sums.update(self._counts(attn, mask, passes, self.cfg.train.activation_checkpointing))
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm   # a DTensor under FSDP2
+        sums["grad_norm"] += float(norm) / self.world   # the same global norm on every rank: summed over them once
         self.optimizer.step()
         return sums
 
