@@ -15,10 +15,11 @@ next sync.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from branchrl.envs import Problem
 from branchrl.rollout.worker import NoWeights
@@ -27,6 +28,7 @@ from branchrl.verifiers.result import Result, failed
 from .tree import Tree
 
 RETRIES = 3
+UNAVAILABLE_WAIT_S = 0.5   # between tries while Ray restarts an actor
 REVIVE_TIMEOUT_S = 300.0   # a restarted actor re-imports torch and rebuilds its engine; a busy cluster takes a while
 
 
@@ -122,16 +124,22 @@ def load_weights(roles, published: dict) -> list[dict]:
 
 
 def revive(roles, worker: int) -> dict:
-    """Give a (restarted) rollout worker the last published weights; waits for Ray to bring it back."""
-    for attempt in range(RETRIES + 1):
+    """Give a (restarted) rollout worker the last published weights; waits for Ray to bring it back. An actor
+    Ray is still restarting (`ActorUnavailableError`) is waited for; only a death counts against RETRIES."""
+    deaths, deadline = 0, time.monotonic() + REVIVE_TIMEOUT_S
+    while (left := deadline - time.monotonic()) > 0:
         try:
-            result = ray.get(roles.rollout[worker].set_weights.remote(roles.published.ref), timeout=REVIVE_TIMEOUT_S)
+            result = ray.get(roles.rollout[worker].set_weights.remote(roles.published.ref), timeout=left)
             return roles.faults.loaded(worker, result)
+        except ActorUnavailableError:
+            time.sleep(UNAVAILABLE_WAIT_S)
         except RayActorError:
-            if attempt == RETRIES:
-                raise RuntimeError(f"rollout worker {worker} died {RETRIES + 1} times while loading weights") from None
+            deaths += 1
+            if deaths > RETRIES:
+                raise RuntimeError(f"rollout worker {worker} died {deaths} times while loading weights") from None
         except GetTimeoutError:
-            raise RuntimeError(f"rollout worker {worker} did not come back within {REVIVE_TIMEOUT_S:.0f}s") from None
+            break
+    raise RuntimeError(f"rollout worker {worker} did not come back within {REVIVE_TIMEOUT_S:.0f}s")
 
 
 def verify(roles, records: list[dict]) -> list[Result]:
