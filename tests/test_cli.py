@@ -66,7 +66,8 @@ def error_cases(tmp_path: Path, full_dir: Path) -> dict[str, tuple[list[str], st
         "tree without branching": (["run", DEMO, "train.algo=tree", "branch.policy=independent"],
                                    "train.algo=tree needs a branching policy"),
         "unknown policy": (["run", DEMO, "branch.policy=beam"],
-                           "branch.policy: Input should be 'independent', 'entropy', 'eptree' or 'tool_entropy' (got 'beam')"),
+                           "branch.policy: Input should be 'independent', 'entropy', 'eptree' or 'tool_entropy' "
+                           "(got 'beam')"),
         "train missing data": (["train", DEMO, "--from-data", tmp_path / "nope"],
                                f"data dir {tmp_path / 'nope'} not found; pass a run directory or its data/ directory"),
         "train empty data": (["train", DEMO, "--from-data", no_samples],
