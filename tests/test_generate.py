@@ -145,7 +145,7 @@ def test_resume_skips_a_journal_line_whose_shard_never_landed_and_a_torn_last_li
     row = {"sample_id": "101#b1#0/1", "env": "echo", "problem_id": "101", "prompt": "101=", "completion": "#### 101",
            "answer": "101", "policy_version": 0, "verifier": "math", "verifier_version": "math-1", "verdict": "pass",
            "score": 1.0, "tree_id": "101#b1#0", "branch_path": "1", "tree_value": 1.0, "num_tokens": 8, "seed": 0,
-           "step": 1, "attempt": 0}
+           "step": 1, "attempt": 0, "roles": [{"role": "policy", "start": 0, "end": 8}], "tool_calls": 0}
     DataStore(out / "data").write(1, [row])
     lines = [{"step": 1, "attempt": 0, "rows": 1, "problems": {"101": [8, True], "102": [8, False]}, "ledger": {}},
              {"step": 2, "attempt": 0, "rows": 1, "problems": {"102": [8, True]}, "ledger": {}},   # shard never written
