@@ -46,11 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate, branch, verify, prune and train, as a config says",
                          description="Run a config end to end; overrides look like section.key=value. "
                                      "`run --resume RUN_DIR` continues a killed run from its last step checkpoint.")
-    run.add_argument("config", nargs="?", help="YAML run config, e.g. configs/demo.yaml")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. run.steps=5")
-    run.add_argument("--out", help="run directory (default: runs/<run.name>-<time>)")
-    run.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
-    run.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
+    _add_launch_args(run, "YAML run config, e.g. configs/demo.yaml", "run.steps=5", "run directory")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue this killed run (its own config.yaml) from its "
                                                          "last step checkpoint (run.checkpoint_every); overrides may "
                                                          "only reshape the training group, e.g. train.workers=1")
@@ -79,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_plan_command(sub)
     _add_registry_commands(sub)
     return parser
+
+
+def _add_launch_args(cmd, config_help: str, example: str, out_help: str) -> None:
+    """The arguments of a command that launches Ray roles from a config (`run`, `generate`)."""
+    cmd.add_argument("config", nargs="?", help=config_help)
+    cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"dotted overrides, e.g. {example}")
+    cmd.add_argument("--out", help=f"{out_help} (default: runs/<run.name>-<time>)")
+    cmd.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
+    cmd.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
 
 
 def _add_plan_command(sub) -> None:
@@ -114,11 +119,8 @@ def _add_generate(sub) -> None:
                                      "generate.max_leaves_per_problem leaves. Writes run's data set (data/, "
                                      "data_manifest.json) and summary.json. `generate --resume OUT_DIR` continues a "
                                      "stopped or killed walk without sampling a done problem again.")
-    gen.add_argument("config", nargs="?", help="YAML config: model, env, rollout, branch, verify, generate")
-    gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. generate.per_problem=8")
-    gen.add_argument("--out", help="output directory (default: runs/<run.name>-<time>)")
-    gen.add_argument("--address", help="join a running Ray cluster ('auto'); default: embedded local Ray")
-    gen.add_argument("--verbose", action="store_true", help="show Ray's start-up warnings and loading progress")
+    _add_launch_args(gen, "YAML config: model, env, rollout, branch, verify, generate", "generate.per_problem=8",
+                     "output directory")
     gen.add_argument("--resume", metavar="OUT_DIR", help="continue this walk with its own config.yaml; overrides may "
                                                          "only be run.steps and rollout/verify worker placement")
     gen.set_defaults(handler=_generate)

@@ -7,27 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from test_resume import BRANCHRL, _ids, _steps
 from test_run import SMALL_RUN
 
 from branchrl.config import dump_config, load_config
-
-BRANCHRL = str(Path(sys.executable).with_name("branchrl"))
-
-
-def _ids(run_dir: Path) -> list[str]:
-    return [i for shard in sorted((run_dir / "data").glob("*.parquet"))
-            for i in pq.read_table(shard, columns=["sample_id"]).column("sample_id").to_pylist()]
-
-
-def _steps(run_dir: Path) -> list[int]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.mark.parametrize("sig, code, at, steps, verbose", [(signal.SIGTERM, 143, 6, 8, []),
