@@ -4,6 +4,11 @@
     -> sync -> eval_before -> SFT on every stored (prompt, completion + EOS) -> sync -> eval_after
     -> checkpoint, summary
 
+A multi-turn row (its `roles` column holds a tool span) is trained as a transcript: the tool's output is
+context, never a target, as the RL path's `prune.training_sequence` masks it; a row whose `roles` do not tile
+its completion is refused by name before anything starts. Rows without `roles` (older shards) or with only
+policy spans train on their whole text.
+
 Held-out pass@1 is the run's own (`loop.evaluate`: greedy, verified on the pool), so the numbers compare
 with `branchrl run`'s. The objective is always SFT, with `train.epochs`, `train.lr` and `train.batch_size`
 (stored rows carry no log-probs), whatever `train.algo` says. It does not warm start (point `model.path`
@@ -16,8 +21,9 @@ import json
 import time
 from pathlib import Path
 
-from branchrl.data.datastore import find_data_dir, read_data_set
+from branchrl.data.datastore import DataSetError, find_data_dir, read_data_set
 from branchrl.envs import load_env
+from branchrl.training.trainer import encode_pair
 
 from .config import Config, ConfigError
 from .context import Context
@@ -25,7 +31,9 @@ from .loop import evaluate, launched, prepare, sync
 from .models import load_tokenizer
 from .progress import Progress
 
-COLUMNS = ["env", "problem_id", "prompt", "completion"]
+COLUMNS = ["sample_id", "env", "problem_id", "prompt", "completion"]
+OPTIONAL = ("roles",)           # multi-turn transcripts; shards written before the column lack it
+ROLES = ("policy", "tool")
 
 
 def train_from_data(cfg: Config, source: Path, run_dir: Path, address: str | None = None) -> dict:
@@ -33,24 +41,69 @@ def train_from_data(cfg: Config, source: Path, run_dir: Path, address: str | Non
     (also written to run_dir/summary.json)."""
     t0 = time.perf_counter()
     source = find_data_dir(source)
-    table = read_data_set(source, COLUMNS)
-    pairs = list(zip(table.column("prompt").to_pylist(), table.column("completion").to_pylist()))
+    table = read_data_set(source, COLUMNS, OPTIONAL)
+    pairs = sft_pairs(table)
     check_fits(cfg, table, pairs)
     env, tokenizer, eval_set, _ = prepare(cfg, run_dir)
     problems = len(set(zip(table.column("env").to_pylist(), table.column("problem_id").to_pylist())))
     progress = Progress(cfg.train.epochs)
-    progress.note(f"data set {source}: {len(pairs)} verified samples of {problems} problems; run dir {run_dir}; "
-                  f"starting Ray")
+    tool_rows = sum(not isinstance(c, str) for _, c in pairs)
+    progress.note(f"data set {source}: {len(pairs)} verified samples of {problems} problems"
+                  + (f" ({tool_rows} with tool turns: tool outputs are context, not targets)" if tool_rows else "")
+                  + f"; run dir {run_dir}; starting Ray")
     with launched(cfg, env, tokenizer, run_dir, progress, address) as ctx:
         summary = sft_and_evaluate(ctx, eval_set, pairs)
-    summary.update(rows=len(pairs), problems=problems, source=str(source), wall_seconds=time.perf_counter() - t0)
+    summary.update(rows=len(pairs), tool_rows=tool_rows, problems=problems, source=str(source),
+                   wall_seconds=time.perf_counter() - t0)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
                   f"summary in {run_dir / 'summary.json'}")
     return summary
 
 
-def check_fits(cfg: Config, table, pairs: list[tuple[str, str]]) -> None:
+def sft_pairs(table) -> list[tuple]:
+    """(prompt, completion) per row, for `Trainer.sft`: the completion's text, or for a row with a tool span its
+    [(role, text), ...] transcript (tool turns are context, not targets)."""
+    rows = table.select(["sample_id", "prompt", "completion", "roles"]).to_pylist()
+    return [(r["prompt"], transcript(r["sample_id"], r["completion"], r["roles"])) for r in rows]
+
+
+def transcript(name: str, completion: str, spans: list[dict] | None):
+    """A row's completion as [(role, text), ...] when its spans (in order, tiling the text) hold a tool turn; the
+    text itself without spans or tool turns. Malformed spans: a one-line DataSetError naming the row."""
+    if not spans:
+        return completion
+    parts, at = [], 0
+    for i, span in enumerate(spans):
+        problem = span_problem(span, at, len(completion))
+        if problem:
+            raise DataSetError(f"data-set row {name!r}: roles[{i}] {problem}; fix or remove the row (roles must be "
+                               f"policy/tool spans that tile the completion in order)")
+        parts.append((span["role"], completion[span["start"]:span["end"]]))
+        at = span["end"]
+    if at != len(completion):
+        raise DataSetError(f"data-set row {name!r}: its roles end at character {at} of a {len(completion)}-character "
+                           f"completion; fix or remove the row (roles must tile the completion in order)")
+    return parts if any(role == "tool" for role, _ in parts) else completion
+
+
+def span_problem(span: dict, at: int, length: int) -> str | None:
+    """What is wrong with a role span that should start at character `at` of a `length`-character completion."""
+    if span is None:
+        return "is null"
+    role, start, end = span["role"], span["start"], span["end"]
+    if role not in ROLES:
+        return f"has unknown role {role!r} (policy or tool)"
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= length):
+        return f"[{start}, {end}) is out of range of the {length}-character completion"
+    if start < at:
+        return f"[{start}, {end}) overlaps the span before it, which ends at {at}"
+    if start > at:
+        return f"[{start}, {end}) leaves characters {at}..{start} without a role"
+    return None
+
+
+def check_fits(cfg: Config, table, pairs: list[tuple]) -> None:
     """Before the run dir exists: the data set holds the config's env, and its samples fit a tiny model."""
     name = load_env(cfg.env.name, **cfg.env.kwargs).name
     stored = sorted(set(table.column("env").to_pylist()))
@@ -59,12 +112,12 @@ def check_fits(cfg: Config, table, pairs: list[tuple[str, str]]) -> None:
                           f"evaluates on {name!r}; set env.name (and env.kwargs) to the env that generated it")
     if cfg.model.path is None:
         tokenizer, limit = load_tokenizer(cfg.model), cfg.model.tiny.max_position
-        longest = max(len(tokenizer.encode(p)) + len(tokenizer.encode(c)) + 1 for p, c in pairs)  # as Trainer.sft packs
+        longest = max(len(p) + len(c) for p, c, *_ in (encode_pair(tokenizer, *pair) for pair in pairs))
         if longest > limit:
             raise ConfigError(f"a stored sample is {longest} tokens, over model.tiny.max_position={limit}")
 
 
-def sft_and_evaluate(ctx: Context, eval_set, pairs: list[tuple[str, str]]) -> dict:
+def sft_and_evaluate(ctx: Context, eval_set, pairs: list[tuple]) -> dict:
     """eval -> SFT -> eval -> save: every trainer call of this command is here."""
     cfg, trainer, t = ctx.cfg, ctx.roles.trainer, ctx.cfg.train
     sync(ctx.roles)

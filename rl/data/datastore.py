@@ -163,8 +163,9 @@ def find_data_dir(path: Path) -> Path:
     return root
 
 
-def read_data_set(path: Path, columns: list[str]) -> pa.Table:
-    """The given columns of every shard under path (see find_data_dir), read-only. Shards the manifest lists
+def read_data_set(path: Path, columns: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
+    """The given columns of every shard under path (see find_data_dir), read-only, then the optional ones: columns
+    that shards written before they were added lack, read as nulls there (e.g. `roles`). Shards the manifest lists
     must match it byte for byte; unlisted ones (a crash before the manifest update, or a data set copied
     without its manifest) are read as they are."""
     root = find_data_dir(path)
@@ -176,7 +177,10 @@ def read_data_set(path: Path, columns: list[str]) -> pa.Table:
         missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise DataSetError(f"{shard} has no column(s) {missing}; it is not a branchrl data set shard")
-        tables.append(table.select(columns))
+        for name in optional:
+            if name not in table.column_names:
+                table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+        tables.append(table.select([*columns, *optional]))
     table = pa.concat_tables(tables)
     if table.num_rows == 0:
         raise DataSetError(f"{root} holds no rows (no verified samples)")

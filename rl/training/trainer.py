@@ -72,6 +72,20 @@ class TrainStats:
     lr: float | None = None              # the learning rate of the last optimizer step
 
 
+def encode_pair(tokenizer, prompt: str, completion) -> tuple:
+    """What `Trainer.sft` trains on for a text pair: (prompt ids, completion ids + EOS), and for a completion that is a
+    transcript [(role, text), ...] also the trained mask ([C] bools), whose "tool" messages are context, not targets
+    (`pack_batch`). `train --from-data` measures a stored sample's length with it before the trainer exists."""
+    eos = tokenizer.eos_token_id
+    if isinstance(completion, str):
+        return tokenizer.encode(prompt), tokenizer.encode(completion) + [eos]
+    ids, trained = [], []
+    for role, text in completion:
+        part = tokenizer.encode(text, add_special_tokens=False)
+        ids, trained = ids + part, trained + [role != "tool"] * len(part)
+    return tokenizer.encode(prompt), ids + [eos], trained + [True]
+
+
 class Trainer(BroadcastMember):
     def __init__(self, cfg: Config):
         torch.set_num_threads(cfg.train.threads)
@@ -131,15 +145,7 @@ class Trainer(BroadcastMember):
         return stats
 
     def _encode_pair(self, prompt: str, completion) -> tuple:
-        """completion: text, or a transcript [(role, text), ...] whose "tool" messages are context, not targets."""
-        eos = self.tokenizer.eos_token_id
-        if isinstance(completion, str):
-            return self.tokenizer.encode(prompt), self.tokenizer.encode(completion) + [eos]
-        ids, trained = [], []
-        for role, text in completion:
-            part = self.tokenizer.encode(text, add_special_tokens=False)
-            ids, trained = ids + part, trained + [role != "tool"] * len(part)
-        return self.tokenizer.encode(prompt), ids + [eos], trained + [True]
+        return encode_pair(self.tokenizer, prompt, completion)
 
     def train(self, batch: list) -> TrainStats:
         """One RL update; the policy version goes up by one. batch: what `train.algo`'s objective trains on
