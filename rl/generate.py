@@ -208,7 +208,7 @@ def drive(cfg: Config, out: Path, address: str | None, env: Environment, tokeniz
     summary["wall_seconds"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     progress.note(f"{summary['problems_done']}/{summary['problems']} problems done, {summary['verified_samples']} "
-                  f"verified samples; summary in {out / 'summary.json'}")
+                  f"verified samples{tool_note(summary) if env.max_turns else ''}; summary in {out / 'summary.json'}")
     return summary
 
 
@@ -249,7 +249,8 @@ def walk_batches(ctx: Context, walk: Walk, store: DataStore, next_key: int) -> d
             record = walk_step(ctx, walk, store, journal, queue.popleft(), busy)
             steps += 1
             ctx.progress.note(progress_line(record, walk, store, time.perf_counter() - t0,
-                                            len(walk.done) - done_before, steps, cfg.run.steps - record["step"]))
+                                            len(walk.done) - done_before, steps, cfg.run.steps - record["step"])
+                              + (tool_note(record) if ctx.env.max_turns else ""))
     wall = time.perf_counter() - t0
     return {"steps": key - 1, "rollout_idle_fraction": 1 - sum(busy) / (len(busy) * wall) if wall else 0.0}
 
@@ -265,25 +266,17 @@ def walk_step(ctx: Context, walk: Walk, store: DataStore, journal, batch: dispat
     new, delta = walk.take(ctx.cfg.generate, batch.problems, trees, chosen.samples, ctx.env.signature, batch.key)
     rows = provenance(ctx, Selection(samples=new), batch.key, ctx.attempt)
     rollout_s, generated = max(worker_busy), sum(t.generated_tokens() for t in trees)
-    count(ctx.ledger, trees, leaves, rollout_s, chosen.verified_tokens, verify_s)
+    tools = ctx.ledger.add_sampled(trees, rollout_s, leaves, chosen.verified_tokens, verify_s)   # as run's steps
     record = {"step": batch.key, "prompts": len(trees), "leaves": len(leaves), "forks": sum(t.forks() for t in trees),
               "pass_rate": chosen.pass_rate, "verified_samples": len(rows), "generated_tokens": generated,
               "tokens_per_s": generated / rollout_s if rollout_s else 0.0, "rollout_seconds": rollout_s,
-              "verify_seconds": verify_s}
+              "verify_seconds": verify_s, **tools}
     _append(journal, {"step": batch.key, "attempt": ctx.attempt, "rows": len(rows), "problems": delta,
                       "ledger": ctx.ledger.state(), "record": record})
     shard = store.write(batch.key, rows)
     # after the journal line: a resumed walk's ledger lacks the bytes of the last shard before the stop
     ctx.ledger.verified_bytes += shard.stat().st_size if shard else 0
     return record
-
-
-def count(ledger: Ledger, trees: list[Tree], leaves: list, rollout_s: float, verified_tokens: int,
-          verify_s: float) -> None:
-    """A batch in the ledger, as loop.rl_step counts a step's rollouts."""
-    ledger.add_rollout(trees, rollout_s)
-    ledger.verified_tokens += verified_tokens
-    ledger.add_verify(len(leaves), verify_s, sum(leaf.result.seconds for leaf in leaves))
 
 
 def progress_line(r: dict, walk: Walk, store: DataStore, elapsed: float, finished: int, steps: int,
@@ -297,6 +290,13 @@ def progress_line(r: dict, walk: Walk, store: DataStore, elapsed: float, finishe
     return (f"step {r['step']}  problems {len(walk.done)}/{len(walk.problems)} done ({solved} solved)  "
             f"samples {store.rows}  pass {r['pass_rate']:.3f}  leaves {r['leaves']} ({r['forks']} forks)  "
             f"{r['tokens_per_s'] / 1000:.1f}k tok/s  ETA {_duration(min(etas) if left else 0.0)}")
+
+
+def tool_note(counts: dict) -> str:
+    """A multi-turn env's tool counts (a batch's record, or the summary's totals), for a progress line."""
+    unavailable = counts["tool_unavailable"]
+    return (f"  tool calls {counts['tool_calls']} ({counts['tool_seconds']:.1f}s sandbox, {counts['appended_tokens']} "
+            f"tokens appended{f', {unavailable} unavailable' if unavailable else ''})")
 
 
 def _duration(seconds: float) -> str:

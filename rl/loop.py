@@ -267,11 +267,9 @@ def rl_step(ctx: Context, store: DataStore, feed: Feed, step: int) -> tuple[dict
     led, generated = ctx.ledger, got.generated_tokens() + got.stale_tokens
     mark = led.state()
     led.driver_seconds += time.perf_counter() - t_driver
-    tools = led.add_tools(got.trees)   # tool outputs are prefilled into their rows (add_rollout counts them there)
-    led.add_rollout(got.trees, got.rollout_seconds, got.stale_tokens)
-    led.verified_tokens += chosen.verified_tokens
+    tools = led.add_sampled(got.trees, got.rollout_seconds, got.leaves, chosen.verified_tokens, got.verify_seconds,
+                            got.stale_tokens)
     led.verified_bytes += shard.stat().st_size if shard else 0
-    led.add_verify(len(got.leaves), got.verify_seconds, sum(leaf.result.seconds for leaf in got.leaves))
     record = {"step": step, "prompts": len(got.problems), "batches": got.batches,
               "leaves": len(got.leaves), "forks": sum(t.forks() for t in got.trees), "pass_rate": chosen.pass_rate,
               "solved_rate": chosen.solved_rate, "verified_samples": len(chosen.sequences),

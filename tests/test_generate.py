@@ -136,6 +136,51 @@ def test_a_generate_killed_mid_walk_resumes_without_redoing_a_problem_or_losing_
     assert not redone & done_before, "a problem done before the kill was sampled again"
 
 
+# multiply with 2-digit x 1-digit operands and one call per episode: a tiny model warm-started for 30 short epochs
+# writes `<py>print(39*8)</py>` reliably and copies the output into its answer on about two leaves in three
+TOOL_MODEL = ["model.tiny.hidden_size=64", "model.tiny.layers=2", "model.tiny.heads=2", "model.tiny.kv_heads=2",
+              "model.tiny.intermediate_size=128", "model.tiny.max_position=64", "train.threads=1", "env.name=multiply",
+              "env.kwargs={digits: 2, digits_b: 1, max_turns: 1}"]
+
+
+def test_generate_with_a_tool_env_counts_the_tool_calls_in_its_ledger_as_run_does(ray_cluster, tmp_path):
+    from branchrl.envs import load_env
+    from branchrl.generate import generate
+    from branchrl.training.trainer import Trainer
+
+    cfg = load_config(None, [*TOOL_MODEL, "warm_start.problems=48", "warm_start.epochs=30", "warm_start.batch_size=8",
+                             "warm_start.lr=0.003"])
+    env = load_env(cfg.env.name, **cfg.env.kwargs)
+    trainer = Trainer(cfg)
+    trainer.warm_start([(p.prompt, env.worked(p)) for p in env.warm_start_problems(48, 0)])
+    trainer.save(str(tmp_path / "ckpt"))
+    # independent chains (no forks): every call belongs to exactly one leaf, which the relations below rely on
+    cfg = load_config(None, [*TOOL_MODEL, f"model.path={tmp_path / 'ckpt'}", "generate.problems=8",
+                             "generate.per_problem=2", "generate.max_leaves_per_problem=8", "branch.policy=independent",
+                             "branch.roots=4", "branch.max_leaves=4", "rollout.prompts_per_step=4",
+                             "rollout.max_new_tokens=48", "rollout.workers=1", "rollout.tool_workers=2",
+                             "rollout.temperature=0.7"])
+    out = tmp_path / "gen"
+    summary = generate(cfg, out)
+    rows, records = _rows(out), [line["record"] for line in _journal(out)]
+    assert rows and summary["verified_samples"] == len(rows)
+    for key in ("tool_calls", "tool_seconds", "appended_tokens", "tool_unavailable"):   # the batches add up
+        assert summary[key] == pytest.approx(sum(r[key] for r in records)), key
+    assert summary["tool_unavailable"] == 0 and summary["tool_seconds"] > 0
+    for r in rows:   # a stored row's tool_calls is the tool spans in its roles
+        assert r["tool_calls"] == sum(s["role"] == "tool" for s in r["roles"]) == 1
+    # The ledger counts every call the rollouts made; a stored row only the calls on its own path. So calls on leaves
+    # that failed, or passed but were pruned as a duplicate (per_problem, signatures), or whose output was cut by the
+    # token limit count in the ledger and in no row: with independent chains the rows' sum is a lower bound, and
+    # max_turns calls per leaf an upper one. (With forks a call before the fork point counts once in the ledger and
+    # once in every stored row below it, so there the rows' sum may exceed the ledger's.)
+    stored_calls = sum(r["tool_calls"] for r in rows)
+    assert 0 < stored_calls <= summary["tool_calls"] <= summary["leaves"] * env.max_turns
+    appended = sum(s["end"] - s["start"] for r in rows for s in r["roles"] if s["role"] == "tool")   # chars = tokens
+    assert 0 < appended <= summary["appended_tokens"]
+    assert summary["leaves"] > len(rows) and summary["tool_calls"] > stored_calls   # as measured: 64 vs 6
+
+
 def test_resume_skips_a_journal_line_whose_shard_never_landed_and_a_torn_last_line(tmp_path):
     from branchrl.envs import Problem, load_env
     from branchrl.generate import Walk, read_journal, restore

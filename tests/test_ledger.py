@@ -105,11 +105,29 @@ def test_tool_turns_are_counted_per_step_and_in_total():
     tree = Tree("p", [1, 2], 0)
     node = tree.add_child(0)
     tree.nodes[node].tokens, tree.nodes[node].tool = [5, 6, 7, 8, 9], [False, True, True, False]
-    tree.tool_calls_run, tree.tool_seconds = 1, 0.25
+    tree.tool_calls_run, tree.tool_seconds, tree.tool_unavailable = 1, 0.25, 1
     step = led.add_tools([tree, tree])
-    assert step == {"tool_calls": 2, "tool_seconds": 0.5, "appended_tokens": 4, "tool_unavailable": 0}
+    assert step == {"tool_calls": 2, "tool_seconds": 0.5, "appended_tokens": 4, "tool_unavailable": 2}
     assert (led.tool_calls, led.appended_tokens, tree.generated_tokens()) == (2, 4, 3)
-    assert led.totals()["tool_seconds"] == 0.5
+    assert led.totals()["tool_seconds"] == 0.5 and led.totals()["tool_unavailable"] == 2
+
+
+def test_a_sampled_batch_is_counted_once_for_run_and_generate_alike():
+    """`add_sampled` is what run's steps and generate's batches both call: tools, rollout, verified tokens, verify."""
+    from branchrl.records import Leaf
+    from branchrl.verifiers.result import Result
+
+    tree = chain_tree(4, [6])
+    node = tree.leaves()[0]
+    tree.nodes[node].tool, tree.tool_calls_run = [False, True, True, False, False, False], 1
+    leaf = Leaf(tree, node, tree.completion_ids(node), "", {}, Result("pass", 1.0, 0.75, "by hand"))
+    led, apart = Ledger(1000, 2, 32), Ledger(1000, 2, 32)
+    tools = led.add_sampled([tree], 1.5, [leaf], verified_tokens=6, verify_seconds=2.0)
+    assert tools == apart.add_tools([tree])
+    apart.add_rollout([tree], 1.5)
+    apart.add_verify(1, 2.0, 0.75)
+    apart.verified_tokens += 6
+    assert led.state() == apart.state() and (led.tool_calls, led.appended_tokens, led.leaves) == (1, 2, 1)
 
 
 def test_report_states_the_tool_share_of_a_multi_turn_run(tmp_path):

@@ -69,6 +69,7 @@ class Ledger:
     tool_calls: int = 0          # tool calls the rollouts made (multi-turn envs)
     tool_seconds: float = 0.0    # their sandbox seconds, summed (they overlap decoding, so not rollout time)
     appended_tokens: int = 0     # tool-output tokens appended to live rows (prefilled, not generated)
+    tool_unavailable: int = 0    # tool calls that did not run for a reason of ours (the sandbox did not start)
 
     def forward_flops(self, tokens: int, context_sum: int) -> float:
         """tokens: positions computed; context_sum: sum over them of positions attended to."""
@@ -94,14 +95,26 @@ class Ledger:
         self.rollout_flops += prefill_flops + decode_flops
         self.rollout_seconds += seconds
 
+    def add_sampled(self, trees, seconds: float, leaves, verified_tokens: int, verify_seconds: float,
+                    stale_tokens: int = 0) -> dict:
+        """What a step of `run` (or a batch of `generate`) sampled and verified: its kept trees, rollout seconds, their
+        verified leaves (`Leaf`s, with results), the verified tokens pruning counted, verification wall seconds and
+        stale batches' tokens. Returns the tool counts, for the step's metrics line."""
+        tools = self.add_tools(trees)   # tool outputs are prefilled into their rows (add_rollout counts them there)
+        self.add_rollout(trees, seconds, stale_tokens)
+        self.verified_tokens += verified_tokens
+        self.add_verify(len(leaves), verify_seconds, sum(leaf.result.seconds for leaf in leaves))
+        return tools
+
     def add_tools(self, trees) -> dict:
-        """A step's tool turns (on the trees: calls, seconds, appended tokens); returns them for the metrics."""
+        """A step's tool turns (on the trees: calls, seconds, appended tokens, unavailable); returns them for the
+        metrics. A call counts once per tree however many leaves share its output, and whether or not its rows
+        were verified or stored."""
         step = {"tool_calls": sum(t.tool_calls_run for t in trees), "tool_seconds": sum(t.tool_seconds for t in trees),
                 "appended_tokens": sum(t.appended_tokens() for t in trees),
                 "tool_unavailable": sum(t.tool_unavailable for t in trees)}
-        self.tool_calls += step["tool_calls"]
-        self.tool_seconds += step["tool_seconds"]
-        self.appended_tokens += step["appended_tokens"]
+        for key, value in step.items():
+            setattr(self, key, getattr(self, key) + value)
         return step
 
     def add_eval(self, tokens: int, context_sum: int) -> None:
