@@ -10,7 +10,7 @@ from test_trainer import tiny_cfg
 from branchrl.data.prune import training_sequence
 from branchrl.training.algos import ALGOS
 from branchrl.training.losses import pack_batch
-from branchrl.training.trainer import Trainer
+from branchrl.training.trainer import Trainer, encode_pair
 from branchrl.tree import Node, Tree
 
 PROMPT = [5, 6, 7]
@@ -87,8 +87,8 @@ def test_sft_on_verified_paths_never_targets_a_tool_token():
 
 def test_warm_start_transcripts_train_only_the_policy_messages():
     trainer = Trainer(tiny_cfg("train.algo=sft"))
-    prompt, ids, trained = trainer._encode_pair("12*3=", [("policy", "<py>print(12*3)</py>"), ("tool", "<out>36</out>"),
-                                                          ("policy", " #### 36")])
+    prompt, ids, trained = encode_pair(trainer.tokenizer, "12*3=", [("policy", "<py>print(12*3)</py>"),
+                                                                    ("tool", "<out>36</out>"), ("policy", " #### 36")])
     text = trainer.tokenizer.decode(ids[:-1])
     assert text == "<py>print(12*3)</py><out>36</out> #### 36" and ids[-1] == trainer.tokenizer.eos_token_id
     assert trainer.tokenizer.decode([i for i, t in zip(ids, trained) if not t]) == "<out>36</out>"

@@ -132,7 +132,7 @@ class Trainer(BroadcastMember):
         """SFT on (prompt, completion) text pairs (a completion may be a [(role, text), ...] transcript whose tool
         messages are not trained on), loss on the completion + EOS, with linear warm-up and cosine
         decay from lr; the policy version stays (not an RL update) and the optimizer ends at train.lr."""
-        seqs = [self._encode_pair(p, s) for p, s in texts]
+        seqs = [encode_pair(self.tokenizer, p, s) for p, s in texts]
         total = epochs * -(-len(seqs) // batch_size)
         warmup = max(1, int(total * WARMUP_FRACTION))
         floor = FINAL_LR_FRACTION
@@ -143,9 +143,6 @@ class Trainer(BroadcastMember):
         stats = self.fit(seqs, epochs, batch_size, LIKELIHOOD, schedule=schedule)
         self._set_lr(self.cfg.train.lr)  # RL continues with the same Adam moments
         return stats
-
-    def _encode_pair(self, prompt: str, completion) -> tuple:
-        return encode_pair(self.tokenizer, prompt, completion)
 
     def train(self, batch: list) -> TrainStats:
         """One RL update; the policy version goes up by one. batch: what `train.algo`'s objective trains on
