@@ -23,15 +23,23 @@ def split_of(problem_id: str) -> str:
     return hashed_split("*".join(sorted(problem_id.split("*"), key=int)))
 
 
-def worked_solution(a: int, b: int) -> str:
+def worked_solution(a: int, b: int, tool: bool = True) -> str:
+    if not tool:
+        return f"#### {a * b}"
     return f"{OPEN}print({a}*{b}){CLOSE}{OUT_OPEN}{a * b}{OUT_CLOSE} #### {a * b}"
+
+
+def uses_tool(problem_id: str, tool_share: float) -> bool:
+    """Whether the worked solution of this problem calls the tool: a fixed draw per problem, seed-independent."""
+    return random.Random(f"tool:{problem_id}").random() < tool_share
 
 
 class Multiply(PythonTool, ProceduralEnvironment):
     too_few_hint = "ask for fewer or raise digits"
     split_of = staticmethod(split_of)
 
-    def __init__(self, digits: int = 3, digits_b: int = 2, max_turns: int = 2, product_digits: int = 0):
+    def __init__(self, digits: int = 3, digits_b: int = 2, max_turns: int = 2, product_digits: int = 0,
+                 tool_share: float = 1.0):
         for name, value in (("digits", digits), ("digits_b", digits_b)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 9:
                 raise ValueError(f"{name} must be an integer in 1..9, got {value!r}")
@@ -40,19 +48,27 @@ class Multiply(PythonTool, ProceduralEnvironment):
                              f"{digits}- by {digits_b}-digit operands, got {product_digits!r}")
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             raise ValueError(f"max_turns must be a positive integer (tool calls per episode), got {max_turns!r}")
+        if isinstance(tool_share, bool) or not isinstance(tool_share, (int, float)) or not 0 < tool_share <= 1:
+            raise ValueError(f"tool_share must be a number in (0, 1] (share of worked solutions that call the tool), "
+                             f"got {tool_share!r}")
         super().__init__(name="multiply", verifier="math", verifier_args={"numeric": True}, answer_marker="####",
                          tool_stops=(CLOSE,), max_turns=max_turns)
         self.digits, self.digits_b, self.product_digits = digits, digits_b, product_digits
+        self.tool_share = float(tool_share)
 
     def candidate(self, rng: random.Random):
         a = rng.randint(10 ** (self.digits - 1), 10**self.digits - 1)
         b = rng.randint(10 ** (self.digits_b - 1), 10**self.digits_b - 1)
         if self.product_digits and len(str(a * b)) != self.product_digits:
             return None
-        return f"{a}*{b}", lambda: Problem(id=f"{a}*{b}", prompt=f"{a}*{b}=", answer=str(a * b),
-                                           solution=worked_solution(a, b))
+        pid = f"{a}*{b}"
+        return pid, lambda: Problem(id=pid, prompt=f"{pid}=", answer=str(a * b),
+                                    solution=worked_solution(a, b, uses_tool(pid, self.tool_share)))
 
 
-def load_environment(digits: int = 3, digits_b: int = 2, max_turns: int = 2, product_digits: int = 0) -> Multiply:
-    """product_digits: only problems whose product has this many digits (0 = any)."""
-    return Multiply(digits=digits, digits_b=digits_b, max_turns=max_turns, product_digits=product_digits)
+def load_environment(digits: int = 3, digits_b: int = 2, max_turns: int = 2, product_digits: int = 0,
+                     tool_share: float = 1.0) -> Multiply:
+    """product_digits: only problems whose product has this many digits (0 = any); tool_share: share of the
+    worked (warm-start) solutions that call the tool, the rest answer from memory."""
+    return Multiply(digits=digits, digits_b=digits_b, max_turns=max_turns, product_digits=product_digits,
+                    tool_share=tool_share)

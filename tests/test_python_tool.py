@@ -162,3 +162,19 @@ def test_multiply_splits_are_disjoint_and_product_digits_filters():
     assert not swapped & (ids["train"] | ids["warm"])   # a*b held out means b*a is never trained on
     with pytest.raises(ValueError, match="product_digits"):
         Multiply(product_digits=7)
+
+
+def test_multiply_tool_share_mixes_worked_solutions_by_problem():
+    env, half = Multiply(), Multiply(tool_share=0.5)
+    problems = half.warm_start_problems(400, 0)
+    uses = [p for p in problems if "<py>" in p.solution]
+    assert 0.4 < len(uses) / len(problems) < 0.6
+    direct = next(p for p in problems if "<py>" not in p.solution)
+    assert direct.solution == f"#### {direct.answer}" and half.worked(direct) == [("policy", direct.solution)]
+    # the draw is the problem's, not the seed's: the same problem is worked the same way in every run
+    again = {p.id: p.solution for p in half.warm_start_problems(400, 1)}
+    shared = [p for p in problems if p.id in again]
+    assert shared and all(again[p.id] == p.solution for p in shared)
+    assert all("<py>" in p.solution for p in env.warm_start_problems(50, 0))
+    with pytest.raises(ValueError, match="tool_share"):
+        Multiply(tool_share=0)
