@@ -137,6 +137,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    global CONFIG
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -145,7 +146,6 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=CONFIG, help="the run config (tool use: configs/tool_demo.yaml)")
     ap.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = ap.parse_args()
-    global CONFIG
     CONFIG = args.config.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

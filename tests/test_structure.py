@@ -118,3 +118,12 @@ def long_functions(folder: str) -> list[str]:
 @pytest.mark.parametrize("folder", ["rl", "verifiers", "envs"])
 def test_no_function_is_over_60_lines(folder):
     assert long_functions(folder) == []
+
+
+def test_the_bench_and_script_files_compile():
+    """Benchmarks run by hand, not by the suite: a compile error (bench/branching.py once declared a global after
+    using it) would otherwise surface only in the next experiment."""
+    files = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py")])
+    assert files
+    for path in files:
+        compile(path.read_text(), str(path), "exec")

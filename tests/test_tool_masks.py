@@ -97,6 +97,23 @@ def test_warm_start_transcripts_train_only_the_policy_messages():
     assert stats.trained_tokens == 4 * trainer.cfg.warm_start.epochs * sum(trained)
 
 
+def test_encode_pair_puts_a_bos_only_before_the_prompt():
+    """A tokenizer that adds BOS (Llama-style): the completion is the continuation the engine samples after the
+    prompt, so neither a text completion nor a transcript gets a BOS of its own."""
+    from tokenizers import processors
+
+    from branchrl.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    bos = tok.bos_token_id
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A",
+                                                                         special_tokens=[("<bos>", bos)])
+    assert tok.encode("1+1=")[0] == bos
+    for completion in (" #### 2", [("policy", "<py>print(1+1)</py>"), ("tool", "<out>2</out>"), ("policy", " #### 2")]):
+        prompt, ids, *_ = encode_pair(tok, "1+1=", completion)
+        assert prompt[0] == bos and bos not in ids and ids[-1] == tok.eos_token_id
+
+
 def test_a_verified_transcript_row_has_its_role_spans_and_tool_calls():
     from branchrl.models import build_char_tokenizer
     from branchrl.records import Leaf

@@ -78,7 +78,7 @@ def encode_pair(tokenizer, prompt: str, completion) -> tuple:
     (`pack_batch`). `train --from-data` measures a stored sample's length with it before the trainer exists."""
     eos = tokenizer.eos_token_id
     if isinstance(completion, str):
-        return tokenizer.encode(prompt), tokenizer.encode(completion) + [eos]
+        return tokenizer.encode(prompt), tokenizer.encode(completion, add_special_tokens=False) + [eos]
     ids, trained = [], []
     for role, text in completion:
         part = tokenizer.encode(text, add_special_tokens=False)
