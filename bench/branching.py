@@ -7,8 +7,9 @@ Each seed first warm-starts once (a one-step run whose checkpoints/warm_start ev
 seed then loads, with warm_start off), so policies differ only in how they sample. Each (policy, seed)
 is one `branchrl run` of configs/experiments/branching.yaml in its own process; a run whose
 summary.json exists is reused, so an interrupted experiment continues where it stopped.
-Extra key=value overrides apply to every run (e.g. env.name=countdown). With `--config configs/tool_demo.yaml
---policies independent tool_entropy rollout.tokens_per_step=N` it is issue 16's tool-use comparison. Metrics per run:
+Extra key=value overrides apply to every run (e.g. env.name=countdown; write them before --policies, which takes
+every word after it). `--out DIR rollout.prompts_per_step=32 rollout.tokens_per_step=8000 --config
+configs/tool_demo.yaml --policies independent entropy tool_entropy` is issue 16's tool-use comparison. Metrics per run:
 - distinct verified chains per 1,000 generated tokens (distinct passing signatures per problem, before the cap);
 - held-out greedy pass@1 after the last step (and before RL, the same for every policy of a seed);
 - generated tokens per verified token (tokens on at least one passing path: the pruning ratio);
