@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_trainer import tiny_cfg
 
-from branchrl.data.prune import training_sequence
+from branchrl.data.prune import training_sequence, verified_tokens
 from branchrl.training.algos import ALGOS
 from branchrl.training.losses import pack_batch
 from branchrl.training.trainer import Trainer, encode_pair
@@ -83,6 +83,12 @@ def test_sft_on_verified_paths_never_targets_a_tool_token():
     leaf = plain.add_child(0)
     plain.nodes[leaf].tokens, plain.nodes[leaf].finish = [9, 2], "eos"
     assert training_sequence(plain, leaf) == (PROMPT, [9, 2])   # single-turn paths stay pairs
+
+
+def test_verified_tokens_count_what_was_generated_not_the_tool_outputs():
+    tree = multi_turn_tree()
+    assert verified_tokens(tree, tree.leaves()) == tree.generated_tokens() < tree.generated_tokens() + \
+        tree.appended_tokens()
 
 
 def test_warm_start_transcripts_train_only_the_policy_messages():

@@ -56,9 +56,10 @@ def select_verified(problems: list[Problem], trees: list[Tree], leaves: list[Lea
 
 
 def verified_tokens(tree: Tree, passing_leaves: list[int]) -> int:
-    """Tokens of the nodes on at least one passing path: what verification kept of what was generated."""
+    """Generated tokens of the nodes on at least one passing path: what verification kept of what was generated
+    (tool outputs on those paths were appended, not generated, and are not counted, as in `generated_tokens`)."""
     nodes = {n for leaf in passing_leaves for n in tree.path(leaf)}
-    return sum(len(tree.nodes[n].tokens) for n in nodes)
+    return sum(len(tree.nodes[n].tokens) - sum(tree.nodes[n].tool_flags()) for n in nodes)
 
 
 def training_sequence(tree: Tree, leaf: int) -> tuple:
