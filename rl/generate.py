@@ -40,7 +40,7 @@ from .config import Config, ConfigError, GenerateConfig, check_generate_resume, 
 from .context import Context
 from .loop import launched, provenance, sync, verify_leaves
 from .models import describe_unloaded, load_tokenizer
-from .progress import Progress
+from .progress import Progress, duration, tool_note
 from .prompts import templated
 from .tree import Tree
 
@@ -289,20 +289,7 @@ def progress_line(r: dict, walk: Walk, store: DataStore, elapsed: float, finishe
     solved = sum(1 for pid in walk.done if walk.seen[pid])
     return (f"step {r['step']}  problems {len(walk.done)}/{len(walk.problems)} done ({solved} solved)  "
             f"samples {store.rows}  pass {r['pass_rate']:.3f}  leaves {r['leaves']} ({r['forks']} forks)  "
-            f"{r['tokens_per_s'] / 1000:.1f}k tok/s  ETA {_duration(min(etas) if left else 0.0)}")
-
-
-def tool_note(counts: dict) -> str:
-    """A multi-turn env's tool counts (a batch's record, or the summary's totals), for a progress line."""
-    unavailable = counts["tool_unavailable"]
-    return (f"  tool calls {counts['tool_calls']} ({counts['tool_seconds']:.1f}s sandbox, {counts['appended_tokens']} "
-            f"tokens appended{f', {unavailable} unavailable' if unavailable else ''})")
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+            f"{r['tokens_per_s'] / 1000:.1f}k tok/s  ETA {duration(min(etas) if left else 0.0)}")
 
 
 def summarize(ctx: Context, walk: Walk, store: DataStore, walked: dict) -> dict:

@@ -31,7 +31,9 @@ class Progress:
                 f"flop ratio {ratio}  {r['step_seconds']:.1f}s")
         eta = self.eta(r["step"], r["step_seconds"])
         if eta is not None:
-            line += f"  eta {_duration(eta)}"
+            line += f"  eta {duration(eta)}"
+        if r.get("tool_calls"):
+            line += tool_note(r)
         if "eval" in r:
             line += f"  eval {r['eval']:.3f}"
         self._emit(line)
@@ -49,7 +51,14 @@ class Progress:
         return per_step * (self.steps - step)
 
 
-def _duration(seconds: float) -> str:
+def tool_note(counts: dict) -> str:
+    """A multi-turn env's tool counts (a step's or batch's record, or a summary's totals), for a progress line."""
+    unavailable = counts["tool_unavailable"]
+    return (f"  tool calls {counts['tool_calls']} ({counts['tool_seconds']:.1f}s sandbox, {counts['appended_tokens']} "
+            f"tokens appended{f', {unavailable} unavailable' if unavailable else ''})")
+
+
+def duration(seconds: float) -> str:
     """4.2 -> '4s', 125 -> '2m05s', 7300 -> '2h01m'."""
     s = int(round(seconds))
     if s < 60:

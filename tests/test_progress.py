@@ -20,7 +20,17 @@ def test_step_line_holds_step_throughput_and_pass_rate():
     for part in ("step  3/40", "pass 0.457", "solved 0.75", "leaves 512 (256 forks)", "12.3k tok/s",
                  "verified 90", "loss 0.123", "flop ratio 7.2", "4.6s"):
         assert part in line, (part, line)
-    assert "eval" not in line
+    assert "eval" not in line and "tool" not in line
+
+
+def test_a_step_with_tool_calls_shows_them():
+    out = io.StringIO()
+    Progress(steps=40, stream=out).step(record(tool_calls=131, tool_seconds=3.25, appended_tokens=917,
+                                               tool_unavailable=0))
+    assert "tool calls 131 (3.2s sandbox, 917 tokens appended)" in out.getvalue()
+    out = io.StringIO()
+    Progress(steps=40, stream=out).step(record(tool_calls=2, tool_seconds=0.1, appended_tokens=9, tool_unavailable=1))
+    assert "9 tokens appended, 1 unavailable)" in out.getvalue()
 
 
 def test_missing_loss_and_ratio_and_an_eval():
