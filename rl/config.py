@@ -130,6 +130,11 @@ class RolloutConfig(Section):
                     "policy versions behind the update it would feed is dropped and counted")
     tool_workers: int = Field(4, gt=0, description="tool calls a rollout worker runs at once (envs with tools: "
                                                    "each in its own warm sandbox) while its other rows decode")
+    tool_wait_steps: int = Field(
+        0, ge=0,
+        description="when a row that called a tool resumes: 0 = at the first decode step after the call finished "
+                    "(fastest; the step depends on timing, so tool rollouts are not bit-reproducible); N = exactly N "
+                    "decode steps after the call, waiting for it then if needed (the same rollouts for a seed)")
     problem_order: Literal["draw", "epochs"] = Field(
         "draw", description="which train problems each batch holds: draw = an independent seeded draw per batch (any "
                             "env); epochs = a fresh permutation of the whole train split per epoch, no problem twice "

@@ -46,10 +46,10 @@ def model():
 
 
 def rollout(model, env, prompts, branch=BranchConfig(policy="independent", roots=3, max_leaves=3), max_new=40,
-            workers=4, max_rows=0):
+            workers=4, max_rows=0, wait_steps=0):
     decoder = Decoder(model.config.to_dict())
     decoder.load_state_dict(model.state_dict())
-    tools = ToolRunner(env, TOKENIZER, workers)
+    tools = ToolRunner(env, TOKENIZER, workers, wait_steps=wait_steps)
     sampler = BranchSampler(Engine(decoder, pad_id=0), EOS, max_new, SamplingParams(1.0), seed=0, max_rows=max_rows,
                             tools=tools)
     ids = [(f"p{i}", TOKENIZER.encode(p)) for i, p in enumerate(prompts)]
@@ -106,6 +106,26 @@ def test_waiting_rows_do_not_stall_the_others_and_calls_run_at_once(model):
     calls = sum(t.tool_calls_run for t in trees)
     assert calls >= 4
     assert wall < 0.6 * calls * 0.75, f"{calls} calls of 0.6 s ran one after another ({wall:.1f} s)"
+
+
+class JitteryTool(CountingTool):
+    """Calls that take 0-80 ms at random: which decode step a call finishes in is left to timing."""
+
+    def tool_request(self, problem, transcript):
+        code = f"import random, time; time.sleep(random.random() * 0.08); print(len({transcript[-1].text!r}))"
+        return {"tool": "python", "code": code, "history": []}
+
+
+def test_fixed_wait_steps_make_tool_rollouts_the_same_whatever_the_calls_timing(model):
+    def sample(wait_steps):
+        trees = rollout(model, JitteryTool(max_turns=2), ["12*34=", "5*6=", "777*8=", "9*9="], workers=3,
+                        branch=BranchConfig(policy="entropy", roots=2, max_leaves=4, entropy_threshold=0.5),
+                        max_rows=6, wait_steps=wait_steps)
+        assert sum(t.tool_calls_run for t in trees) >= 4
+        return [[(n.tokens, n.tool_flags()) for n in t.nodes] for t in trees]
+
+    first = sample(3)
+    assert all(sample(3) == first for _ in range(2))
 
 
 def test_forks_after_tool_results_and_a_row_cap_keep_every_tree_complete(model):

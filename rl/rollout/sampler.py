@@ -22,7 +22,9 @@ an online fork never finds the cap full: the cap changes when a tree is decoded,
 With `tools` (an env that calls tools, `tools.py`), a row whose turn ends on the env's stop string waits
 for its call while the other rows decode (the engine steps with it parked), and the tool's output is
 appended to its path (flagged tool tokens, log-prob 0) and to its engine row (`Engine.extend`); turn and
-token limits hold per episode. It does not verify or score anything.
+token limits hold per episode. A row resumes when its call is done (`tools.wait_steps` 0: timing decides the
+step, so such rollouts are not bit-reproducible) or exactly `wait_steps` decode steps after its call (the
+same rollouts for a seed, whatever the calls' timing). It does not verify or score anything.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Row:
     turn_start: int = 0
     waiting: Future | None = None
     request: dict | None = None
+    due: int = 0                      # the decode step it resumes at (tools.wait_steps > 0)
     cells_ok: tuple[bool, ...] = ()   # each earlier call ran cleanly
     since_tool: int = NEVER_FORKED    # tokens since the last tool output on this path
     recent: tuple[float, ...] = ()    # entropies of the last few tokens (the level before a tool call)
@@ -95,6 +98,7 @@ class BranchSampler:
         self.engine, self.eos_id, self.max_new_tokens = engine, eos_id, max_new_tokens
         self.params, self.max_rows, self.answer_ids = params, max_rows, frozenset(answer_ids)
         self.tools = tools
+        self.steps = 0   # decode steps so far: the clock of tool calls' `due` steps
         # on the engine's device: torch.multinomial refuses a generator on another device (CPU gen, CUDA probs)
         self.gen = torch.Generator(device=engine.decoder.device).manual_seed(seed)
 
@@ -127,7 +131,9 @@ class BranchSampler:
             rows, logits = self._resume(trees, rows, logits)
             act = [i for i, r in enumerate(rows) if r.waiting is None]
             if not act:   # every row waits for a tool and no prompt fits: wait for the first call to finish
-                if rows:
+                if rows and self.tools.wait_steps:   # ... or move the clock to the first due step
+                    self.steps = max(self.steps, min(r.due for r in rows))
+                elif rows:
                     self.tools.wait_any([r.waiting for r in rows])
                 continue
             rows, toks, parked = self._decode_once(trees, rows, act, logits, fork_rule, live)
@@ -138,6 +144,7 @@ class BranchSampler:
                     logits = self.engine.step(toks, torch.tensor([True] * (len(rows) - parked) + [False] * parked))
                 else:
                     logits = self.engine.step(toks)
+                self.steps += 1
 
     def _decode_once(self, trees: list[Tree], rows: list[Row], act: list[int], logits: torch.Tensor,
                      fork_rule: ForkRule | None, live: list[int]) -> tuple[list[Row], list[int], int]:
@@ -156,6 +163,7 @@ class BranchSampler:
         if self.tools is not None:
             for r in sub:                            # the token that ends a call is still fed this step
                 self.tools.check(trees[r.tree], r)
+                r.due = self.steps + self.tools.wait_steps
         parked = []
         for i in sorted(set(range(len(rows))) - set(act)):
             rows[i].src = i
@@ -166,7 +174,9 @@ class BranchSampler:
         """Rows whose tool call finished: the observation is appended to the path (as tool tokens) and to the
         engine row (`Engine.extend`, no re-prefill), whose logits replace the row's. An observation that does
         not fit the episode's token limit (with one token to spare) is cut; one that cannot start ends the row."""
-        done = [i for i, r in enumerate(rows) if r.waiting is not None and r.waiting.done()]
+        wait = self.tools.wait_steps if self.tools else 0
+        done = [i for i, r in enumerate(rows)
+                if r.waiting is not None and (self.steps >= r.due if wait else r.waiting.done())]
         if not done:
             return rows, logits
         extend, ids, drop = [], [], []

@@ -27,9 +27,12 @@ from branchrl.verifiers.tools import run_tool
 
 
 class ToolRunner:
-    def __init__(self, env: Environment, tokenizer, workers: int = 4, prompts: dict[str, str] | None = None):
-        """prompts: problem id -> prompt text, what the turn function sees of each problem."""
-        self.env, self.tokenizer = env, tokenizer
+    def __init__(self, env: Environment, tokenizer, workers: int = 4, prompts: dict[str, str] | None = None,
+                 wait_steps: int = 0):
+        """prompts: problem id -> prompt text, what the turn function sees of each problem; wait_steps: 0 = a row
+        resumes at the first decode step after its call finished, N = exactly N decode steps after it made the
+        call (blocking then if the call is still running), so which row resumes when never depends on timing."""
+        self.env, self.tokenizer, self.wait_steps = env, tokenizer, wait_steps
         self.stops, self.max_turns = tuple(env.tool_stops), env.max_turns
         self.prompts = dict(prompts or {})
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tool")

@@ -108,4 +108,4 @@ def tool_runner(cfg: Config, engine) -> ToolRunner | None:
     if not hasattr(engine, "extend"):
         raise ValueError(f"env {env.name!r} calls tools, which needs the paged engine (appending a tool's output to "
                          f"a live row); this model runs on the HF fallback engine")
-    return ToolRunner(env, load_tokenizer(cfg.model), cfg.rollout.tool_workers)
+    return ToolRunner(env, load_tokenizer(cfg.model), cfg.rollout.tool_workers, wait_steps=cfg.rollout.tool_wait_steps)
