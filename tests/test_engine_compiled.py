@@ -53,6 +53,53 @@ def test_compiled_step_equals_eager_and_transformers_in_every_bucket(kv_heads):
     assert compiled.kv.pages_in_use == eager.kv.pages_in_use and compiled.kv.max_len == eager.kv.max_len
 
 
+def test_compiled_step_with_parked_rows_equals_eager_and_transformers():
+    """Rows waiting for a tool are parked (`active` False): they keep their cache while the others decode, in the
+    compiled step as in the eager one, and continue as if never parked; parking changes no bucket's graph."""
+    model = tiny_hf("llama", kv_heads=2)
+    eager, compiled = engine(model), engine(model, "compile")
+    seqs = [list(p) for p in PROMPTS]
+    for e in (eager, compiled):
+        e.start(seqs, max_new_tokens=12)
+    masks = [[True, False, True], [False, False, True], [True, True, False], [False, True, True], [True, True, True]]
+    for t, mask in enumerate(masks):
+        tokens = torch.tensor([10 + t, 20 + t, 30 + t])
+        seqs = [s + [int(tok)] if on else s for s, tok, on in zip(seqs, tokens, mask)]
+        logits = [e.step(tokens, torch.tensor(mask)) for e in (eager, compiled)]
+        on = torch.tensor(mask)
+        torch.testing.assert_close(logits[1][on], logits[0][on], atol=1e-5, rtol=1e-5)
+        ref = hf_next_logits(model, [s for s, m in zip(seqs, mask) if m])
+        torch.testing.assert_close(logits[1][on], ref, atol=1e-4, rtol=1e-4)
+    assert compiled.kv.lengths[:3].tolist() == eager.kv.lengths[:3].tolist() == [len(s) for s in seqs]
+    assert compiled.kv.pages_in_use == eager.kv.pages_in_use
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_follow_eager_across_buckets_and_parked_rows():
+    """Captured graphs read static input buffers: a larger bucket reallocates them, so the smaller buckets' graphs
+    are captured again (replaying one read a freed buffer before); parked rows keep their cache in a graph too."""
+    model = tiny_hf("llama", kv_heads=2)
+
+    def cuda_engine(decode: str) -> Engine:
+        decoder = Decoder(model.config.to_dict(), device="cuda")
+        decoder.load_state_dict(model.state_dict())
+        return Engine(decoder, pad_id=0, decode=decode, page_size=4)
+
+    eager, graphed = cuda_engine("eager"), cuda_engine("graph")
+    assert graphed.runner.graphs
+    for e in (eager, graphed):
+        e.start([list(p) for p in PROMPTS], max_new_tokens=12)
+    gen = torch.Generator().manual_seed(0)
+    for rows in ([0, 1, 2], [0, 1, 2, 0, 1, 2, 0, 1, 2, 0], [0, 1, 2], [2, 1, 0]):   # buckets 8, 16, 8, 8
+        for e in (eager, graphed):
+            e.select(torch.tensor(rows))
+        tokens = torch.randint(3, VOCAB, (len(rows),), generator=gen)
+        active = torch.arange(len(rows)) % 3 != 1
+        out = [e.step(tokens, active) for e in (eager, graphed)]
+        torch.testing.assert_close(out[1][active].cpu(), out[0][active].cpu(), atol=1e-4, rtol=1e-4)
+
+
 def test_graph_mode_on_cpu_runs_the_compiled_step_and_says_so(caplog):
     model = tiny_hf("llama", kv_heads=2)
     with caplog.at_level(logging.WARNING, logger="branchrl.engine"):

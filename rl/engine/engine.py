@@ -103,7 +103,7 @@ class Engine:
     def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """Append one token per row ([B]); returns next-token logits [B, V], valid until the next step.
         active [B] bool: only those rows take their token (the others, e.g. waiting for a tool, keep their
-        cache as it is and their logits are meaningless); runs the eager step."""
+        cache as it is and their logits are meaningless), in every decode mode."""
         rows = self.batch_size
         if not rows:
             raise RuntimeError("engine step on an empty batch: every row was dropped or none started; "
@@ -118,10 +118,8 @@ class Engine:
             raise RuntimeError(f"engine cache full: row {full} holds {int(self.kv.limits[full])} tokens "
                                f"(prompt + max_new_tokens); raise max_new_tokens")
         self.kv.reserve(rows, self.runner.padded(rows))
-        if active is None:
-            logits = self.runner(tokens.to(self.decoder.device))
-        else:
-            logits = self.runner.masked(tokens.to(self.decoder.device), active.to(self.decoder.device))
+        device = self.decoder.device
+        logits = self.runner(tokens.to(device), None if active is None else active.to(device))
         self.kv.stepped()
         return logits
 

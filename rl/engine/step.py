@@ -3,11 +3,12 @@
 `decode_step` is the cache bookkeeping (`paged_kv.advance`) plus the decoder's one-token forward, all
 tensor ops with no host sync, so `torch.compile(fullgraph=True)` takes it whole. Eager runs it at the
 exact batch with the gather attention. `compile` and `graph` pad the batch to a bucket (a power of
-two, at least 8): the step reads its tokens and active-row count from static buffers and FlexAttention
-reads the pages in place, so each bucket is one compiled graph; `graph` also captures each bucket as
-a CUDA graph and replays it (on a CPU it runs the same compiled step uncaptured, its CPU twin).
-A capture runs the step with no active row, which changes no cache state. Growing the pool or the
-row capacity reallocates the cache's tensors: the next step recompiles and recaptures.
+two, at least 8): the step reads its tokens and which rows take one (padding never; a row parked while
+it waits for a tool neither) from static buffers and FlexAttention reads the pages in place, so each
+bucket is one compiled graph whatever rows are parked; `graph` also captures each bucket as a CUDA graph
+and replays it (on a CPU it runs the same compiled step uncaptured, its CPU twin). A capture runs the
+step with no active row, which changes no cache state. Growing the pool or the row capacity reallocates
+the cache's tensors, and a larger bucket the static buffers: the next step recompiles and recaptures.
 Deliberately not here: prefill (eager, once per prompt), sampling, anything about which rows run.
 """
 
@@ -42,13 +43,13 @@ def decode_step(decoder: Decoder, tokens: torch.Tensor, active: torch.Tensor | N
     return decoder.decode(tokens, pos, slots, t.keys, t.values, attend)
 
 
-def _padded_step(decoder: Decoder, tokens: torch.Tensor, n: torch.Tensor, t: StepTensors, page_size: int):
-    active = torch.arange(tokens.shape[0], device=tokens.device) < n                 # [B] the first n rows
+def _padded_step(decoder: Decoder, tokens: torch.Tensor, active: torch.Tensor, t: StepTensors, page_size: int):
     return decode_step(decoder, tokens, active, t, page_size, True, 0)
 
 
 class StepRunner:
-    """Runs decode steps in one of MODES; `__call__(tokens [B])` returns logits [B, V], valid until the next step."""
+    """Runs decode steps in one of MODES; `__call__(tokens [B], active [B] bool or None)` returns logits [B, V], valid
+    until the next step (an inactive row's are meaningless)."""
 
     def __init__(self, decoder: Decoder, kv: PagedKV, mode: str = "eager"):
         if mode not in MODES:
@@ -63,7 +64,7 @@ class StepRunner:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self.compiled = torch.compile(_padded_step, fullgraph=True, dynamic=False)
         self.tokens = torch.zeros(0, dtype=torch.long, device=decoder.device)       # static input buffers
-        self.n = torch.zeros((), dtype=torch.long, device=decoder.device)
+        self.active = torch.zeros(0, dtype=torch.bool, device=decoder.device)
         self.captured: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
@@ -71,16 +72,23 @@ class StepRunner:
         return rows if self.compiled is None else bucket(rows)
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """active: the rows that take their token (None: all); the others keep their cache as it is."""
         B, kv = len(tokens), self.kv
         if self.compiled is None:
             width = -(-(kv.max_len + 1) // kv.page_size)                              # pages of the longest row
-            return decode_step(self.decoder, tokens, None, kv.tensors(B), kv.page_size, False, width)
+            return decode_step(self.decoder, tokens, active, kv.tensors(B), kv.page_size, False, width)
         size = bucket(B)
-        if len(self.tokens) < size:
+        if len(self.tokens) < size:   # captured graphs read the old buffers: capture again
             self.tokens = torch.zeros(size, dtype=torch.long, device=tokens.device)
+            self.active = torch.zeros(size, dtype=torch.bool, device=tokens.device)
+            self.captured = {}
         self.tokens[:B].copy_(tokens)
-        self.n.fill_(B)
+        if active is None:
+            self.active[:B].fill_(True)
+        else:
+            self.active[:B].copy_(active)
+        self.active[B:size].fill_(False)
         if not self.graphs:
             return self._run(size)[:B]
         key = (size, kv.version)
@@ -91,20 +99,14 @@ class StepRunner:
         graph.replay()
         return out[:B]
 
-    @torch.no_grad()
-    def masked(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """An eager step where only `active` [B] rows take their token (inactive rows write the trash page)."""
-        kv = self.kv
-        width = -(-(kv.max_len + 1) // kv.page_size)
-        return decode_step(self.decoder, tokens, active, kv.tensors(len(tokens)), kv.page_size, False, width)
-
     def _run(self, size: int) -> torch.Tensor:
-        return self.compiled(self.decoder, self.tokens[:size], self.n, self.kv.tensors(size), self.kv.page_size)
+        return self.compiled(self.decoder, self.tokens[:size], self.active[:size], self.kv.tensors(size),
+                             self.kv.page_size)
 
     def _capture(self, size: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Compile and warm up on a side stream, then capture, all with no active row (a no-op on the cache)."""
-        n = self.n.clone()
-        self.n.fill_(0)
+        active = self.active.clone()
+        self.active.fill_(False)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -114,5 +116,5 @@ class StepRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self._run(size)
-        self.n.copy_(n)
+        self.active.copy_(active)
         return graph, out
