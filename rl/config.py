@@ -128,8 +128,16 @@ class RolloutConfig(Section):
         description="0 = synchronous: each step's rollouts start after the last update's weights (on-policy); k >= 1 = "
                     "async: the workers keep k batches in flight while the trainer trains, and a batch more than k "
                     "policy versions behind the update it would feed is dropped and counted")
-    tool_workers: int = Field(4, gt=0, description="tool calls a rollout worker runs at once (envs with tools: "
-                                                   "each in its own warm sandbox) while its other rows decode")
+    tool_workers: int = Field(4, gt=0, description="envs with tools: tool calls run at once, each in its own warm "
+                                                   "sandbox, while the other rows decode: per rollout worker "
+                                                   "(tool_pool=worker) or per verifier actor (tool_pool=verifiers)")
+    tool_pool: Literal["worker", "verifiers"] = Field(
+        "worker",
+        description="envs with tools: where the sandboxed calls run. worker = a thread pool in each rollout worker's "
+                    "own process (no Ray round trip per call); verifiers = on the verifier actors (verify.*), the "
+                    "calls a worker's rows make in one decode step sent as one Ray call per actor, least-loaded "
+                    "first: keeps sandbox CPU work off the inference nodes of a split cluster. A call whose actor "
+                    "dies or does not answer is an `unavailable` output (tool_unavailable), never a failed rollout")
     tool_wait_steps: int = Field(
         0, ge=0,
         description="when a row that called a tool resumes: 0 = at the first decode step after the call finished "
@@ -362,7 +370,7 @@ class Config(Section):
 # that changes which problems it walks or what counts as a sample
 GENERATE_RESUME_KEYS = ("run.steps", "run.ray_address", "rollout.workers", "rollout.cpus_per_worker",
                         "rollout.gpus_per_worker", "rollout.threads_per_worker", "rollout.node_resource",
-                        "verify.workers", "verify.cpus_per_worker", "verify.node_resource")
+                        "rollout.tool_pool", "verify.workers", "verify.cpus_per_worker", "verify.node_resource")
 
 
 def check_generate_resume(overrides: list[str]) -> None:

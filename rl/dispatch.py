@@ -68,7 +68,7 @@ def submit(roles, problems: list[Problem], prompts: list[tuple[str, list[int]]],
     """Send a batch to the rollout workers (round-robin shards); returns at once. `key` seeds the samplers."""
     batch = Batch(key, problems, prompts, greedy)
     workers = roles.rollout
-    batch.refs = [w.rollout.remote(s, key, greedy) if (s := batch.shard(i, len(workers))) else None
+    batch.refs = [w.rollout.remote(s, key, greedy, roles.tool_actors) if (s := batch.shard(i, len(workers))) else None
                   for i, w in enumerate(workers)]
     return batch
 
@@ -92,7 +92,8 @@ def collect(roles, batch: Batch) -> tuple[list[Tree], list[float]]:
                                        f"{type(e).__name__}") from e
                 roles.faults.rollout_resent += 1
                 revive(roles, i)
-                ref = workers[i].rollout.remote(batch.shard(i, len(workers)), batch.key, batch.greedy)
+                ref = workers[i].rollout.remote(batch.shard(i, len(workers)), batch.key, batch.greedy,
+                                                roles.tool_actors)
         trees[i::len(workers)] = shard_trees
     return trees, busy
 

@@ -29,7 +29,7 @@ from branchrl.training.trainer import Trainer
 
 from .config import Config, weight_sync_backend
 from .dispatch import Faults
-from .verifier_pool import VerifierWorker
+from .verifier_pool import TOOLS_GROUP, VerifierWorker
 
 PLACEMENT_TIMEOUT_S = 60.0
 
@@ -48,6 +48,7 @@ class Roles:
     policy: PolicyInfo | None = None   # the trainer's `describe()`: HF config, special ids, FLOP parameters
     faults: Faults = field(default_factory=Faults)
     collective: Collective | None = None   # the weight broadcast group's driver side; None: object store only
+    tool_actors: list[ray.actor.ActorHandle] = field(default_factory=list)   # run tool calls (rollout.tool_pool)
 
     def placement(self) -> dict[str, list[str]]:
         """The Ray node id each actor runs on, by group (recorded in summary.json)."""
@@ -115,11 +116,8 @@ def launch(cfg: Config, answer_ids: frozenset[int] = frozenset(), policy: Policy
         if policy is None:
             _launch_trainers(cfg, roles, wanted["training"])
         _launch_rollout(cfg, roles, wanted["inference"], answer_ids)
-        marker = cfg.verify.node_resource
-        roles.verifiers = [ray.remote(VerifierWorker).options(
-            num_cpus=cfg.verify.cpus_per_worker, max_restarts=-1,
-            resources={marker: NODE_SHARE} if marker else None).remote(cfg.verify.settings)
-            for _ in range(cfg.verify.workers)]
+        roles.verifiers = _launch_verifiers(cfg)
+        roles.tool_actors = roles.verifiers if cfg.rollout.tool_pool == "verifiers" else []
     except BaseException:
         roles.shutdown()  # nothing half-launched stays on the cluster
         raise
@@ -153,6 +151,20 @@ def _launch_rollout(cfg: Config, roles: Roles, bundles: list[dict], answer_ids: 
         ).remote(cfg, info.config, info.eos_id, info.pad_id, i, answer_ids)
         for i in range(r.workers)
     ]
+
+
+def _launch_verifiers(cfg: Config) -> list[ray.actor.ActorHandle]:
+    """The verifier pool. With rollout.tool_pool=verifiers each actor also serves tool calls, in a concurrency group
+    of their own: a tool batch never waits behind a verify batch, nor the other way round."""
+    v, r = cfg.verify, cfg.rollout
+    tools = r.tool_workers if r.tool_pool == "verifiers" else 0
+    # a waiting batch holds one of the group's threads; the actor's own pool of tool_workers bounds the sandboxes
+    actor = ray.remote(concurrency_groups={TOOLS_GROUP: r.workers * r.tool_workers + 1})(VerifierWorker) if tools \
+        else ray.remote(VerifierWorker)
+    return [actor.options(
+        num_cpus=v.cpus_per_worker, max_restarts=-1,
+        resources={v.node_resource: NODE_SHARE} if v.node_resource else None).remote(v.settings, tools)
+        for _ in range(v.workers)]
 
 
 def _totals(bundles: list[dict]) -> dict[str, float]:

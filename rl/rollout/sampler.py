@@ -164,6 +164,7 @@ class BranchSampler:
             for r in sub:                            # the token that ends a call is still fed this step
                 self.tools.check(trees[r.tree], r)
                 r.due = self.steps + self.tools.wait_steps
+            self.tools.flush()                       # the step's calls leave together
         parked = []
         for i in sorted(set(range(len(rows))) - set(act)):
             rows[i].src = i

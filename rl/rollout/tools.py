@@ -2,15 +2,18 @@
 
 A `ToolRunner` holds what a rollout worker needs for an env with tools (`env.max_turns > 0`): the env
 (its stop strings, `tool_request` and `observation`), the policy's tokenizer (the turn's text and the
-observation's ids) and a thread pool of `workers` concurrent calls. After each sampled token,
-`check` looks whether the row's current policy turn now ends with one of the env's stop strings
-(decoding only when the new token could complete one); if the env makes a request of the transcript, the
-call is submitted to the pool and the row waits (`Row.waiting`) while the other rows decode: calls of
-many rows run at once, asynchronously. `collect` turns a finished call into the tool message's token ids.
+observation's ids) and where the calls run (`calls`). After each sampled token, `check` looks whether
+the row's current policy turn now ends with one of the env's stop strings (decoding only when the new
+token could complete one); if the env makes a request of the transcript, the call is queued, and
+`flush` (once per decode step) sends the step's calls off together; each row waits on its own Future
+(`Row.waiting`) while the other rows decode: calls of many rows run at once, asynchronously.
+`collect` turns a finished call into the tool message's token ids.
 
 Each call runs in the sandbox through `branchrl.verifiers.tools.run_tool`, which never raises for what
-the code does. The pool lives in the rollout worker's process, next to its engine: a call is milliseconds
-of sandbox work, and the warm sandboxes (one per concurrent call) stay warm between steps. The turn
+the code does. Where (`rollout.tool_pool`): `ThreadCalls`, a thread pool in the rollout worker's own
+process, next to its engine (the default: a call is milliseconds of sandbox work, no Ray round trip, and
+the warm sandboxes, one per concurrent call, stay warm between steps); or `remote_tools.VerifierCalls`,
+the verifier actors. Either way a call's Future ends in a `ToolOutput`, never an exception. The turn
 function sees a `Problem` with the id and prompt only: the gold answer never reaches a tool.
 Deliberately not here: decoding, forking, appending to the engine (the sampler's).
 """
@@ -18,6 +21,7 @@ Deliberately not here: decoding, forking, appending to the engine (the sampler's
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Protocol
 
 from branchrl.engine.stop import find_stop
 from branchrl.envs.base import Environment, Message, Problem
@@ -26,16 +30,39 @@ from branchrl.verifiers.python_tool import ToolOutput
 from branchrl.verifiers.tools import run_tool
 
 
+class ToolCalls(Protocol):
+    """Where tool calls run: one Future per request, each ending in a ToolOutput (never an exception)."""
+
+    def submit(self, requests: list[dict]) -> list[Future]: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadCalls:
+    """Calls on a thread pool of `workers` in this process (`rollout.tool_pool: worker`)."""
+
+    def __init__(self, workers: int = 4):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tool")
+
+    def submit(self, requests: list[dict]) -> list[Future]:
+        return [self.pool.submit(run_tool, request) for request in requests]
+
+    def close(self) -> None:
+        self.calls.close()
+
+
 class ToolRunner:
     def __init__(self, env: Environment, tokenizer, workers: int = 4, prompts: dict[str, str] | None = None,
-                 wait_steps: int = 0):
-        """prompts: problem id -> prompt text, what the turn function sees of each problem; wait_steps: 0 = a row
-        resumes at the first decode step after its call finished, N = exactly N decode steps after it made the
-        call (blocking then if the call is still running), so which row resumes when never depends on timing."""
+                 calls: ToolCalls | None = None, wait_steps: int = 0):
+        """prompts: problem id -> prompt text, what the turn function sees of each problem. calls: where the
+        calls run (None: `ThreadCalls(workers)` in this process). wait_steps: 0 = a row resumes at the first decode
+        step after its call finished, N = exactly N decode steps after it made the call (blocking then if the call
+        is still running), so which row resumes when never depends on timing."""
         self.env, self.tokenizer, self.wait_steps = env, tokenizer, wait_steps
         self.stops, self.max_turns = tuple(env.tool_stops), env.max_turns
         self.prompts = dict(prompts or {})
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tool")
+        self.calls = calls if calls is not None else ThreadCalls(workers)
+        self._queued: list = []   # rows whose call `check` found this decode step; `flush` sends them
         self._text: dict[int, str] = {}
         self._last_chars = {s[-1] for s in self.stops if s}
 
@@ -49,7 +76,8 @@ class ToolRunner:
         return any(c in self._text[token] for c in self._last_chars)
 
     def check(self, tree: Tree, row) -> None:
-        """After a token was appended to `row`: submit its tool call when the turn now ends with one."""
+        """After a token was appended to `row`: queue its tool call when the turn now ends with one (`flush`
+        sends it)."""
         node = tree.nodes[row.node]
         if row.turns >= self.max_turns or not node.tokens or not self.could_end_stop(node.tokens[-1]):
             return
@@ -59,7 +87,15 @@ class ToolRunner:
         problem = Problem(id=tree.problem_id, prompt=self.prompts.get(tree.problem_id, ""), answer="")
         request = self.env.tool_request(problem, self.transcript(tree, row))
         if request is not None:
-            row.waiting, row.request = self.pool.submit(run_tool, request), request
+            row.request = request
+            self._queued.append(row)
+
+    def flush(self) -> None:
+        """Send the calls queued since the last flush, together (one decode step's); each row now waits on its own."""
+        if self._queued:
+            rows, self._queued = self._queued, []
+            for row, future in zip(rows, self.calls.submit([r.request for r in rows]), strict=True):
+                row.waiting = future
 
     def transcript(self, tree: Tree, row) -> list[Message]:
         """The row's completion so far as messages: runs of policy and tool tokens, decoded."""
@@ -88,4 +124,4 @@ class ToolRunner:
         wait(futures, return_when=FIRST_COMPLETED)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.calls.close()

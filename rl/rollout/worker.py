@@ -78,10 +78,12 @@ class RolloutWorker(BroadcastMember):
         self.checksum = state_checksum({k: held[k] for k in state})  # what the engine holds
         return {"version": self.version, "checksum": self.checksum, "pid": os.getpid()}
 
-    def rollout(self, prompts: list[tuple[str, list[int]]], step: int,
-                greedy: bool = False) -> tuple[list[Tree], float]:
+    def rollout(self, prompts: list[tuple[str, list[int]]], step: int, greedy: bool = False,
+                tool_actors: list | None = None) -> tuple[list[Tree], float]:
         """Trees for (problem_id, prompt_ids), branched as cfg.branch says. greedy=True: one argmax chain per
-        prompt, no forks (eval). `step` seeds the sampler, so every call of a run needs its own step number."""
+        prompt, no forks (eval). `step` seeds the sampler, so every call of a run needs its own step number.
+        tool_actors: with rollout.tool_pool=verifiers, the verifier actors that run the tool calls (`Roles.tool_actors`,
+        passed with every call, so a restarted worker has them too)."""
         if self.version < 0:
             raise NoWeights("this rollout worker holds no weights yet; call set_weights first")
         r = self.cfg.rollout
@@ -90,6 +92,8 @@ class RolloutWorker(BroadcastMember):
         seed = derive_seed(self.cfg.run.seed, "rollout", self.rank, step)
         if self.tools is not None:   # what the turn function sees of each problem: its prompt, never its answer
             self.tools.prompts = {pid: self.tools.decode(ids) for pid, ids in prompts}
+            if r.tool_pool == "verifiers":
+                self.tools.calls = verifier_calls(tool_actors, self.rank)
         sampler = BranchSampler(self.engine, self.eos_id, r.max_new_tokens, params, seed, r.max_rows, self.answer_ids,
                                 self.tools)
         t0 = time.perf_counter()
@@ -108,4 +112,16 @@ def tool_runner(cfg: Config, engine) -> ToolRunner | None:
     if not hasattr(engine, "extend"):
         raise ValueError(f"env {env.name!r} calls tools, which needs the paged engine (appending a tool's output to "
                          f"a live row); this model runs on the HF fallback engine")
-    return ToolRunner(env, load_tokenizer(cfg.model), cfg.rollout.tool_workers, wait_steps=cfg.rollout.tool_wait_steps)
+    workers = cfg.rollout.tool_workers if cfg.rollout.tool_pool == "worker" else 1   # verifiers: set per rollout
+    return ToolRunner(env, load_tokenizer(cfg.model), workers, wait_steps=cfg.rollout.tool_wait_steps)
+
+
+def verifier_calls(actors: list | None, rank: int):
+    """The tool calls of one rollout on the verifier actors (rollout.tool_pool=verifiers; imports Ray, which the
+    default path never does)."""
+    from .remote_tools import VerifierCalls
+
+    if not actors:
+        raise ValueError("rollout.tool_pool=verifiers runs tool calls on the verifier actors, but this rollout got "
+                         "none; pass them (dispatch.submit passes Roles.tool_actors) or set rollout.tool_pool=worker")
+    return VerifierCalls(actors, rank)
