@@ -10,6 +10,9 @@ nothing is counted as verified that was not. Neither pool retries forever: a rol
 dies `RETRIES` + 1 times stops the run with the worker named. A revive always goes through the object
 store; a restarted worker has also left the weight broadcast group, which `collective` rebuilds at the
 next sync.
+With rollout.tool_pool=verifiers every rollout call carries the verifier actors' handles (`Roles.tool_actors`), so a
+restarted rollout worker has them too; a tool call a dying verifier loses is an `unavailable` output on the rollout
+side (rollout/remote_tools.py), never a retry here.
 """
 
 from __future__ import annotations

@@ -120,6 +120,7 @@ def test_unknown_key_without_a_near_match_lists_the_valid_ones():
     ("rollout.top_p=1.5", "rollout.top_p: Input should be less than or equal to 1 (got 1.5)"),
     ("rollout.top_k=-1", "rollout.top_k: Input should be greater than or equal to 0 (got -1)"),
     ("rollout.max_rows=-8", "rollout.max_rows: Input should be greater than or equal to 0 (got -8)"),
+    ("rollout.tool_pool=gpu", "rollout.tool_pool: Input should be 'worker' or 'verifiers' (got 'gpu')"),
 ])
 def test_wrong_types_and_impossible_values_name_the_key_and_value(override, expected):
     message = error_of(overrides=[override])
