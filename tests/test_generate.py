@@ -143,7 +143,8 @@ TOOL_MODEL = ["model.tiny.hidden_size=64", "model.tiny.layers=2", "model.tiny.he
               "env.kwargs={digits: 2, digits_b: 1, max_turns: 1}"]
 
 
-def test_generate_with_a_tool_env_counts_the_tool_calls_in_its_ledger_as_run_does(ray_cluster, tmp_path):
+@pytest.mark.parametrize("tool_pool", ["worker", "verifiers"])
+def test_generate_with_a_tool_env_counts_the_tool_calls_in_its_ledger_as_run_does(ray_cluster, tmp_path, tool_pool):
     from branchrl.envs import load_env
     from branchrl.generate import generate
     from branchrl.training.trainer import Trainer
@@ -159,7 +160,7 @@ def test_generate_with_a_tool_env_counts_the_tool_calls_in_its_ledger_as_run_doe
                              "generate.per_problem=2", "generate.max_leaves_per_problem=8", "branch.policy=independent",
                              "branch.roots=4", "branch.max_leaves=4", "rollout.prompts_per_step=4",
                              "rollout.max_new_tokens=48", "rollout.workers=1", "rollout.tool_workers=2",
-                             "rollout.temperature=0.7"])
+                             "rollout.temperature=0.7", f"rollout.tool_pool={tool_pool}"])
     out = tmp_path / "gen"
     summary = generate(cfg, out)
     rows, records = _rows(out), [line["record"] for line in _journal(out)]
