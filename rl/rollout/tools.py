@@ -48,7 +48,7 @@ class ThreadCalls:
         return [self.pool.submit(run_tool, request) for request in requests]
 
     def close(self) -> None:
-        self.calls.close()
+        self.pool.shutdown(wait=True)
 
 
 class ToolRunner:
