@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from test_generate import TOOL_MODEL
 from test_tool_rollout import TOKENIZER, CountingTool, model  # noqa: F401  (model: the tiny model fixture)
+from test_tool_rollout import rollout as local_rollout
 
 from branchrl import dispatch
 from branchrl.config import BranchConfig, load_config
@@ -86,11 +87,21 @@ def test_a_sampler_rollout_on_the_actors_matches_the_local_pool(ray_cluster, ver
                 assert TOKENIZER.decode(ids[start:start + sum(flags)]).startswith(f"[{len(turn)}]"[:sum(flags)])
 
 
-def _rollout(policy, env, prompts, calls, max_new=40):
+def test_with_fixed_wait_steps_the_actors_give_the_local_pools_trees(ray_cluster, verifiers, model):  # noqa: F811
+    """rollout.tool_wait_steps takes timing out of the rollout, so the pool the calls run on changes nothing."""
+    env, prompts = CountingTool(max_turns=2), ["12*34=", "5*6=", "777*8="]
+    remote = _rollout(model, env, prompts, VerifierCalls(verifiers), wait_steps=3)
+    local = local_rollout(model, env, prompts, wait_steps=3)
+    assert sum(t.tool_calls_run for t in remote) >= 3
+    assert [[(n.tokens, n.tool_flags()) for n in t.nodes] for t in remote] == \
+           [[(n.tokens, n.tool_flags()) for n in t.nodes] for t in local]
+
+
+def _rollout(policy, env, prompts, calls, max_new=40, wait_steps=0):
     decoder = Decoder(policy.config.to_dict())
     decoder.load_state_dict(policy.state_dict())
     sampler = BranchSampler(Engine(decoder, pad_id=0), TOKENIZER.eos_token_id, max_new, SamplingParams(1.0), seed=0,
-                            tools=ToolRunner(env, TOKENIZER, calls=calls))
+                            tools=ToolRunner(env, TOKENIZER, calls=calls, wait_steps=wait_steps))
     ids = [(f"p{i}", TOKENIZER.encode(p)) for i, p in enumerate(prompts)]
     return sampler.run(ids, BranchConfig(policy="independent", roots=3, max_leaves=3), policy_version=0)
 
