@@ -75,8 +75,8 @@ def train_from_data(cfg: Config, source: Path, run_dir: Path, address: str | Non
 
 
 def sft_pairs(table) -> list[tuple]:
-    """(prompt, completion) per row, for `Trainer.sft`: the completion's text, or for a row with a tool span its
-    [(role, text), ...] transcript (tool turns are context, not targets)."""
+    """(prompt, completion) per row, for the SFT (`Trainer.sft_start`): the completion's text, or for a row with a
+    tool span its [(role, text), ...] transcript (tool turns are context, not targets)."""
     rows = table.select(["sample_id", "prompt", "completion", "roles"]).to_pylist()
     return [(r["prompt"], transcript(r["sample_id"], r["completion"], r["roles"])) for r in rows]
 

@@ -11,7 +11,9 @@ each `join`s the group's torch.distributed job. Every rank gets the whole batch 
 minibatches; each takes its slice, and each micro-batch's loss is scaled so the averaged gradient is the
 one a lone trainer computes on the whole minibatch. What an objective trains on, and its loss, is the
 `Algo` entry's `objective`. Methods that gather or write the shards (`publish`, `save`, `resume`,
-`checksum`) are collectives: every rank must call them.
+`checksum`) are collectives: every rank must call them, as it must every training call (`train`, and an SFT's
+`sft_start`, each `sft_epoch`, `sft_finish`, which the driver runs one epoch at a time to report and stop between
+epochs).
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ def summed(steps: list[Counter]) -> Counter:
 
 
 def encode_pair(tokenizer, prompt: str, completion) -> tuple:
-    """What `Trainer.sft` trains on for a text pair: (prompt ids, completion ids + EOS), and for a completion that is a
-    transcript [(role, text), ...] also the trained mask ([C] bools), whose "tool" messages are context, not targets
-    (`pack_batch`). `train --from-data` measures a stored sample's length with it before the trainer exists."""
+    """What an SFT (`Trainer.sft_start`) trains on for a text pair: (prompt ids, completion ids + EOS), and for a
+    completion that is a transcript [(role, text), ...] also the trained mask ([C] bools), whose "tool" messages are
+    context, not targets (`pack_batch`). `train --from-data` measures a stored sample's length with it before the
+    trainer exists."""
     eos = tokenizer.eos_token_id
     if isinstance(completion, str):
         return tokenizer.encode(prompt), tokenizer.encode(completion, add_special_tokens=False) + [eos]
