@@ -76,9 +76,15 @@ def resume_point(run_dir: Path) -> ResumePoint:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a branchrl run directory (no config.yaml)")
     summary = run_dir / "summary.json"
-    if summary.exists() and not json.loads(summary.read_text()).get("interrupted"):
+    summary = json.loads(summary.read_text()) if summary.exists() else {}
+    if summary and not summary.get("interrupted"):
         raise ConfigError(f"{run_dir} already finished (summary.json exists); nothing to resume")
     done = sorted(p for p in (run_dir / "checkpoints").glob(f"{PREFIX}*") if (p / "driver.json").is_file())
+    if not done and "warm_start_epochs_done" in summary:
+        epochs = f"{summary['warm_start_epochs_done']}/{summary['warm_start_epochs']}"
+        raise ConfigError(f"{run_dir} was stopped during its warm start (after epoch {epochs}), before any step "
+                          f"checkpoint; nothing to resume: start it again with `branchrl run "
+                          f"{run_dir / 'config.yaml'} --out NEW_DIR`")
     if not done:
         raise ConfigError(f"{run_dir} has no step checkpoint to resume from (set run.checkpoint_every to write them)")
     state = json.loads((done[-1] / "driver.json").read_text())

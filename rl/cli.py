@@ -200,14 +200,13 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
-    from . import preflight
+    from . import interrupt, preflight
 
     cfg, out = resolve_run(args)
     data = preflight.training_data(cfg, out, Path(args.from_data))
     from .from_data import train_from_data  # torch and ray load only once config and data dir are known good
 
-    train_from_data(cfg, data, out, address=cfg.run.ray_address)
-    return 0
+    return interrupt.exit_code(train_from_data(cfg, data, out, address=cfg.run.ray_address))
 
 
 def resolve_run(args):

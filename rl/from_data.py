@@ -1,8 +1,11 @@
 """`branchrl train --from-data`: fine-tune on a stored verified data set, without sampling anything new.
 
     read the data set -> check it fits the config -> prepare (env, eval problems, run dir) -> launch roles
-    -> sync -> eval_before -> SFT on every stored (prompt, completion + EOS) -> sync -> eval_after
+    -> sync -> eval_before -> SFT on every stored (prompt, completion + EOS), epoch by epoch -> sync -> eval_after
     -> checkpoint, summary
+
+SIGTERM / SIGINT stop the SFT at the end of an epoch: summary.json with `interrupted: true`, no eval_after and
+nothing saved (this command does not resume), exit 143 / 130.
 
 A multi-turn row (its `roles` column holds a tool span) is trained as a transcript: the tool's output is
 context, never a target, as the RL path's `prune.training_sequence` masks it; a row whose `roles` do not tile
@@ -25,9 +28,10 @@ from branchrl.data.datastore import DataSetError, find_data_dir, read_data_set
 from branchrl.envs import load_env
 from branchrl.training.trainer import encode_pair
 
+from . import interrupt
 from .config import Config, ConfigError
 from .context import Context
-from .loop import evaluate, launched, prepare, sync
+from .loop import evaluate, launched, prepare, sft_epochs, sync
 from .models import load_tokenizer
 from .progress import Progress
 
@@ -52,18 +56,27 @@ def train_from_data(cfg: Config, source: Path, run_dir: Path, address: str | Non
                   + (f" ({tool_rows} with tool turns: tool outputs are context, not targets)" if tool_rows else "")
                   + f"; run dir {run_dir}; starting Ray")
     with launched(cfg, env, tokenizer, run_dir, progress, address) as ctx:
-        summary = sft_and_evaluate(ctx, eval_set, pairs)
+        interrupt.install()  # once Ray is up: ray.init sets a SIGTERM handler of its own
+        try:
+            summary = sft_and_evaluate(ctx, eval_set, pairs)
+        finally:
+            interrupt.restore()
     summary.update(rows=len(pairs), tool_rows=tool_rows, problems=problems, source=str(source),
                    wall_seconds=time.perf_counter() - t0)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
-                  f"summary in {run_dir / 'summary.json'}")
+    if summary["interrupted"]:
+        progress.note(f"{summary['signal']}: SFT interrupted after epoch {summary['epochs_done']}/{summary['epochs']}; "
+                      f"nothing was saved (train --from-data does not resume): run it again with --out NEW_DIR; "
+                      f"summary in {run_dir / 'summary.json'}")
+    else:
+        progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
+                      f"summary in {run_dir / 'summary.json'}")
     return summary
 
 
 def sft_pairs(table) -> list[tuple]:
-    """(prompt, completion) per row, for `Trainer.sft`: the completion's text, or for a row with a tool span its
-    [(role, text), ...] transcript (tool turns are context, not targets)."""
+    """(prompt, completion) per row, for the SFT (`Trainer.sft_start`): the completion's text, or for a row with a
+    tool span its [(role, text), ...] transcript (tool turns are context, not targets)."""
     rows = table.select(["sample_id", "prompt", "completion", "roles"]).to_pylist()
     return [(r["prompt"], transcript(r["sample_id"], r["completion"], r["roles"])) for r in rows]
 
@@ -118,19 +131,24 @@ def check_fits(cfg: Config, table, pairs: list[tuple]) -> None:
 
 
 def sft_and_evaluate(ctx: Context, eval_set, pairs: list[tuple]) -> dict:
-    """eval -> SFT -> eval -> save: every trainer call of this command is here."""
-    cfg, trainer, t = ctx.cfg, ctx.roles.trainer, ctx.cfg.train
+    """eval -> SFT -> eval -> save: every trainer call of this command is here. A stop signal ends the SFT at an
+    epoch's end, and the command there: no eval_after, nothing saved."""
+    cfg, t = ctx.cfg, ctx.cfg.train
     sync(ctx.roles)
     eval_before = evaluate(ctx, eval_set, step=0)
     ctx.progress.note(f"eval_before {eval_before:.3f} on {len(eval_set)} held-out problems")
     ctx.progress.note(f"SFT on {len(pairs)} stored samples x {t.epochs} epochs (lr {t.lr}, batch {t.batch_size})")
-    stats = trainer.sft(pairs, t.epochs, t.lr, t.batch_size)
+    stats, done = sft_epochs(ctx, pairs, t.epochs, t.lr, t.batch_size, "SFT")
     ctx.ledger.add_train(stats)
+    led = ctx.ledger
+    summary = {"interrupted": done < t.epochs, "eval_before": eval_before, "eval_after": None,
+               "eval_problems": len(eval_set), "epochs": t.epochs, "epochs_done": done, "loss": stats.loss,
+               "seed": cfg.run.seed, "trained_tokens": led.trained_tokens, "train_flops": led.train_flops,
+               "train_seconds": led.train_seconds}
+    if summary["interrupted"]:
+        return {**summary, "signal": interrupt.requested(), "eval_flops": led.eval_flops}
     ctx.progress.note(f"SFT done in {stats.seconds:.1f}s (loss {stats.loss:.3f})")
     sync(ctx.roles)
-    eval_after = evaluate(ctx, eval_set, step=1)
-    trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
-    led = ctx.ledger
-    return {"eval_before": eval_before, "eval_after": eval_after, "eval_problems": len(eval_set),
-            "epochs": t.epochs, "loss": stats.loss, "seed": cfg.run.seed, "trained_tokens": led.trained_tokens,
-            "train_flops": led.train_flops, "train_seconds": led.train_seconds, "eval_flops": led.eval_flops}
+    summary["eval_after"] = evaluate(ctx, eval_set, step=1)
+    ctx.roles.trainer.save(str(ctx.run_dir / "checkpoints" / "final"))
+    return {**summary, "eval_flops": led.eval_flops}

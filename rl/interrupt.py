@@ -1,8 +1,10 @@
 """Graceful stop: SIGTERM (what Slurm and Kubernetes send before a kill) and SIGINT (Ctrl-C) ask a run to stop at
 its next clean point, the end of a step (or of eval_before), where the driver writes a step checkpoint whatever
 run.checkpoint_every says, and summary.json with `interrupted: true`; `branchrl run` then exits 143 (SIGTERM)
-or 130 (SIGINT), and `branchrl run --resume RUN_DIR` finishes the run. A second signal stops at once
-(KeyboardInterrupt), without a checkpoint.
+or 130 (SIGINT), and `branchrl run --resume RUN_DIR` finishes the run. During an SFT (the warm start, `train
+--from-data`) the clean point is the end of an epoch: the SFT ends there, with nothing saved and no checkpoint to
+resume from, and the command exits the same way. A second signal stops at once (KeyboardInterrupt), without a
+checkpoint.
 
 The handlers are installed by the driver once Ray is up (ray.init replaces the SIGTERM handler with its own
 exit) and removed when the roles go down. Only the driver process is handled: it is the one a scheduler
@@ -21,11 +23,14 @@ _state: dict = {"received": None, "previous": {}}
 
 
 class Interrupted(Exception):
-    """Raised at a clean point after a stop signal; step: the last finished step (its checkpoint is written)."""
+    """Raised at a clean point after a stop signal; step: the last finished step (its checkpoint is written), or
+    warm_start: (epochs done, epochs planned) when the warm start was stopped, before any step or checkpoint."""
 
-    def __init__(self, signal_name: str, step: int, eval_before: float):
-        super().__init__(f"{signal_name} received; stopped after step {step}")
-        self.signal_name, self.step, self.eval_before = signal_name, step, eval_before
+    def __init__(self, signal_name: str, step: int, eval_before: float | None,
+                 warm_start: tuple[int, int] | None = None):
+        where = f"in the warm start after epoch {warm_start[0]}/{warm_start[1]}" if warm_start else f"after step {step}"
+        super().__init__(f"{signal_name} received; stopped {where}")
+        self.signal_name, self.step, self.eval_before, self.warm_start = signal_name, step, eval_before, warm_start
 
 
 def install() -> None:
@@ -48,8 +53,8 @@ def _handle(signum, frame) -> None:
     if _state["received"]:
         raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now, without a checkpoint")
     _state["received"] = signal.Signals(signum).name
-    print(f"[branchrl] {_state['received']} received: stopping after this step with a checkpoint "
-          f"(send it again to stop at once)", file=sys.stderr, flush=True)
+    print(f"[branchrl] {_state['received']} received: stopping at the end of this step, with a "
+          f"checkpoint, or of this SFT epoch (send it again to stop at once)", file=sys.stderr, flush=True)
 
 
 def requested() -> str | None:

@@ -1,6 +1,6 @@
 """The driver: one run from config to summary, phase by phase.
 
-    prepare (env, problems, run dir) -> launch roles on Ray -> warm start -> sync v0 -> eval_before
+    prepare (env, problems, run dir) -> launch roles on Ray -> warm start (epoch by epoch) -> sync v0 -> eval_before
     -> steps: sample -> verify [-> more batches] -> prune -> store -> advantages -> update -> sync
        [-> step checkpoint]
     -> eval_after -> checkpoint, summary
@@ -28,6 +28,7 @@ from branchrl.envs import Environment, Problem
 from branchrl.sync.weight_sync import Published
 from branchrl.training.algos import ALGOS
 from branchrl.training.group import TrainerDied
+from branchrl.training.trainer import TrainStats
 from branchrl.verifiers import verifier_version
 
 from . import checkpoints, dispatch, interrupt, preflight
@@ -97,8 +98,7 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
     summary["wall_seconds"] = time.perf_counter() - t0
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if summary["interrupted"]:
-        progress.note(f"{summary['signal']}: stopped after step {summary['steps']} with a step checkpoint; "
-                      f"continue with `branchrl run --resume {run_dir}`")
+        progress.note(stop_note(summary, run_dir))
     else:
         progress.note(f"eval {summary['eval_before']:.3f} -> {summary['eval_after']:.3f}; "
                       f"summary in {run_dir / 'summary.json'}")
@@ -106,12 +106,24 @@ def drive(cfg: Config, run_dir: Path, address: str | None, env: Environment, tok
 
 
 def stopped(ctx: Context, stop: interrupt.Interrupted, point: checkpoints.ResumePoint | None) -> dict:
-    """The summary of a run stopped by a signal at a clean point (its step checkpoint written): what it did so
-    far, `interrupted: true`, no eval_after."""
+    """The summary of a run stopped by a signal at a clean point (its step checkpoint written, or in the warm
+    start, before any): what it did so far, `interrupted: true`, no eval_after."""
+    warm = {"warm_start_epochs_done": stop.warm_start[0], "warm_start_epochs": stop.warm_start[1]} \
+        if stop.warm_start else {}
     return {"interrupted": True, "signal": stop.signal_name, "eval_before": stop.eval_before, "eval_after": None,
-            "steps": stop.step, "steps_planned": ctx.cfg.run.steps, "seed": ctx.cfg.run.seed,
+            "steps": stop.step, "steps_planned": ctx.cfg.run.steps, **warm, "seed": ctx.cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt, **ctx.ledger.totals(),
             **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
+
+
+def stop_note(summary: dict, run_dir: Path) -> str:
+    """The last console line of a run a signal stopped: where it stopped and what to do next."""
+    if "warm_start_epochs_done" in summary:
+        return (f"{summary['signal']}: warm start interrupted after epoch {summary['warm_start_epochs_done']}/"
+                f"{summary['warm_start_epochs']}; nothing was saved and there is no RL checkpoint yet to resume from: "
+                f"start the run again (branchrl run {run_dir / 'config.yaml'} --out NEW_DIR)")
+    return (f"{summary['signal']}: stopped after step {summary['steps']} with a step checkpoint; "
+            f"continue with `branchrl run --resume {run_dir}`")
 
 
 @contextmanager
@@ -163,10 +175,7 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
                        point: checkpoints.ResumePoint | None = None) -> dict:
     trainer, cfg = ctx.roles.trainer, ctx.cfg
     if warm_set:
-        ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {cfg.warm_start.epochs} epochs")
-        stats = trainer.warm_start([(p.prompt, ctx.env.worked(p)) for p in warm_set])
-        ctx.progress.note(f"warm start done in {stats.seconds:.1f}s (loss {stats.loss:.3f})")
-        trainer.save(str(ctx.run_dir / "checkpoints" / "warm_start"))
+        warm_start(ctx, warm_set)
     if point:
         trainer.resume(str(point.checkpoint))
     sync(ctx.roles)
@@ -192,6 +201,34 @@ def train_and_evaluate(ctx: Context, eval_set: list[Problem], warm_set: list[Pro
             "steps": cfg.run.steps, "verified_samples": store.rows, "seed": cfg.run.seed,
             "resumed_from_step": point.step if point else None, "attempt": ctx.attempt,
             **ctx.ledger.totals(), **rl, **{k: v for k, v in asdict(ctx.roles.faults).items() if k != "pids"}}
+
+
+def warm_start(ctx: Context, warm_set: list[Problem]) -> None:
+    """SFT on the worked problems (warm_start.*), then its checkpoint. A stop signal ends it at an epoch's end:
+    Interrupted, with nothing saved (a part of the schedule is no warm start to build on)."""
+    ws = ctx.cfg.warm_start
+    ctx.progress.note(f"warm start: SFT on {len(warm_set)} worked problems x {ws.epochs} epochs")
+    pairs = [(p.prompt, ctx.env.worked(p)) for p in warm_set]
+    stats, done = sft_epochs(ctx, pairs, ws.epochs, ws.lr, ws.batch_size, "warm start")
+    if done < ws.epochs:
+        raise interrupt.Interrupted(interrupt.requested(), 0, None, warm_start=(done, ws.epochs))
+    ctx.progress.note(f"warm start done in {stats.seconds:.1f}s (loss {stats.loss:.3f})")
+    ctx.roles.trainer.save(str(ctx.run_dir / "checkpoints" / "warm_start"))
+
+
+def sft_epochs(ctx: Context, pairs: list[tuple], epochs: int, lr: float, batch_size: int,
+               phase: str) -> tuple[TrainStats, int]:
+    """An SFT on the trainer group, epoch by epoch (Trainer.sft_start / sft_epoch / sft_finish: the schedule and
+    shuffling of one uninterrupted pass): a progress line after each epoch, and after a stop signal no further
+    epoch. Returns the totals over the epochs done and how many were done (fewer than `epochs` when stopped)."""
+    trainer, t0, done = ctx.roles.trainer, time.perf_counter(), 0
+    trainer.sft_start(pairs, epochs, lr, batch_size)
+    while done < epochs and not interrupt.requested():
+        stats = trainer.sft_epoch()
+        done += 1
+        rate = stats.processed_tokens / stats.seconds if stats.seconds else 0.0
+        ctx.progress.epoch(phase, done, epochs, stats.loss, rate, time.perf_counter() - t0)
+    return trainer.sft_finish(), done
 
 
 def recover(ctx: Context, died: TrainerDied) -> checkpoints.ResumePoint:

@@ -1,4 +1,5 @@
-"""Console progress for a run: one line per phase note and per RL step (step, tokens/s, pass rate, ..., ETA).
+"""Console progress for a run: one line per phase note, per SFT epoch (warm start, `train --from-data`) and per RL
+step (step, tokens/s, pass rate, ..., ETA).
 
 Plain lines on stderr, flushed at once, so they read well in a terminal, a log file and `ray job logs`.
 It only formats; the numbers come from the loop's metrics records.
@@ -36,6 +37,15 @@ class Progress:
             line += tool_note(r)
         if "eval" in r:
             line += f"  eval {r['eval']:.3f}"
+        self._emit(line)
+
+    def epoch(self, phase: str, epoch: int, epochs: int, loss: float, tokens_per_s: float, elapsed: float) -> None:
+        """An SFT epoch's line: phase ("warm start", "SFT"), epoch i/E, its mean loss, tokens through forward and
+        backward per second (as a step's train_tokens_per_s), time since the SFT began and an ETA at that pace."""
+        line = (f"{phase} epoch {epoch:>{len(str(epochs))}}/{epochs}  loss {loss:.3f}  "
+                f"train {tokens_per_s / 1000:.1f}k tok/s  elapsed {duration(elapsed)}")
+        if epoch < epochs:
+            line += f"  eta {duration(elapsed / epoch * (epochs - epoch))}"
         self._emit(line)
 
     def eta(self, step: int, step_seconds: float) -> float | None:

@@ -149,11 +149,10 @@ def test_generate_with_a_tool_env_counts_the_tool_calls_in_its_ledger_as_run_doe
     from branchrl.generate import generate
     from branchrl.training.trainer import Trainer
 
-    cfg = load_config(None, [*TOOL_MODEL, "warm_start.problems=48", "warm_start.epochs=30", "warm_start.batch_size=8",
-                             "warm_start.lr=0.003"])
+    cfg = load_config(None, TOOL_MODEL)
     env = load_env(cfg.env.name, **cfg.env.kwargs)
     trainer = Trainer(cfg)
-    trainer.warm_start([(p.prompt, env.worked(p)) for p in env.warm_start_problems(48, 0)])
+    trainer.sft([(p.prompt, env.worked(p)) for p in env.warm_start_problems(48, 0)], epochs=30, lr=0.003, batch_size=8)
     trainer.save(str(tmp_path / "ckpt"))
     # independent chains (no forks): every call belongs to exactly one leaf, which the relations below rely on
     cfg = load_config(None, [*TOOL_MODEL, f"model.path={tmp_path / 'ckpt'}", "generate.problems=8",

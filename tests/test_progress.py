@@ -57,3 +57,14 @@ def test_eta_counts_the_mean_pace_since_the_first_step_and_ends_with_the_run():
     lines = out.getvalue().splitlines()
     etas = [line.split("  eta ")[1] if "  eta " in line else None for line in lines]
     assert etas == ["1m03s", "1m10s", "3m58s", None]
+
+
+def test_sft_epoch_line_holds_epoch_loss_throughput_elapsed_and_eta():
+    out = io.StringIO()
+    progress = Progress(steps=40, stream=out)
+    progress.epoch("warm start", 3, 40, loss=1.23456, tokens_per_s=2345.0, elapsed=30.0)
+    progress.epoch("warm start", 40, 40, loss=0.5, tokens_per_s=2345.0, elapsed=400.0)
+    first, last = out.getvalue().splitlines()
+    for part in ("warm start epoch  3/40", "loss 1.235", "train 2.3k tok/s", "elapsed 30s", "eta 6m10s"):
+        assert part in first, (part, first)
+    assert "warm start epoch 40/40" in last and "eta" not in last

@@ -122,8 +122,15 @@ def _master(group) -> dict[str, torch.Tensor]:
 def test_two_fsdp_trainers_learn_through_warm_start_and_every_objective(ray_cluster, roles):
     """With a KL term, so the frozen reference is built from the shards too."""
     group = roles.trainer
-    stats = group.warm_start(PAIRS)
-    assert math.isfinite(stats.loss) and stats.sequences == len(PAIRS)
+    cfg = load_config(None, GROUP)
+    ws = cfg.warm_start
+    assert group.sft_start(PAIRS, ws.epochs, ws.lr, ws.batch_size) == 2   # optimizer steps per epoch
+    epochs = [group.sft_epoch() for _ in range(ws.epochs)]   # every rank, epoch by epoch
+    stats = group.sft_finish()
+    assert math.isfinite(stats.loss) and stats.sequences == len(PAIRS) and len(set(group.checksums())) == 1
+    assert stats.trained_tokens == sum(e.trained_tokens for e in epochs) > 0
+    assert stats.loss == pytest.approx(sum(e.loss for e in epochs) / ws.epochs)
+    assert _on_every_rank(group, lambda self: self.optimizer.param_groups[0]["lr"]) == [cfg.train.lr] * 2
     _on_every_rank(group, lambda self: setattr(self.cfg.train, "kl_coef", 0.1))
     for algo in ("sft", "grpo", "tree"):
         _set_algo(group, algo)

@@ -1,7 +1,11 @@
 """A whole run on real Ray actors: the run-directory contract users rely on (DESIGN.md)."""
 
+import contextlib
+import io
 import json
 import math
+import re
+import sys
 
 import pytest
 
@@ -27,9 +31,24 @@ SMALL_RUN = ["env.name=echo", "branch.fork_in_answer=true", "model.tiny.hidden_s
 
 @pytest.fixture(scope="module")
 def finished_run(ray_cluster, tmp_path_factory):
+    """The run's console lines (stderr, where `Progress` writes) go to console.log beside the run dir, and on."""
     cfg = load_config(None, SMALL_RUN)
     run_dir = tmp_path_factory.mktemp("run") / "out"
-    return cfg, run_dir, run(cfg, run_dir)
+    with contextlib.redirect_stderr(io.StringIO()) as console:
+        summary = run(cfg, run_dir)
+    (run_dir.parent / "console.log").write_text(console.getvalue())
+    sys.stderr.write(console.getvalue())
+    return cfg, run_dir, summary
+
+
+def test_the_warm_start_prints_a_line_per_epoch(finished_run):
+    cfg, run_dir, _ = finished_run
+    lines = (run_dir.parent / "console.log").read_text().splitlines()
+    epochs = [re.search(r"\] warm start epoch +(\d+)/40  loss \d+\.\d{3}  train [\d.]+k tok/s  elapsed \w+", x)
+              for x in lines]
+    assert [int(m[1]) for m in epochs if m] == list(range(1, cfg.warm_start.epochs + 1)), lines
+    done = next(i for i, x in enumerate(lines) if "warm start done in" in x)
+    assert "epoch 40/40" in lines[done - 1] and "eta" not in lines[done - 1] and "eta" in lines[done - 2]
 
 
 def test_summary_has_the_contract_keys_and_consistent_totals(finished_run):

@@ -98,9 +98,10 @@ def test_warm_start_transcripts_train_only_the_policy_messages():
     text = trainer.tokenizer.decode(ids[:-1])
     assert text == "<py>print(12*3)</py><out>36</out> #### 36" and ids[-1] == trainer.tokenizer.eos_token_id
     assert trainer.tokenizer.decode([i for i, t in zip(ids, trained) if not t]) == "<out>36</out>"
-    stats = trainer.warm_start([("12*3=", [("policy", "<py>print(12*3)</py>"), ("tool", "<out>36</out>"),
-                                           ("policy", " #### 36")])] * 4)
-    assert stats.trained_tokens == 4 * trainer.cfg.warm_start.epochs * sum(trained)
+    ws = trainer.cfg.warm_start
+    stats = trainer.sft([("12*3=", [("policy", "<py>print(12*3)</py>"), ("tool", "<out>36</out>"),
+                                    ("policy", " #### 36")])] * 4, ws.epochs, ws.lr, ws.batch_size)
+    assert stats.trained_tokens == 4 * ws.epochs * sum(trained)
 
 
 def test_encode_pair_puts_a_bos_only_before_the_prompt():

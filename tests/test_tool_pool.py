@@ -172,11 +172,10 @@ def multiply_checkpoint(tmp_path_factory) -> str:
     from branchrl.envs import load_env
     from branchrl.training.trainer import Trainer
 
-    cfg = load_config(None, [*TOOL_MODEL, "warm_start.problems=48", "warm_start.epochs=30", "warm_start.batch_size=8",
-                             "warm_start.lr=0.003"])
+    cfg = load_config(None, TOOL_MODEL)
     env = load_env(cfg.env.name, **cfg.env.kwargs)
     trainer = Trainer(cfg)
-    trainer.warm_start([(p.prompt, env.worked(p)) for p in env.warm_start_problems(48, 0)])
+    trainer.sft([(p.prompt, env.worked(p)) for p in env.warm_start_problems(48, 0)], epochs=30, lr=0.003, batch_size=8)
     path = tmp_path_factory.mktemp("multiply") / "ckpt"
     trainer.save(str(path))
     return str(path)

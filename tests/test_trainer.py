@@ -16,7 +16,8 @@ from branchrl.rollout.worker import RolloutWorker
 from branchrl.sync.weight_sync import pack_weights, state_checksum
 from branchrl.training import parallel
 from branchrl.training.losses import pack_batch, sft_loss
-from branchrl.training.trainer import Trainer
+from branchrl.training.objectives import LIKELIHOOD
+from branchrl.training.trainer import Trainer, encode_pair
 from branchrl.tree import attended_positions
 
 TINY = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=4", "model.tiny.kv_heads=2",
@@ -227,16 +228,79 @@ def test_activation_checkpointing_recomputes_each_block_and_takes_the_same_step(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_warm_start_lowers_the_loss_on_its_data_and_restores_the_rl_lr(dtype):
-    trainer = Trainer(tiny_cfg("warm_start.epochs=15", "warm_start.batch_size=3", "warm_start.lr=0.01",
-                               "train.lr=0.0005", f"model.dtype={dtype}"))
+def test_sft_lowers_the_loss_on_its_data_and_restores_the_rl_lr(dtype):
+    trainer = Trainer(tiny_cfg("train.lr=0.0005", f"model.dtype={dtype}"))
     seqs = sequences(trainer)
     before = loss_on(trainer, seqs)
-    stats = trainer.warm_start(PAIRS)
+    stats = trainer.sft(PAIRS, epochs=15, lr=0.01, batch_size=3)
     assert math.isfinite(stats.loss)
     assert loss_on(trainer, seqs) < 0.5 * before
-    assert trainer.version == 0  # warm start is not an RL update
+    assert trainer.version == 0  # an SFT is not an RL update
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.0005]
+
+
+def schedule(lr: float, total: int) -> list[float]:
+    """The SFT learning rate of each optimizer step, as specified: linear warm-up over the first 5% of all steps,
+    then cosine decay to 10% of lr."""
+    warmup = max(1, int(total * 0.05))
+    return [lr * (min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * (1 + math.cos(math.pi * i / total)) / 2))
+            for i in range(total)]
+
+
+def one_pass(trainer, epochs: int, lr: float, batch_size: int) -> tuple[float, int]:
+    """The SFT as one uninterrupted loop (what Trainer.sft was before the driver ran it epoch by epoch), with the
+    specified schedule: every epoch shuffles with the trainer's rng, one optimizer step per batch_size pairs.
+    Returns the mean loss over the steps and the trained tokens."""
+    seqs = [encode_pair(trainer.tokenizer, p, c) for p, c in PAIRS]
+    rates = iter(schedule(lr, epochs * -(-len(seqs) // batch_size)))
+    losses, tokens = [], 0
+    for _ in range(epochs):
+        order = list(range(len(seqs)))
+        trainer.rng.shuffle(order)
+        for s in range(0, len(order), batch_size):
+            trainer._set_lr(next(rates))
+            step = trainer._step([seqs[i] for i in order[s:s + batch_size]], LIKELIHOOD)
+            losses.append(step["loss"])
+            tokens += step["trained_tokens"]
+    return sum(losses) / len(losses), tokens
+
+
+def test_sft_epoch_by_epoch_takes_the_steps_and_learning_rates_of_one_pass():
+    """Trainer.sft_start, one sft_epoch per epoch, sft_finish (what the driver runs, reporting between epochs) on one
+    trainer; the one-pass loop above on another of the same seed: the same learning rate at every step, the same
+    final weights, loss and tokens; the epochs' stats add up to the totals."""
+    epochs, lr, batch_size = 12, 0.01, 4   # 2 steps per epoch (4 + 2 pairs), 24 in all: a warm-up of 1 step
+    a, b = Trainer(tiny_cfg("train.lr=0.0005")), Trainer(tiny_cfg("train.lr=0.0005"))
+    seen = []
+    a.optimizer.register_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    assert a.sft_start(PAIRS, epochs, lr, batch_size) == 2
+    per_epoch = [a.sft_epoch() for _ in range(epochs)]
+    total = a.sft_finish()
+    assert seen == pytest.approx(schedule(lr, 2 * epochs), rel=1e-12)   # continuous over the epochs, never restarted
+    loss, tokens = one_pass(b, epochs, lr, batch_size)
+    for (k, x), y in zip(master(a).items(), master(b).values()):
+        assert torch.equal(x, y), k
+    assert (total.loss, total.trained_tokens, total.sequences) == (loss, tokens, len(PAIRS))
+    assert sum(e.trained_tokens for e in per_epoch) == tokens and total.loss == pytest.approx(
+        sum(e.loss for e in per_epoch) / epochs)
+    assert a.optimizer.param_groups[0]["lr"] == 0.0005 and a.rng.getstate() == b.rng.getstate()
+
+
+def test_an_sft_stopped_early_ends_cleanly_and_refuses_misuse():
+    trainer = Trainer(tiny_cfg("train.lr=0.0005"))
+    with pytest.raises(RuntimeError, match="no SFT in progress; call sft_start"):
+        trainer.sft_epoch()
+    trainer.sft_start(PAIRS, 5, 0.01, 3)
+    with pytest.raises(RuntimeError, match="an SFT is in progress"):
+        trainer.sft_start(PAIRS, 5, 0.01, 3)
+    first = trainer.sft_epoch()
+    stopped = trainer.sft_finish()   # after 1 of 5 epochs, as the driver does after a stop signal
+    assert stopped.trained_tokens == first.trained_tokens and stopped.loss == first.loss
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0005
+    trainer.sft_start(PAIRS, 1, 0.01, 3)
+    trainer.sft_epoch()
+    with pytest.raises(RuntimeError, match="all 1 epochs are done; call sft_finish"):
+        trainer.sft_epoch()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

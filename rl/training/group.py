@@ -69,11 +69,17 @@ class TrainerGroup:
     def describe(self) -> PolicyInfo:
         return ray.get(self.actors[0].describe.remote())
 
-    def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
-        return self._merge(self._gather(self._on_all_ranks("warm_start", texts)))
+    def sft_start(self, texts: list[tuple], epochs: int, lr: float, batch_size: int) -> int:
+        """Every rank begins the SFT (Trainer.sft_start); the optimizer steps per epoch."""
+        return self._gather(self._on_all_ranks("sft_start", texts, epochs, lr, batch_size))[0]
 
-    def sft(self, texts: list[tuple[str, str]], epochs: int, lr: float, batch_size: int) -> TrainStats:
-        return self._merge(self._gather(self._on_all_ranks("sft", texts, epochs, lr, batch_size)))
+    def sft_epoch(self) -> TrainStats:
+        """Every rank trains the SFT's next epoch; its stats, totals over ranks."""
+        return self._merge(self._gather([a.sft_epoch.remote() for a in self.actors]))
+
+    def sft_finish(self) -> TrainStats:
+        """Every rank ends the SFT; the totals over the epochs done."""
+        return self._merge(self._gather([a.sft_finish.remote() for a in self.actors]))
 
     def resume(self, path: str) -> int:
         """Every rank continues from a checkpoint (weights, optimizer state, version, shuffling: Trainer.resume)."""

@@ -11,7 +11,9 @@ each `join`s the group's torch.distributed job. Every rank gets the whole batch 
 minibatches; each takes its slice, and each micro-batch's loss is scaled so the averaged gradient is the
 one a lone trainer computes on the whole minibatch. What an objective trains on, and its loss, is the
 `Algo` entry's `objective`. Methods that gather or write the shards (`publish`, `save`, `resume`,
-`checksum`) are collectives: every rank must call them.
+`checksum`) are collectives: every rank must call them, as it must every training call (`train`, and an SFT's
+`sft_start`, each `sft_epoch`, `sft_finish`, which the driver runs one epoch at a time to report and stop between
+epochs).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import math
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,7 +45,7 @@ STATE_FILE = "trainer.json"       # policy version and shuffling state, for `res
 SHARDED_DIR = "sharded"           # in every checkpoint: fp32 master weights and optimizer state (DCP), per rank
 COUNTS = ("trained_tokens", "processed_tokens", "context_sum", "forward_tokens", "forward_context_sum",
           "reference_tokens", "reference_context_sum", "checkpoint_tokens", "checkpoint_context_sum")
-WARMUP_FRACTION = 0.05            # sft(): linear warm-up over the first 5% of optimizer steps,
+WARMUP_FRACTION = 0.05            # sft_start: linear warm-up over the first 5% of optimizer steps,
 FINAL_LR_FRACTION = 0.1           # then cosine decay to 10% of the peak learning rate
 
 
@@ -72,10 +74,33 @@ class TrainStats:
     lr: float | None = None              # the learning rate of the last optimizer step
 
 
+@dataclass
+class SFTRun:
+    """An SFT between `Trainer.sft_start` and `sft_finish`: what it trains on, its schedule, how far it got, and this
+    rank's stats of every optimizer step so far, summed in step order."""
+    seqs: list
+    epochs: int
+    batch_size: int
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    done: int = 0                  # epochs finished
+    steps: int = 0                 # optimizer steps taken
+    seconds: float = 0.0           # spent in its epochs
+    sums: Counter = field(default_factory=lambda: Counter(dict.fromkeys(COUNTS, 0)))
+
+
+def summed(steps: list[Counter]) -> Counter:
+    """Per-step stats added up in step order, every count key present."""
+    total = Counter(dict.fromkeys(COUNTS, 0))
+    for step in steps:
+        total.update(step)
+    return total
+
+
 def encode_pair(tokenizer, prompt: str, completion) -> tuple:
-    """What `Trainer.sft` trains on for a text pair: (prompt ids, completion ids + EOS), and for a completion that is a
-    transcript [(role, text), ...] also the trained mask ([C] bools), whose "tool" messages are context, not targets
-    (`pack_batch`). `train --from-data` measures a stored sample's length with it before the trainer exists."""
+    """What an SFT (`Trainer.sft_start`) trains on for a text pair: (prompt ids, completion ids + EOS), and for a
+    completion that is a transcript [(role, text), ...] also the trained mask ([C] bools), whose "tool" messages are
+    context, not targets (`pack_batch`). `train --from-data` measures a stored sample's length with it before the
+    trainer exists."""
     eos = tokenizer.eos_token_id
     if isinstance(completion, str):
         return tokenizer.encode(prompt), tokenizer.encode(completion, add_special_tokens=False) + [eos]
@@ -100,6 +125,7 @@ class Trainer(BroadcastMember):
         self.root = self.optimizer = self.reference = None
         self.loaded_from: Path | None = None   # the checkpoint whose sharded state the model holds
         self.sent: Weights | None = None       # what rank 0 last published, kept for a broadcast (`send_weights`)
+        self.sft_run: SFTRun | None = None     # an SFT begun by `sft_start`, until `sft_finish`
         if cfg.train.workers == 1:
             self.join(None, 0, 1)
 
@@ -123,26 +149,59 @@ class Trainer(BroadcastMember):
         """What the driver needs to know about the policy: HF config, special ids, FLOP parameter count."""
         return describe(self.model, self.tokenizer)
 
-    def warm_start(self, texts: list[tuple[str, str]]) -> TrainStats:
-        """Short SFT on worked (prompt, solution) pairs before RL."""
-        ws = self.cfg.warm_start
-        return self.sft(texts, ws.epochs, ws.lr, ws.batch_size)
-
-    def sft(self, texts: list[tuple[str, str]], epochs: int, lr: float, batch_size: int) -> TrainStats:
-        """SFT on (prompt, completion) text pairs (a completion may be a [(role, text), ...] transcript whose tool
-        messages are not trained on), loss on the completion + EOS, with linear warm-up and cosine
-        decay from lr; the policy version stays (not an RL update) and the optimizer ends at train.lr."""
+    def sft_start(self, texts: list[tuple], epochs: int, lr: float, batch_size: int) -> int:
+        """Begin an SFT on (prompt, completion) text pairs (a completion may be a [(role, text), ...] transcript whose
+        tool messages are not trained on), loss on the completion + EOS, for `epochs` passes of one optimizer step
+        per batch_size pairs, with linear warm-up and cosine decay from lr over all of them. The driver then calls
+        `sft_epoch` once per epoch (it may stop early) and `sft_finish`. Returns the optimizer steps per epoch."""
+        if self.sft_run is not None:
+            raise RuntimeError(f"sft_start: an SFT is in progress ({self.sft_run.done}/{self.sft_run.epochs} epochs); "
+                               f"sft_finish it first")
         seqs = [encode_pair(self.tokenizer, p, s) for p, s in texts]
-        total = epochs * -(-len(seqs) // batch_size)
+        per_epoch = -(-len(seqs) // batch_size)
+        total = epochs * per_epoch
         warmup = max(1, int(total * WARMUP_FRACTION))
         floor = FINAL_LR_FRACTION
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] = lr
         schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warmup) * (
             floor + (1 - floor) * (1 + math.cos(math.pi * min(i, total) / total)) / 2))
-        stats = self.fit(seqs, epochs, batch_size, LIKELIHOOD, schedule=schedule)
-        self._set_lr(self.cfg.train.lr)  # RL continues with the same Adam moments
+        self.sft_run = SFTRun(seqs, epochs, batch_size, schedule)
+        return per_epoch
+
+    def sft_epoch(self) -> TrainStats:
+        """One epoch of the SFT `sft_start` began (every rank calls it); that epoch's stats. The schedule and the
+        shuffling run on from the epoch before, so E calls take exactly the steps of one E-epoch pass."""
+        run = self.sft_run
+        if run is None or run.done == run.epochs:
+            raise RuntimeError("sft_epoch: no SFT in progress; call sft_start first" if run is None else
+                               f"sft_epoch: all {run.epochs} epochs are done; call sft_finish")
+        t0 = time.perf_counter()
+        steps = self._epoch(run.seqs, run.batch_size, LIKELIHOOD, run.schedule)
+        seconds = time.perf_counter() - t0
+        run.done, run.steps, run.seconds = run.done + 1, run.steps + len(steps), run.seconds + seconds
+        for step in steps:
+            run.sums.update(step)   # step by step, as one pass over every epoch adds them up
+        return self._stats(summed(steps), len(steps), len(run.seqs), seconds)
+
+    def sft_finish(self) -> TrainStats:
+        """End the SFT (after all its epochs, or fewer when the driver stopped): the totals over the epochs done (the
+        loss: the mean over their optimizer steps; lr: the schedule's last); the policy version stays (not an RL
+        update) and the optimizer goes back to train.lr, keeping its Adam moments for RL."""
+        run, self.sft_run = self.sft_run, None
+        if run is None:
+            raise RuntimeError("sft_finish: no SFT in progress")
+        stats = self._stats(run.sums, run.steps, len(run.seqs), run.seconds)
+        self._set_lr(self.cfg.train.lr)
         return stats
+
+    def sft(self, texts: list[tuple], epochs: int, lr: float, batch_size: int) -> TrainStats:
+        """The whole SFT in one call, for in-process use (tests, a library): `sft_start`, every `sft_epoch`,
+        `sft_finish`. The driver runs the epochs itself (`loop.sft_epochs`), to report and stop between them."""
+        self.sft_start(texts, epochs, lr, batch_size)
+        for _ in range(epochs):
+            self.sft_epoch()
+        return self.sft_finish()
 
     def train(self, batch: list) -> TrainStats:
         """One RL update; the policy version goes up by one. batch: what `train.algo`'s objective trains on
@@ -190,20 +249,30 @@ class Trainer(BroadcastMember):
                                       "forward_context_sum": counts["context_sum"]})
         return [merged[i] for i in range(len(items))], {k: int(v) for k, v in total.items()}
 
-    def fit(self, items: list, epochs: int, batch_size: int, objective, schedule=None,
-            prepared: dict | None = None) -> TrainStats:
+    def fit(self, items: list, epochs: int, batch_size: int, objective, prepared: dict | None = None) -> TrainStats:
         """Minibatch passes over items, one optimizer step per batch_size items (over all ranks). Every rank holds
         all items and shuffles with the same seed, so all ranks walk the same minibatches. prepared: stats of
         the objective's preparation, already final."""
-        t0, sums, steps = time.perf_counter(), Counter(dict.fromkeys(COUNTS, 0)), 0
+        t0, steps = time.perf_counter(), []
         for _ in range(epochs):
-            order = list(range(len(items)))
-            self.rng.shuffle(order)
-            for s in range(0, len(order), batch_size):
-                sums.update(self._step([items[i] for i in order[s:s + batch_size]], objective))
-                steps += 1
-                if schedule is not None:
-                    schedule.step()
+            steps += self._epoch(items, batch_size, objective)
+        return self._stats(summed(steps), len(steps), len(items), time.perf_counter() - t0, prepared)
+
+    def _epoch(self, items: list, batch_size: int, objective, schedule=None) -> list[Counter]:
+        """One pass over items in a shuffled order (the same on every rank); each optimizer step's stats."""
+        order = list(range(len(items)))
+        self.rng.shuffle(order)
+        steps = []
+        for s in range(0, len(order), batch_size):
+            steps.append(self._step([items[i] for i in order[s:s + batch_size]], objective))
+            if schedule is not None:
+                schedule.step()
+        return steps
+
+    def _stats(self, sums: Counter, steps: int, sequences: int, seconds: float,
+               prepared: dict | None = None) -> TrainStats:
+        """TrainStats of `steps` optimizer steps whose stats on this rank add up to sums, totalled over the ranks
+        (a collective)."""
         sums = self._sum_over_ranks(sums)
         counts = {k: int(sums.pop(k)) for k in COUNTS}
         means = {k: v / max(steps, 1) for k, v in sums.items()}   # the loss and the objective's token-level stats
@@ -214,7 +283,7 @@ class Trainer(BroadcastMember):
             else:
                 means[k] = v
         means["lr"] = self.optimizer.param_groups[0]["lr"]
-        return TrainStats(sequences=len(items), seconds=time.perf_counter() - t0,
+        return TrainStats(sequences=sequences, seconds=seconds,
                           state_bytes=parallel.state_bytes(self.model, self.optimizer), **counts, **means)
 
     def _step(self, minibatch: list, objective) -> Counter:
