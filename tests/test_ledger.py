@@ -142,3 +142,15 @@ def test_report_states_the_tool_share_of_a_multi_turn_run(tmp_path):
     text = _markdown(tmp_path, json.loads('{"eval_before": 0.1, "eval_after": 0.3}'), steps)
     assert "Tools: 10 calls (0.5 s in the sandbox), 50 tool-output tokens appended" in text
     assert "called a tool: 100%" in text   # steps with no kept sample do not count
+
+
+def test_report_of_an_interrupted_run_has_no_eval_after(tmp_path):
+    from branchrl.data.report import _markdown
+
+    steps = [{"generated_tokens": 100, "leaves": 8, "forks": 4, "verified_samples": 2}]
+    text = _markdown(tmp_path, {"interrupted": True, "signal": "SIGTERM", "steps": 1, "eval_before": 0.25,
+                                "eval_after": None}, steps)
+    assert "Interrupted by SIGTERM after step 1; held-out pass@1 before RL: 0.250." in text
+    text = _markdown(tmp_path, {"interrupted": True, "signal": "SIGINT", "steps": 0, "eval_before": None,
+                                "eval_after": None}, [])
+    assert "Interrupted by SIGINT after step 0." in text

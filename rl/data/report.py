@@ -85,9 +85,12 @@ def _markdown(run_dir: Path, summary: dict, steps: list[dict]) -> str:
         lines += [f"Tools: {calls} calls ({sum(s['tool_seconds'] for s in steps):.1f} s in the sandbox), "
                   f"{sum(s['appended_tokens'] for s in steps)} tool-output tokens appended; kept samples that "
                   f"called a tool: {sum(kept) / max(len(kept), 1):.0%} (mean over steps).", ""]
-    if "eval_before" in summary:
-        lines += [f"Held-out pass@1: **{summary['eval_before']:.3f} → {summary['eval_after']:.3f}** "
-                  f"({summary['eval_after'] - summary['eval_before']:+.3f}).", ""]
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    if before is not None and after is not None:
+        lines += [f"Held-out pass@1: **{before:.3f} → {after:.3f}** ({after - before:+.3f}).", ""]
+    elif summary.get("interrupted"):   # a signal stopped it: no eval_after (nor eval_before in the warm start)
+        lines += [f"Interrupted by {summary.get('signal', 'a signal')} after step {summary.get('steps', 0)}"
+                  + (f"; held-out pass@1 before RL: {before:.3f}." if before is not None else "."), ""]
     lines += ["| summary | value |", "|---|---|", *rows, "",
               "![learning](learning.png)", "", "![compute](compute.png)", "", "![trees](trees.png)", ""]
     return "\n".join(lines)
