@@ -30,8 +30,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "experiments" / "branching.yaml"
-POLICIES = {  # what differs per policy; each may keep at most 8 leaves per problem
-    "independent": ["branch.policy=independent", "branch.roots=8"],
+POLICIES = {  # what differs per policy: the same 4 roots per problem (with 8 independent roots, fewer problems fit a
+    # token budget, which alone halved independent's distinct chains per token: docs/EXPERIMENTS.md "Equal roots");
+    # a branching policy may grow each tree to at most 8 leaves
+    "independent": ["branch.policy=independent", "branch.roots=4"],
     "entropy": ["branch.policy=entropy", "branch.roots=4"],
     "eptree": ["branch.policy=eptree", "branch.roots=4"],
     # multi-turn envs (--config configs/tool_demo.yaml): forks only right after tool outputs
