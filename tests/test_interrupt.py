@@ -100,6 +100,19 @@ def _epochs(lines: list[str], phase: str) -> list[tuple[int, int]]:
     return [(int(m[1]), int(m[2])) for m in (re.search(rf"\] {phase} epoch +(\d+)/(\d+) ", x) for x in lines) if m]
 
 
+def _stopped_by_sigterm(driver, lines, phase: str) -> tuple[list[str], float, int]:
+    """SIGTERM after the phase's epoch-3 line of 2000: exit 143 with every epoch line up to where it stopped.
+    Returns the stderr lines, the seconds to exit and the epochs done."""
+    err, seconds = _stop_at_epoch(driver, lines, phase, 3)
+    text = "".join(err)
+    assert driver.returncode == 143, text[-3000:]
+    epochs = _epochs(err, phase)
+    done = epochs[-1][0]
+    # an epoch takes milliseconds: on a loaded machine the test may read the epoch-3 line some epochs late
+    assert epochs == [(i, 2000) for i in range(1, done + 1)] and 3 <= done < 100, text[-3000:]
+    return err, seconds, done
+
+
 def test_sigterm_in_a_long_warm_start_stops_at_the_next_epoch_with_exit_143(tmp_path):
     """Every epoch prints its line; SIGTERM after epoch 3 of 2000 ends the warm start at a later epoch boundary: exit
     143, summary.json interrupted with the epochs done, no checkpoint, a last line that says so, and `--resume` of
@@ -107,13 +120,7 @@ def test_sigterm_in_a_long_warm_start_stops_at_the_next_epoch_with_exit_143(tmp_
     config, run_dir = tmp_path / "run.yaml", tmp_path / "out"
     dump_config(load_config(None, [*SMALL_RUN, "warm_start.epochs=2000"]), config)
     driver, lines = _driver(["run", str(config), "--out", str(run_dir)])
-    err, seconds = _stop_at_epoch(driver, lines, "warm start", 3)
-    text = "".join(err)
-    assert driver.returncode == 143, text[-3000:]
-    epochs = _epochs(err, "warm start")
-    done = epochs[-1][0]
-    # an epoch takes milliseconds: on a loaded machine the test may read the epoch-3 line some epochs late
-    assert epochs == [(i, 2000) for i in range(1, done + 1)] and 3 <= done < 100, text[-3000:]
+    err, seconds, done = _stopped_by_sigterm(driver, lines, "warm start")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["interrupted"], summary["signal"], summary["steps"], summary["eval_after"]) == (
         True, "SIGTERM", 0, None)
@@ -134,13 +141,7 @@ def test_sigterm_in_train_from_data_stops_the_sft_at_the_next_epoch_with_exit_14
     dump_config(load_config(None, [*SMALL, "train.epochs=2000"]), config)
     data = stored(tmp_path, [tool_row(347, 29), tool_row(518, 76), single_turn(12, 34), single_turn(56, 78)])
     driver, lines = _driver(["train", str(config), "--from-data", str(data), "--out", str(run_dir)])
-    err, seconds = _stop_at_epoch(driver, lines, "SFT", 3)
-    text = "".join(err)
-    assert driver.returncode == 143, text[-3000:]
-    epochs = _epochs(err, "SFT")
-    done = epochs[-1][0]
-    # an epoch takes milliseconds: on a loaded machine the test may read the epoch-3 line some epochs late
-    assert epochs == [(i, 2000) for i in range(1, done + 1)] and 3 <= done < 100, text[-3000:]
+    err, seconds, done = _stopped_by_sigterm(driver, lines, "SFT")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["interrupted"], summary["signal"], summary["epochs_done"], summary["eval_after"]) == (
         True, "SIGTERM", done, None)

@@ -265,12 +265,13 @@ def one_pass(trainer, epochs: int, lr: float, batch_size: int) -> tuple[float, i
     return sum(losses) / len(losses), tokens
 
 
-def test_sft_epoch_by_epoch_takes_the_steps_and_learning_rates_of_one_pass():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sft_epoch_by_epoch_takes_the_steps_and_learning_rates_of_one_pass(dtype):
     """Trainer.sft_start, one sft_epoch per epoch, sft_finish (what the driver runs, reporting between epochs) on one
     trainer; the one-pass loop above on another of the same seed: the same learning rate at every step, the same
     final weights, loss and tokens; the epochs' stats add up to the totals."""
     epochs, lr, batch_size = 12, 0.01, 4   # 2 steps per epoch (4 + 2 pairs), 24 in all: a warm-up of 1 step
-    a, b = Trainer(tiny_cfg("train.lr=0.0005")), Trainer(tiny_cfg("train.lr=0.0005"))
+    a, b = (Trainer(tiny_cfg("train.lr=0.0005", f"model.dtype={dtype}")) for _ in range(2))
     seen = []
     a.optimizer.register_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
     assert a.sft_start(PAIRS, epochs, lr, batch_size) == 2
